@@ -1,0 +1,376 @@
+//! Process settings: where the specs are, where to listen, upstream overrides, limits.
+//!
+//! A gateway config file (YAML, strict: an unknown key is an error naming it) is merged with
+//! command-line flags and environment variables by `main`. Spec files never carry these
+//! settings, so the same specs can point at Stripe, the stand-in or an egress proxy.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The folder of capability files.
+    pub specs: PathBuf,
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    /// Upstream overrides, first match wins (command-line ones come first).
+    pub upstreams: Vec<UpstreamOverride>,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub mcp: McpConfig,
+    /// Values for bind variables that take precedence over the process environment (for
+    /// example a demo key). Their values are secrets like any other bound value.
+    #[serde(skip_serializing)]
+    pub env: BTreeMap<String, String>,
+    pub log: LogConfig,
+    pub reload: ReloadConfig,
+    pub plugins: PluginsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            specs: PathBuf::from("specs"),
+            listen: ListenConfig::default(),
+            admin: AdminConfig::default(),
+            upstreams: Vec::new(),
+            limits: Limits::default(),
+            retry: RetryPolicy::default(),
+            mcp: McpConfig::default(),
+            env: BTreeMap::new(),
+            log: LogConfig::default(),
+            reload: ReloadConfig::default(),
+            plugins: PluginsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// The address of adapters whose spec names none.
+    pub address: IpAddr,
+    /// When set, every adapter listens on this address whatever its spec says (a container
+    /// usually wants `0.0.0.0`).
+    pub force_address: Option<IpAddr>,
+    /// Declared port to the port actually bound (`0`: chosen by the OS).
+    pub ports: BTreeMap<u16, u16>,
+    /// Bind every declared port to a port chosen by the OS (tests, side-by-side runs).
+    pub ephemeral_ports: bool,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            force_address: None,
+            ports: BTreeMap::new(),
+            ephemeral_ports: false,
+        }
+    }
+}
+
+impl ListenConfig {
+    /// The port to bind for a declared port.
+    pub fn bind_port(&self, declared: u16) -> u16 {
+        if self.ephemeral_ports {
+            return 0;
+        }
+        self.ports.get(&declared).copied().unwrap_or(declared)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin listener (`/healthz`, `/readyz`, `/status`); `null` turns it off.
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        }
+    }
+}
+
+/// Points the consumes adapters whose namespace matches at another base URI and/or profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOverride {
+    /// A consumes namespace, exactly or as a glob (`identity-*`, `*`).
+    pub namespace: String,
+    pub base_uri: Option<String>,
+    pub profile: Option<ProfileName>,
+}
+
+impl UpstreamOverride {
+    /// Parses the command-line form `NAMESPACE=URL[,profile=stripe|default]`.
+    pub fn parse(text: &str) -> Result<UpstreamOverride, String> {
+        let (namespace, rest) = text.split_once('=').ok_or_else(|| {
+            format!("invalid upstream override \"{text}\": expected NAMESPACE=URL[,profile=NAME]")
+        })?;
+        let mut base_uri = None;
+        let mut profile = None;
+        for part in rest.split(',') {
+            if let Some(name) = part.strip_prefix("profile=") {
+                profile = Some(ProfileName::parse(name)?);
+            } else if !part.is_empty() {
+                if base_uri.is_some() {
+                    return Err(format!(
+                        "invalid upstream override \"{text}\": more than one URL"
+                    ));
+                }
+                base_uri = Some(part.to_owned());
+            }
+        }
+        if namespace.is_empty() {
+            return Err(format!(
+                "invalid upstream override \"{text}\": empty namespace"
+            ));
+        }
+        Ok(UpstreamOverride {
+            namespace: namespace.to_owned(),
+            base_uri,
+            profile,
+        })
+    }
+}
+
+/// How requests to an upstream are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileName {
+    /// Stripe's wire conventions: form-encoded bodies and indexed array queries.
+    Stripe,
+    /// JSON bodies and repeated array queries.
+    Default,
+}
+
+impl ProfileName {
+    pub fn parse(text: &str) -> Result<ProfileName, String> {
+        match text {
+            "stripe" => Ok(ProfileName::Stripe),
+            "default" => Ok(ProfileName::Default),
+            other => Err(format!(
+                "unknown upstream profile \"{other}\": expected stripe or default"
+            )),
+        }
+    }
+}
+
+/// Limits on requests and on upstream calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest accepted upstream response body; larger ones get 502.
+    pub max_upstream_body_bytes: usize,
+    #[serde(with = "millis")]
+    pub upstream_connect_timeout: Duration,
+    /// Whole upstream exchange, retries and waiting for a connection included; past it, 504.
+    #[serde(with = "millis")]
+    pub upstream_timeout: Duration,
+    /// Most concurrent requests to one upstream origin; more wait for a slot.
+    pub upstream_max_connections: usize,
+    /// Idle connections kept per upstream origin.
+    pub upstream_max_idle: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_upstream_body_bytes: 16 * 1024 * 1024,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(30),
+            upstream_max_connections: 512,
+            upstream_max_idle: 128,
+        }
+    }
+}
+
+/// Retries of upstream calls, following the rules of Stripe's SDKs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (Stripe's SDKs use 2).
+    pub max_retries: u32,
+    /// First backoff; doubled each time, capped by `max_delay`, plus up to 25 % jitter.
+    #[serde(with = "millis")]
+    pub base_delay: Duration,
+    #[serde(with = "millis")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Allowed `Origin` values (`scheme://host:port`, `:*` for any port). Requests without an
+    /// `Origin` header pass; browsers always send one.
+    pub allowed_origins: Vec<String>,
+    /// Allowed `Host` values, to defeat DNS rebinding. Behind a load balancer, add the public
+    /// host names; an empty list allows any host.
+    pub allowed_hosts: Vec<String>,
+    /// Largest accepted MCP request body.
+    pub max_body_bytes: usize,
+    /// Idle time after which a legacy (2025-era) session is closed.
+    #[serde(with = "millis")]
+    pub session_idle_timeout: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            allowed_origins: vec![
+                "http://localhost:*".into(),
+                "http://127.0.0.1:*".into(),
+                "http://[::1]:*".into(),
+            ],
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            max_body_bytes: 1024 * 1024,
+            session_idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `capgate=debug`.
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the specs folder (and everything it depends on) and reload on change.
+    pub watch: bool,
+    /// Quiet time after the last change before a reload starts.
+    #[serde(with = "millis")]
+    pub debounce: Duration,
+    /// How long a closing listener lets in-flight requests finish.
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// The folder of `.wasm` transform plugins.
+    pub dir: Option<PathBuf>,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads a config file; relative paths in it are resolved against its directory.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if config.specs.is_relative() {
+            config.specs = base.join(&config.specs);
+        }
+        if let Some(dir) = &config.plugins.dir
+            && dir.is_relative()
+        {
+            config.plugins.dir = Some(base.join(dir));
+        }
+        Ok(config)
+    }
+}
+
+/// Durations in config files are written in milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upstream_overrides() {
+        let o =
+            UpstreamOverride::parse("identity-*=http://127.0.0.1:12111,profile=stripe").unwrap();
+        assert_eq!(o.namespace, "identity-*");
+        assert_eq!(o.base_uri.as_deref(), Some("http://127.0.0.1:12111"));
+        assert_eq!(o.profile, Some(ProfileName::Stripe));
+        assert!(UpstreamOverride::parse("nothing").is_err());
+        assert!(
+            UpstreamOverride::parse("a=http://x,profile=soap")
+                .unwrap_err()
+                .contains("soap")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = serde_yaml::from_str::<Config>("listen:\n  adress: 0.0.0.0\n").unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+}

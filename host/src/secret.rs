@@ -1,0 +1,41 @@
+//! A bound value that must never be printed.
+//!
+//! Values from `binds` (API keys, tokens) are wrapped in [`Secret`] as soon as they are read. Its
+//! `Debug` prints a placeholder and it has no `Display` or `Serialize`, so a secret cannot reach
+//! a log line, a diagnostic, a metric or an admin response by accident; `upstream` is the one
+//! place that calls [`Secret::expose`] to put it on the wire.
+
+use std::fmt;
+use std::sync::Arc;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself; call only where it goes on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let secret = Secret::new("sk_test_123");
+        assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+        assert_eq!(secret.expose(), "sk_test_123");
+    }
+}

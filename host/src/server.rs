@@ -1,0 +1,170 @@
+//! Listeners: one TCP listener per (address, declared port), each serving HTTP/1 and HTTP/2 with
+//! hyper, opened and closed as snapshots come and go, drained gracefully.
+//!
+//! A request pins the snapshot that is current when it arrives and uses it to the end; the
+//! listener itself only knows its key.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Shared;
+use crate::snapshot::ListenKey;
+
+/// Every response body: buffered bytes or rmcp's event streams.
+pub type HttpBody = BoxBody<Bytes, Infallible>;
+pub type HttpResponse = http::Response<HttpBody>;
+
+pub fn full(bytes: impl Into<Bytes>) -> HttpBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// The listeners currently open.
+#[derive(Default)]
+pub struct Listeners {
+    running: BTreeMap<ListenKey, Running>,
+}
+
+struct Running {
+    local: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// A listener that could not be opened.
+#[derive(Debug, Clone)]
+pub struct BindFailure {
+    pub key: ListenKey,
+    pub address: SocketAddr,
+    pub error: String,
+}
+
+impl Listeners {
+    /// The address a declared listener is bound to.
+    pub fn local_addr(&self, key: &ListenKey) -> Option<SocketAddr> {
+        self.running.get(key).map(|r| r.local)
+    }
+
+    pub fn bound(&self) -> Vec<(ListenKey, SocketAddr)> {
+        self.running.iter().map(|(k, r)| (*k, r.local)).collect()
+    }
+
+    /// Opens the listeners in `wanted` that are not open and closes (draining) the others.
+    pub async fn reconcile(
+        &mut self,
+        wanted: &[ListenKey],
+        shared: &Arc<Shared>,
+    ) -> Vec<BindFailure> {
+        let closing: Vec<ListenKey> = self
+            .running
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for key in closing {
+            if let Some(running) = self.running.remove(&key) {
+                tracing::info!(listener = %key, address = %running.local, "closing listener: no capability declares it any more");
+                running.stop.cancel();
+                // Draining happens in the listener's own task; nothing waits for it here.
+                drop(running.task);
+            }
+        }
+        let mut failures = Vec::new();
+        for key in wanted {
+            if self.running.contains_key(key) {
+                continue;
+            }
+            let port = shared.config.listen.bind_port(key.port);
+            let address = key.socket_addr(port);
+            match TcpListener::bind(address).await {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(address);
+                    let stop = CancellationToken::new();
+                    let task = tokio::spawn(serve(listener, *key, shared.clone(), stop.clone()));
+                    tracing::info!(listener = %key, address = %local, "listening");
+                    self.running.insert(*key, Running { local, stop, task });
+                }
+                Err(error) => {
+                    tracing::error!(listener = %key, %address, %error, "cannot open listener");
+                    failures.push(BindFailure {
+                        key: *key,
+                        address,
+                        error: error.to_string(),
+                    });
+                }
+            }
+        }
+        failures
+    }
+
+    /// Stops accepting on every listener and waits until their connections finished or the
+    /// drain deadline passed.
+    pub async fn shutdown(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        for r in running.values() {
+            r.stop.cancel();
+        }
+        for (_, r) in running {
+            let _ = r.task.await;
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    key: ListenKey,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %key, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(shared.handle(key, request).await) }
+        });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let deadline = shared.config.reload.drain_timeout;
+    tokio::select! {
+        () = graceful.shutdown() => tracing::debug!(listener = %key, "drained"),
+        () = tokio::time::sleep(deadline) => {
+            tracing::warn!(listener = %key, deadline_ms = deadline.as_millis() as u64, "drain deadline passed; closing the remaining connections");
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The compiled, validated form of every capability: what the request path reads.
+//!
+//! A [`Snapshot`] is immutable. `compile` builds it from loaded files, `reload` publishes it
+//! atomically, and each request pins one snapshot from start to end. Code that reads a snapshot
+//! never re-checks what compilation guaranteed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use http::Method;
+use serde_json::{Map, Value};
+
+use crate::auth::CallerAuth;
+use crate::config::ProfileName;
+use crate::jsonpath::Selector;
+use crate::route::Router;
+use crate::secret::Secret;
+use crate::spec::ParamIn;
+use crate::template::{Template, ValueTemplate};
+
+/// Everything the gateway serves at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one with every publish.
+    pub generation: u64,
+    /// One entry per (address, declared port) that some file exposes an adapter on.
+    pub listeners: BTreeMap<ListenKey, Arc<Listener>>,
+}
+
+impl Snapshot {
+    pub fn listener(&self, key: &ListenKey) -> Option<&Arc<Listener>> {
+        self.listeners.get(key)
+    }
+}
+
+/// An address and the port a spec declares (the bound port may differ, see `config::ListenConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenKey {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl ListenKey {
+    pub fn socket_addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.address, port)
+    }
+}
+
+impl std::fmt::Display for ListenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", SocketAddr::new(self.address, self.port))
+    }
+}
+
+/// What one listener serves: REST routes and MCP endpoints, merged from every file on it.
+#[derive(Debug, Default)]
+pub struct Listener {
+    pub rest: Router<Arc<RestRoute>>,
+    /// MCP adapters by namespace (`/mcp/<namespace>`).
+    pub mcp: BTreeMap<String, Arc<McpAdapter>>,
+}
+
+impl Listener {
+    /// The adapter served at `/mcp`: the only one on this listener, if there is exactly one.
+    pub fn default_mcp(&self) -> Option<&Arc<McpAdapter>> {
+        match self.mcp.len() {
+            1 => self.mcp.values().next(),
+            _ => None,
+        }
+    }
+}
+
+/// Which file and part a served thing came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: Arc<Path>,
+    /// The capability's name: the file name without its extension.
+    pub capability: Arc<str>,
+    pub line: u32,
+}
+
+/// A REST operation on a path.
+#[derive(Debug)]
+pub struct RestRoute {
+    pub method: Method,
+    /// The adapter's caller authentication, if it declares one.
+    pub auth: Option<Arc<CallerAuth>>,
+    /// The path as written in the spec.
+    pub path: String,
+    pub inputs: RestInputs,
+    pub operation: Arc<Operation>,
+}
+
+/// How a REST operation gets its caller inputs.
+#[derive(Debug)]
+pub enum RestInputs {
+    /// Declared `inputParameters` only.
+    Declared(Vec<ExposedParam>),
+    /// Every path variable, query parameter and body field by name, and the whole body as
+    /// `body`. `specs` are the inputs the operation uses, for validation; a query parameter
+    /// that is not among them (nor a path variable) is refused when `strict_query` is set.
+    Implicit {
+        specs: Vec<InputSpec>,
+        strict_query: bool,
+    },
+}
+
+/// A declared exposed input parameter.
+#[derive(Debug, Clone)]
+pub struct ExposedParam {
+    pub name: String,
+    pub location: ParamIn,
+    /// For `in: body`: where in the JSON body the value is.
+    pub selector: Option<Selector>,
+    pub spec: InputSpec,
+}
+
+/// The type and presence rules of one input, for validation and JSON Schemas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub ty: ParamType,
+    pub required: bool,
+    pub description: Option<String>,
+}
+
+/// A parameter type from the format's `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// An array of strings (the items of Stripe-family arrays such as `expand`).
+    Array,
+    Object,
+    /// Stripe's range filter: an integer timestamp or `{gt, gte, lt, lte}`.
+    RangeFilter,
+    Any,
+}
+
+/// An MCP adapter with its tools.
+#[derive(Debug)]
+pub struct McpAdapter {
+    pub namespace: String,
+    /// The capability's `info.label`, else its file name.
+    pub title: String,
+    pub description: Option<String>,
+    pub origin: Origin,
+    /// The adapter's caller authentication, if it declares one.
+    pub auth: Option<Arc<CallerAuth>>,
+    /// In file order; names are unique.
+    pub tools: Vec<Arc<Tool>>,
+}
+
+impl McpAdapter {
+    pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+/// One MCP tool.
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub hints: ToolHints,
+    pub inputs: Vec<InputSpec>,
+    /// The JSON Schema of the arguments, derived from `inputs`.
+    pub input_schema: Arc<Map<String, Value>>,
+    pub operation: Arc<Operation>,
+}
+
+/// Tool annotations with MCP's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolHints {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+/// What an exposed operation or tool does: the unit `invoke` runs for REST and MCP alike.
+#[derive(Debug)]
+pub struct Operation {
+    /// `capability.operation`, for logs and plugin bindings.
+    pub name: String,
+    pub origin: Origin,
+    pub action: Action,
+    pub output: Output,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Call a consumed operation.
+    Call(Call),
+    /// Answer from the output parameters' `value`s, without an upstream.
+    Mock,
+    /// Pass the rest of the path, the method and the body to an upstream.
+    Forward(Forward),
+    /// Cannot run; every request gets this status and message (a missing bound variable).
+    Unavailable { status: u16, message: String },
+}
+
+/// A call of a consumed operation with its `with` arguments.
+#[derive(Debug)]
+pub struct Call {
+    pub upstream: Arc<UpstreamOperation>,
+    /// Consumed parameter name to where its value comes from.
+    pub with: Vec<(String, Source)>,
+}
+
+/// Where one argument of a call comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A caller input; left out when the caller did not give it.
+    Input(String),
+    Template(Template),
+    Constant(Value),
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    pub adapter: Arc<UpstreamAdapter>,
+    /// Lower-case names of the caller headers copied upstream.
+    pub trusted_headers: Vec<http::HeaderName>,
+}
+
+/// How a response is shaped for the caller.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// The upstream body and content type as they are.
+    PassThrough,
+    Shape(Shape),
+}
+
+/// An output shape, built from JSON with JSONPath.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// The selected value.
+    Select(Selector),
+    /// An object of named shapes, each applied to the value `at` selects (or the current one).
+    Object {
+        at: Option<Selector>,
+        properties: Vec<(String, Shape)>,
+    },
+    /// Each element of the array `at` selects, through `items`.
+    Array {
+        at: Selector,
+        items: Box<Shape>,
+    },
+    Constant(Value),
+    /// A mock value (templates over caller inputs).
+    Mock(ValueTemplate),
+}
+
+/// A consumed HTTP API.
+#[derive(Debug)]
+pub struct UpstreamAdapter {
+    pub namespace: String,
+    /// Scheme, authority and base path, without a trailing slash.
+    pub base_uri: String,
+    pub profile: ProfileName,
+    pub auth: Option<Auth>,
+    /// Bound variables of the declaring file.
+    pub binds: Arc<BTreeMap<String, Option<Secret>>>,
+}
+
+/// Authentication added to upstream requests after transforms ran.
+#[derive(Debug)]
+pub enum Auth {
+    Bearer(Template),
+    ApiKeyHeader {
+        name: http::HeaderName,
+        value: Template,
+    },
+    ApiKeyQuery {
+        name: String,
+        value: Template,
+    },
+    Basic {
+        username: Template,
+        password: Template,
+    },
+}
+
+/// A consumed operation.
+#[derive(Debug)]
+pub struct UpstreamOperation {
+    /// `namespace.operation`.
+    pub name: String,
+    pub adapter: Arc<UpstreamAdapter>,
+    pub method: Method,
+    pub path: Vec<PathPart>,
+    /// Adapter, resource and operation parameters, in that order.
+    pub params: Vec<UpstreamParam>,
+    pub body: BodyPlan,
+    /// Bound variables this operation needs that have no value.
+    pub missing_binds: Vec<String>,
+}
+
+impl UpstreamOperation {
+    pub fn param(&self, name: &str) -> Option<&UpstreamParam> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}
+
+/// A piece of an upstream path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    /// Already percent-encoded text.
+    Literal(String),
+    /// A parameter, percent-encoded as one segment when rendered.
+    Param(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamParam {
+    pub name: String,
+    pub location: ParamIn,
+    /// The parameter's own `value` template.
+    pub value: Option<ValueTemplate>,
+    pub spec: InputSpec,
+}
+
+/// How the request body is built.
+#[derive(Debug, Clone)]
+pub enum BodyPlan {
+    None,
+    /// From `in: body` parameters: `body` (an object) is the whole body, others are fields.
+    FromParams,
+    /// `body: {type: json}`, encoded by the profile (form for Stripe).
+    Structured(ValueTemplate),
+    /// `body: {type: formUrlEncoded}`: always form-encoded.
+    Form(ValueTemplate),
+    /// Text, XML or a raw template, sent with its media type.
+    Text {
+        template: Template,
+        content_type: &'static str,
+    },
+}

@@ -1,0 +1,5 @@
+//! capgate's integration tests: one binary, real sockets on 127.0.0.1, the Stripe stand-in.
+
+mod common;
+mod corpus;
+mod fixtures;
