@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod compile;
 pub mod config;
+pub mod demo;
 pub mod diag;
 pub mod error;
 pub mod form;
@@ -25,6 +26,7 @@ pub mod secret;
 pub mod server;
 pub mod snapshot;
 pub mod spec;
+pub mod stripe_sim;
 pub mod template;
 pub mod upstream;
 pub mod validate;

@@ -2,4 +2,6 @@
 
 mod common;
 mod corpus;
+mod errors;
 mod fixtures;
+mod rest;

@@ -392,12 +392,15 @@ fn operations(
                 body,
                 missing_binds,
             });
-            if upstreams.operations.contains_key(&full_name) {
-                diags
-                    .warning("duplicate-operation", &op.at.key("name", op.name.line), format!("operation name `{}` is used twice in `{}`; `call: {full_name}` means the first, use namespace.resource.operation for this one", op.name.value, http.namespace.value))
-                    .found(op.name.value.clone());
-            } else {
-                upstreams.operations.insert(full_name, operation.clone());
+            match upstreams.operations.entry(full_name.clone()) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    diags
+                        .warning("duplicate-operation", &op.at.key("name", op.name.line), format!("operation name `{}` is used twice in `{}`; `call: {full_name}` means the first, use namespace.resource.operation for this one", op.name.value, http.namespace.value))
+                        .found(op.name.value.clone());
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(operation.clone());
+                }
             }
             if let Some(resource_name) = &resource.name {
                 upstreams.operations.insert(

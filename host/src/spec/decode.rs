@@ -535,7 +535,7 @@ fn forward(node: &Node, at: Loc, diags: &mut Diagnostics) -> Option<Forward> {
     let target = fields.required_string("targetNamespace", diags)?;
     let trusted_headers = fields
         .take("trustedHeaders")
-        .map(|(node, at)| list(node, &at, diags, |n, at, d| string_item(n, at, d)))
+        .map(|(node, at)| list(node, &at, diags, string_item))
         .unwrap_or_default();
     fields.finish(diags);
     Some(Forward {

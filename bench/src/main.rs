@@ -1,0 +1,323 @@
+//! `capgate-bench`: capgate against the Stripe stand-in, measured in one run.
+//!
+//! Every comparison alternates its variants in several rounds within one process run and
+//! reports medians and ratios, because the machine is shared and noisy: absolute numbers from
+//! different runs are not comparable, ratios from one run are.
+
+mod load;
+mod procs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use load::{Stats, Target};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of capgate against the Stripe stand-in")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// REST through capgate versus the stand-in directly: fixed rate and fixed concurrency.
+    Rest {
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Startup time and peak memory with one file and with all 322 corpus files.
+    Footprint {
+        /// The corpus folder.
+        #[arg(long, default_value = "tests/data/corpus/stripe-capabilities")]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Rest {
+            rate,
+            concurrency,
+            seconds,
+            rounds,
+        } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
+        Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values[values.len() / 2]
+}
+
+struct Series {
+    name: String,
+    runs: Vec<Stats>,
+}
+
+impl Series {
+    fn new(name: &str) -> Series {
+        Series {
+            name: name.to_owned(),
+            runs: Vec::new(),
+        }
+    }
+
+    fn rps(&self) -> f64 {
+        median(self.runs.iter().map(Stats::rps).collect())
+    }
+
+    fn p50(&self) -> f64 {
+        median(self.runs.iter().map(Stats::p50_ms).collect())
+    }
+
+    fn p99(&self) -> f64 {
+        median(self.runs.iter().map(Stats::p99_ms).collect())
+    }
+
+    fn errors(&self) -> u64 {
+        self.runs.iter().map(|s| s.errors).sum()
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "| {} | {:.0} | {:.3} | {:.3} | {} |",
+            self.name,
+            self.rps(),
+            self.p50(),
+            self.p99(),
+            self.errors()
+        )
+    }
+}
+
+fn table(title: &str, series: &[&Series]) {
+    println!("\n### {title}\n");
+    println!("| target | req/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    for s in series {
+        println!("{}", s.row());
+    }
+}
+
+/// A stand-in with one session, and a gateway serving the seed in front of it.
+struct Setup {
+    _sim: procs::Proc,
+    gateway: procs::Proc,
+    _specs: tempfile::TempDir,
+    direct: Target,
+    through: Target,
+}
+
+async fn setup() -> anyhow::Result<Setup> {
+    let sim_port = procs::free_port();
+    let sim = procs::stripe_sim(sim_port)?;
+    let sim_addr = SocketAddr::from(([127, 0, 0, 1], sim_port));
+    let specs = tempfile::tempdir()?;
+    let seed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/identity-sessions.yaml");
+    std::fs::copy(seed, specs.path().join("identity-sessions.yaml"))?;
+    let (rest_port, mcp_port) = (procs::free_port(), procs::free_port());
+    let gateway = procs::gateway(
+        specs.path(),
+        sim_addr,
+        &[(8080, rest_port), (9090, mcp_port)],
+        &["--no-watch"],
+    )?;
+    procs::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], rest_port)),
+        Duration::from_secs(10),
+    )?;
+    let client = load::client();
+    let mut create = Target::get(
+        "create",
+        &format!("http://{sim_addr}/v1/identity/verification_sessions"),
+    );
+    create.method = http::Method::POST;
+    create.headers = vec![
+        (
+            "authorization".into(),
+            "Bearer sk_test_capgate_bench".into(),
+        ),
+        (
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ),
+    ];
+    create.body = Some("type=document&metadata[bench]=1".into());
+    let (status, body) = load::once(&client, &create).await?;
+    anyhow::ensure!(status == 200, "creating a session failed: {status}");
+    let session: serde_json::Value = serde_json::from_slice(&body)?;
+    let id = session["id"].as_str().expect("an id").to_owned();
+    let mut direct = Target::get(
+        "stand-in directly",
+        &format!("http://{sim_addr}/v1/identity/verification_sessions/{id}"),
+    );
+    direct.headers = vec![(
+        "authorization".into(),
+        "Bearer sk_test_capgate_bench".into(),
+    )];
+    let through = Target::get(
+        "through capgate (REST)",
+        &format!("http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}"),
+    );
+    for target in [&direct, &through] {
+        let (status, _) = load::once(&client, target).await?;
+        anyhow::ensure!(status == 200, "{} answers {status}", target.name);
+    }
+    Ok(Setup {
+        _sim: sim,
+        gateway,
+        _specs: specs,
+        direct,
+        through,
+    })
+}
+
+async fn rest(
+    rate: u64,
+    concurrency: usize,
+    duration: Duration,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let client = load::client();
+    // Warm up connections and caches on both paths.
+    for target in [&setup.direct, &setup.through] {
+        load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
+    }
+    let mut rate_direct = Series::new(&setup.direct.name);
+    let mut rate_through = Series::new(&setup.through.name);
+    let mut conc_direct = Series::new(&setup.direct.name);
+    let mut conc_through = Series::new(&setup.through.name);
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        // Alternate which goes first, so drift in machine load hits both alike.
+        let order: [(&Target, bool); 2] = if round % 2 == 0 {
+            [(&setup.direct, true), (&setup.through, false)]
+        } else {
+            [(&setup.through, false), (&setup.direct, true)]
+        };
+        for (target, is_direct) in order {
+            let stats = load::fixed_rate(&client, target, rate, duration).await;
+            if is_direct {
+                rate_direct.runs.push(stats)
+            } else {
+                rate_through.runs.push(stats)
+            }
+        }
+        for (target, is_direct) in order {
+            let stats = load::fixed_concurrency(&client, target, concurrency, duration).await;
+            if is_direct {
+                conc_direct.runs.push(stats)
+            } else {
+                conc_through.runs.push(stats)
+            }
+        }
+    }
+    println!(
+        "## REST: GET a VerificationSession ({rounds} rounds of {}s, medians)",
+        duration.as_secs()
+    );
+    table(
+        &format!("Fixed rate: {rate} requests/s (open loop)"),
+        &[&rate_direct, &rate_through],
+    );
+    println!(
+        "\ncapgate adds {:.3} ms at p50 and {:.3} ms at p99 (targets: <= 0.3 ms, <= 1 ms)",
+        rate_through.p50() - rate_direct.p50(),
+        rate_through.p99() - rate_direct.p99()
+    );
+    table(
+        &format!("Fixed concurrency: {concurrency} (closed loop)"),
+        &[&conc_direct, &conc_through],
+    );
+    println!(
+        "\nthroughput ratio capgate/direct: {:.2}; p50 ratio {:.2}; p99 ratio {:.2}",
+        conc_through.rps() / conc_direct.rps(),
+        conc_through.p50() / conc_direct.p50(),
+        conc_through.p99() / conc_direct.p99()
+    );
+    if let Some(kib) = setup.gateway.peak_rss_kib() {
+        println!(
+            "capgate peak RSS during the run: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+async fn footprint(corpus: &std::path::Path, rounds: usize) -> anyhow::Result<()> {
+    let sim_port = procs::free_port();
+    let _sim = procs::stripe_sim(sim_port)?;
+    let sim_addr = SocketAddr::from(([127, 0, 0, 1], sim_port));
+    let one = tempfile::tempdir()?;
+    std::fs::copy(
+        corpus.join("identity-sessions.yaml"),
+        one.path().join("identity-sessions.yaml"),
+    )?;
+    let client = load::client();
+    println!("## Footprint: startup to first answer, and peak memory ({rounds} rounds, medians)\n");
+    println!("| specs | startup ms | peak RSS MiB | RSS after 2000 requests MiB |");
+    println!("|---|---:|---:|---:|");
+    for (name, dir) in [
+        ("1 file (the seed)", one.path()),
+        ("all 322 corpus files", corpus),
+    ] {
+        let mut startup = Vec::new();
+        let mut peak = Vec::new();
+        let mut after = Vec::new();
+        for _ in 0..rounds {
+            let rest_port = procs::free_port();
+            let mcp_port = procs::free_port();
+            let started = Instant::now();
+            let gateway = procs::gateway(
+                dir,
+                sim_addr,
+                &[(8080, rest_port), (9090, mcp_port)],
+                &["--no-watch"],
+            )?;
+            let target = Target::get(
+                "list",
+                &format!(
+                    "http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions?limit=1"
+                ),
+            );
+            // Ready means: the route answers (listeners open only after every file is compiled).
+            loop {
+                if started.elapsed() > Duration::from_secs(30) {
+                    anyhow::bail!("capgate did not answer within 30 s");
+                }
+                if let Ok((200, _)) = load::once(&client, &target).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            startup.push(started.elapsed().as_secs_f64() * 1000.0);
+            load::fixed_concurrency(&client, &target, 8, Duration::from_secs(1)).await;
+            peak.push(gateway.peak_rss_kib().unwrap_or(0) as f64 / 1024.0);
+            after.push(gateway.rss_kib().unwrap_or(0) as f64 / 1024.0);
+        }
+        println!(
+            "| {name} | {:.0} | {:.1} | {:.1} |",
+            median(startup),
+            median(peak),
+            median(after)
+        );
+    }
+    Ok(())
+}

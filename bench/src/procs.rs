@@ -1,0 +1,118 @@
+//! The processes under test: the capgate binary built next to this one, run as the Stripe
+//! stand-in and as the gateway, on free loopback ports.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        status_field(self.pid(), "VmHWM:")
+    }
+
+    /// Current resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        status_field(self.pid(), "VmRSS:")
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The `capgate` binary next to this executable (same cargo profile).
+pub fn capgate_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("the current executable");
+    let path = me.parent().expect("a directory").join("capgate");
+    assert!(
+        path.exists(),
+        "{} not found: build it first (cargo build --release -p capgate)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts connections.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    anyhow::bail!("{addr} did not open within {timeout:?}")
+}
+
+pub fn stripe_sim(port: u16) -> anyhow::Result<Proc> {
+    let child = Command::new(capgate_binary())
+        .args(["stripe-sim", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let proc = Proc { child };
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    )?;
+    Ok(proc)
+}
+
+/// Starts the gateway on `specs`, every upstream pointed at `sim`, declared ports remapped.
+pub fn gateway(
+    specs: &Path,
+    sim: SocketAddr,
+    ports: &[(u16, u16)],
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let mut command = Command::new(capgate_binary());
+    command
+        .args(["serve", "--specs"])
+        .arg(specs)
+        .args(["--upstream", &format!("*=http://{sim}"), "--admin", "off"])
+        .args(extra)
+        .env("STRIPE_API_KEY", "sk_test_capgate_bench")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (declared, actual) in ports {
+        command.args(["--port", &format!("{declared}={actual}")]);
+    }
+    Ok(Proc {
+        child: command.spawn()?,
+    })
+}

@@ -1,0 +1,355 @@
+//! The gateway's own errors: statuses and Stripe's error shape; and path injection.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{self, Harness};
+
+async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn routing_errors() {
+    let h = Harness::seed().await;
+    let base = h.base(8080).await;
+    let (status, body) =
+        error_of(h.http.get(format!("{base}/v1/nope")).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "Unrecognized request URL (GET: /v1/nope)"}})
+    );
+
+    let response = h.http.delete(h.sessions().await).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "GET, POST");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert!(h.sim.requests().is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_400_naming_the_problem() {
+    let h = Harness::seed().await;
+    let url = h.sessions().await;
+    let (status, body) = error_of(
+        h.http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body("{\"type\": ")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON body"),
+        "{body}"
+    );
+
+    let (status, body) =
+        error_of(h.http.get(format!("{url}?limit=ten")).send().await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "limit");
+    assert_eq!(body["error"]["code"], "parameter_invalid");
+
+    let (status, body) = error_of(
+        h.http
+            .get(format!("{url}?colour=blue"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"],
+        json!({"type": "invalid_request_error", "code": "parameter_unknown", "message": "Received unknown parameter: colour", "param": "colour"})
+    );
+
+    let (status, body) = error_of(h.http.post(&url).send().await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "parameter_missing");
+    assert_eq!(body["error"]["param"], "body");
+
+    let (status, body) = error_of(
+        h.http
+            .post(&url)
+            .header("content-type", "text/csv")
+            .body("a,b")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text/csv")
+    );
+
+    let (status, body) = error_of(
+        h.http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a[b=1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("a[b"),
+        "{body}"
+    );
+    assert!(h.sim.requests().is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| c.limits.max_body_bytes = 1024).await;
+    let big = format!("type=document&metadata[x]={}", "a".repeat(2000));
+    let (status, body) = error_of(
+        h.http
+            .post(h.sessions().await)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "request_too_large");
+    assert!(h.sim.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_503_naming_the_variable_not_its_value() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| {
+        c.env.clear();
+        c.env.insert("UNRELATED".into(), "x".into());
+    })
+    .await;
+    // The process environment of the test runner must not provide the key either.
+    if std::env::var("STRIPE_API_KEY").is_ok() {
+        return;
+    }
+    let (status, body) = error_of(h.http.get(h.sessions().await).send().await.unwrap()).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["type"], "api_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("STRIPE_API_KEY")
+    );
+    let states = h.gateway.status();
+    assert_eq!(states[0].state, capgate::reload::FileState::Degraded);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| {
+        c.upstreams[0].base_uri = Some(format!("http://{closed}"));
+        c.retry.max_retries = 0;
+    })
+    .await;
+    let (status, body) = error_of(h.http.get(h.sessions().await).send().await.unwrap()).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        body["error"],
+        json!({"type": "api_error", "code": "upstream_unreachable", "message": "upstream identity-sessions is unreachable"})
+    );
+
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| {
+        c.limits.upstream_timeout = Duration::from_millis(300)
+    })
+    .await;
+    h.http
+        .post(format!("{}/_sim/faults", h.sim.base_url()))
+        .json(&json!({"status": null, "delay_ms": 2000, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = error_of(h.http.get(h.sessions().await).send().await.unwrap()).await;
+    assert_eq!(status, 504);
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the timeout cut the wait short"
+    );
+}
+
+#[tokio::test]
+async fn retries_follow_stripes_rules_with_one_idempotency_key() {
+    let h = Harness::seed().await;
+    let faults = format!("{}/_sim/faults", h.sim.base_url());
+    h.http
+        .post(&faults)
+        .json(&json!({"status": 500, "count": 1, "method": "POST"}))
+        .send()
+        .await
+        .unwrap();
+    let response = h
+        .http
+        .post(h.sessions().await)
+        .form(&[("type", "document")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let received = h.sim.requests();
+    assert_eq!(received.len(), 2, "one failure, one retry");
+    let key = received[0]
+        .header("idempotency-key")
+        .expect("the gateway added a key")
+        .to_owned();
+    assert_eq!(received[1].header("idempotency-key"), Some(key.as_str()));
+
+    // Stripe-Should-Retry: false is final.
+    h.http
+        .post(&faults)
+        .json(&json!({"status": 500, "count": 1, "should_retry": false}))
+        .send()
+        .await
+        .unwrap();
+    let response = h.http.get(h.sessions().await).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["stripe-should-retry"], "false");
+    assert_eq!(h.sim.requests().len(), 3);
+
+    // A 429 without the header is not retried; with `true` it is.
+    h.http
+        .post(&faults)
+        .json(&json!({"status": 429, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        h.http
+            .get(h.sessions().await)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    h.http
+        .post(&faults)
+        .json(&json!({"status": 429, "count": 1, "should_retry": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        h.http
+            .get(h.sessions().await)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// Sends a raw HTTP/1.1 request, so that no client normalizes the path first.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn session_ids_can_never_reach_another_upstream_path() {
+    let h = Harness::seed().await;
+    let addr = h.gateway.local_addr(8080).await.unwrap();
+    let prefix = "/v1/v1/identity/verification-sessions";
+    let attempts = [
+        "../../v1/charges",
+        "..%2F..%2Fv1%2Fcharges",
+        "vs_1%2F..%2Fx",
+        "a%3Fb%3Dc",
+        "a?b=c",
+        "a%23b",
+        "a#b",
+        "%2e%2e",
+        "%2E%2E/cancel",
+        "..",
+        ".",
+        "%252e%252e",
+        "a%5C..%5Cb",
+        "vs_1/../../../v1/charges",
+    ];
+    for attempt in attempts {
+        for suffix in ["", "/cancel"] {
+            let status = raw_get(addr, &format!("{prefix}/{attempt}{suffix}")).await;
+            assert!(
+                matches!(status, 400 | 404 | 405),
+                "{attempt}{suffix}: {status}"
+            );
+        }
+    }
+    for request in h.sim.requests() {
+        let rest = request
+            .path
+            .strip_prefix("/v1/identity/verification_sessions/")
+            .unwrap_or_else(|| panic!("reached {}", request.path));
+        assert!(
+            !rest.contains('/'),
+            "more than one segment: {}",
+            request.path
+        );
+        assert!(
+            rest != "." && rest != ".." && !rest.eq_ignore_ascii_case("%2e%2e"),
+            "{}",
+            request.path
+        );
+        assert_eq!(
+            request.query, None,
+            "a query was injected: {:?}",
+            request.query
+        );
+    }
+    // The encoded attempts did reach the stand-in, as one opaque segment each.
+    let paths: Vec<String> = h.sim.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.contains(&"/v1/identity/verification_sessions/..%2F..%2Fv1%2Fcharges".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/v1/identity/verification_sessions/a%3Fb%3Dc".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/v1/identity/verification_sessions/%252e%252e".to_owned()),
+        "{paths:?}"
+    );
+}

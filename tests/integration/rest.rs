@@ -1,0 +1,281 @@
+//! The seed's six REST operations through capgate to the Stripe stand-in: what the stand-in
+//! received and what the caller got.
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Harness, KEY};
+
+#[tokio::test]
+async fn create_sends_stripe_form_encoding_and_passes_back_headers() {
+    let h = Harness::seed().await;
+    let response = h
+        .http
+        .post(h.sessions().await)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("stripe-version", "2026-08-26.dahlia")
+        .header("idempotency-key", "create-1")
+        .body("type=document&metadata[order]=6735&options[document][allowed_types][]=passport&options[document][allowed_types][]=id_card&options[document][require_matching_selfie]=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(request_id.starts_with("req_"), "{request_id}");
+    assert_eq!(response.headers()["idempotency-key"], "create-1");
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["object"], "identity.verification_session");
+    assert_eq!(session["status"], "requires_input");
+    assert_eq!(session["metadata"], json!({"order": "6735"}));
+
+    let received = h.sim.requests();
+    assert_eq!(received.len(), 1);
+    let r = &received[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/v1/identity/verification_sessions");
+    assert_eq!(r.query, None);
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(r.header("stripe-version"), Some("2026-08-26.dahlia"));
+    assert_eq!(r.header("idempotency-key"), Some("create-1"));
+    // Exactly what Stripe's SDKs send: brackets, indexed arrays, booleans as words.
+    assert_eq!(
+        r.body,
+        "type=document&metadata[order]=6735&options[document][allowed_types][0]=passport\
+         &options[document][allowed_types][1]=id_card&options[document][require_matching_selfie]=true"
+    );
+}
+
+#[tokio::test]
+async fn a_json_body_goes_upstream_as_the_same_form() {
+    let h = Harness::seed().await;
+    let response = h
+        .http
+        .post(h.sessions().await)
+        .json(&json!({"type": "id_number", "metadata": {"a": "1", "b": ""}, "client_reference_id": "user-7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let r = &h.sim.requests()[0];
+    assert_eq!(
+        r.body,
+        "type=id_number&metadata[a]=1&metadata[b]=&client_reference_id=user-7"
+    );
+    assert_eq!(r.form()["metadata"], json!({"a": "1", "b": ""}));
+}
+
+#[tokio::test]
+async fn list_encodes_brackets_in_the_query_and_never_sends_a_body() {
+    let h = Harness::seed().await;
+    for _ in 0..3 {
+        common::create_session_directly(&h.sim).await;
+    }
+    let url = format!(
+        "{}?limit=2&expand[]=data.verified_outputs&created[gte]=1&status=requires_input",
+        h.sessions().await
+    );
+    let response = h
+        .http
+        .get(url)
+        .json(&json!({"ignored": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("request-id"));
+    let list: Value = response.json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["has_more"], true);
+
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.path, "/v1/identity/verification_sessions");
+    assert_eq!(r.body, "");
+    assert_eq!(r.header("content-type"), None);
+    assert_eq!(
+        r.query.as_deref(),
+        Some("created[gte]=1&expand[0]=data.verified_outputs&limit=2&status=requires_input")
+    );
+    assert_eq!(
+        Value::Object(r.query_form()),
+        json!({"created": {"gte": "1"}, "expand": ["data.verified_outputs"], "limit": "2", "status": "requires_input"})
+    );
+}
+
+#[tokio::test]
+async fn retrieve_update_cancel_and_redact() {
+    let h = Harness::seed().await;
+    let base = h.sessions().await;
+    let id = common::create_session_directly(&h.sim).await;
+
+    let got: Value = h
+        .http
+        .get(format!("{base}/{id}?expand[0]=verified_outputs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["id"], id.as_str());
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        (r.method.as_str(), r.path.clone()),
+        ("GET", format!("/v1/identity/verification_sessions/{id}"))
+    );
+    assert_eq!(r.query.as_deref(), Some("expand[0]=verified_outputs"));
+
+    let updated = h
+        .http
+        .post(format!("{base}/{id}"))
+        .form(&[("metadata[step]", "2")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(updated["metadata"]["step"], "2");
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        (r.method.as_str(), r.path.clone(), r.body.as_str()),
+        (
+            "POST",
+            format!("/v1/identity/verification_sessions/{id}"),
+            "metadata[step]=2"
+        )
+    );
+
+    let canceled = h
+        .http
+        .post(format!("{base}/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 200);
+    let canceled: Value = canceled.json().await.unwrap();
+    assert_eq!(canceled["status"], "canceled");
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        (r.method.as_str(), r.path.clone(), r.body.as_str()),
+        (
+            "POST",
+            format!("/v1/identity/verification_sessions/{id}/cancel"),
+            ""
+        )
+    );
+
+    let redacted = h
+        .http
+        .post(format!("{base}/{id}/redact"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redacted.status(), 200);
+    let redacted: Value = redacted.json().await.unwrap();
+    assert_eq!(redacted["redaction"]["status"], "processing");
+    assert_eq!(
+        h.sim.requests().pop().unwrap().path,
+        format!("/v1/identity/verification_sessions/{id}/redact")
+    );
+
+    // A disallowed transition is Stripe's own 400, passed through.
+    let again = h
+        .http
+        .post(format!("{base}/{id}"))
+        .form(&[("metadata[x]", "y")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn stripe_errors_pass_through_unchanged() {
+    let h = Harness::seed().await;
+    let direct = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/identity/verification_sessions/vs_nope",
+            h.sim.base_url()
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let direct_status = direct.status();
+    let direct_body: Value = direct.json().await.unwrap();
+    let through = h
+        .http
+        .get(format!("{}/vs_nope", h.sessions().await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through.status(), direct_status);
+    assert_eq!(through.status(), 404);
+    assert!(
+        through.headers()["request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+    let body: Value = through.json().await.unwrap();
+    assert_eq!(body, direct_body);
+    assert_eq!(body["error"]["code"], "resource_missing");
+    assert_eq!(
+        body["error"]["message"],
+        "No such verification_session: 'vs_nope'"
+    );
+}
+
+#[tokio::test]
+async fn unknown_stripe_parameters_are_stripes_to_refuse() {
+    let h = Harness::seed().await;
+    let response = h
+        .http
+        .post(h.sessions().await)
+        .form(&[("type", "document"), ("colour", "blue")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "parameter_unknown");
+    assert_eq!(body["error"]["param"], "colour");
+}
+
+#[tokio::test]
+async fn bodies_in_both_array_styles_arrive_identically() {
+    let h = Harness::seed().await;
+    let url = h.sessions().await;
+    for body in [
+        "type=document&options[document][allowed_types][]=passport&options[document][allowed_types][]=driving_license",
+        "type=document&options%5Bdocument%5D%5Ballowed_types%5D%5B0%5D=passport&options%5Bdocument%5D%5Ballowed_types%5D%5B1%5D=driving_license",
+    ] {
+        let response = h
+            .http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    let bodies: Vec<String> = h.sim.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(
+        bodies[0],
+        "type=document&options[document][allowed_types][0]=passport&options[document][allowed_types][1]=driving_license"
+    );
+}
