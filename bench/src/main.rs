@@ -272,7 +272,7 @@ async fn footprint(corpus: &std::path::Path, rounds: usize) -> anyhow::Result<()
     )?;
     let client = load::client();
     println!("## Footprint: startup to first answer, and peak memory ({rounds} rounds, medians)\n");
-    println!("| specs | startup ms | peak RSS MiB | RSS after 2000 requests MiB |");
+    println!("| specs | startup ms | peak RSS MiB | RSS after 1 s of load MiB |");
     println!("|---|---:|---:|---:|");
     for (name, dir) in [
         ("1 file (the seed)", one.path()),

@@ -69,6 +69,19 @@ impl Harness {
         }
     }
 
+    /// Serves an existing folder as it is.
+    pub async fn with_dir(dir: &Path) -> Harness {
+        let sim = StripeSim::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let config = test_config(dir, &sim);
+        let gateway = Gateway::start(config).await;
+        Harness {
+            sim,
+            gateway,
+            _specs: tempfile::tempdir().unwrap(),
+            http: reqwest::Client::builder().build().unwrap(),
+        }
+    }
+
     /// `http://ADDR` of the listener for a declared port.
     pub async fn base(&self, declared_port: u16) -> String {
         let addr = self

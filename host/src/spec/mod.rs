@@ -52,3 +52,84 @@ pub fn is_yaml(path: &Path) -> bool {
         Some("yaml" | "yml")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::{Env, load_str};
+    use crate::compile::{Options, compile_file};
+
+    const SEED: &str = include_str!("../../../specs/identity-sessions.yaml");
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z{}$.\\[\\] /-]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Replaces the node at a pseudo-random path of `doc` (chosen by `steps`) with `value`.
+    fn graft(doc: &mut Value, steps: &[usize], value: Value) {
+        let Some((step, rest)) = steps.split_first() else {
+            *doc = value;
+            return;
+        };
+        match doc {
+            Value::Object(map) if !map.is_empty() => {
+                let index = step % map.len();
+                let child = map.values_mut().nth(index).expect("in range");
+                graft(child, rest, value);
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let len = items.len();
+                graft(&mut items[step % len], rest, value);
+            }
+            other => *other = value,
+        }
+    }
+
+    fn load_and_compile(text: &str) {
+        let loaded = load_str(Path::new("/nonexistent/fuzz.yaml"), text, &Env::isolated(Default::default()));
+        let _ = compile_file(&loaded, &Options::default());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "(?s).{0,300}") {
+            load_and_compile(&text);
+        }
+
+        #[test]
+        fn arbitrary_yaml_documents_never_panic(doc in any_json()) {
+            load_and_compile(&serde_yaml::to_string(&doc).expect("JSON is YAML"));
+        }
+
+        #[test]
+        fn the_seed_with_any_part_replaced_never_panics(
+            steps in prop::collection::vec(any::<usize>(), 1..8),
+            value in any_json(),
+        ) {
+            let mut doc: Value = serde_yaml::from_str(SEED).expect("the seed parses");
+            graft(&mut doc, &steps, value);
+            load_and_compile(&serde_yaml::to_string(&doc).expect("JSON is YAML"));
+        }
+
+        #[test]
+        fn the_seed_cut_anywhere_never_panics(cut in 0usize..SEED.len()) {
+            let cut = (0..=cut).rev().find(|i| SEED.is_char_boundary(*i)).unwrap_or(0);
+            load_and_compile(&SEED[..cut]);
+        }
+    }
+}
