@@ -31,6 +31,9 @@ pub struct Config {
     pub log: LogConfig,
     pub reload: ReloadConfig,
     pub plugins: PluginsConfig,
+    /// The file this config was read from, watched for changes.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
             plugins: PluginsConfig::default(),
+            source: None,
         }
     }
 }
@@ -230,6 +234,8 @@ pub struct McpConfig {
     /// Allowed `Host` values, to defeat DNS rebinding. Behind a load balancer, add the public
     /// host names; an empty list allows any host.
     pub allowed_hosts: Vec<String>,
+    /// Take the host from `X-Forwarded-Host` when present (behind a load balancer that sets it).
+    pub trust_forwarded_host: bool,
     /// Largest accepted MCP request body.
     pub max_body_bytes: usize,
     /// Idle time after which a legacy (2025-era) session is closed.
@@ -246,6 +252,7 @@ impl Default for McpConfig {
                 "http://[::1]:*".into(),
             ],
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            trust_forwarded_host: false,
             max_body_bytes: 1024 * 1024,
             session_idle_timeout: Duration::from_secs(3600),
         }
@@ -330,6 +337,7 @@ impl Config {
         {
             config.plugins.dir = Some(base.join(dir));
         }
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 }

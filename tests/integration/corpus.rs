@@ -37,12 +37,31 @@ async fn all_corpus_files_serve_together() {
     let status = h.gateway.status();
     assert_eq!(status.len(), 322);
     for file in &status {
-        assert_eq!(file.state, capgate::reload::FileState::Serving, "{}", file.path.display());
+        assert_eq!(
+            file.state,
+            capgate::reload::FileState::Serving,
+            "{}",
+            file.path.display()
+        );
     }
     let snapshot = h.gateway.snapshot();
-    assert_eq!(snapshot.listeners.len(), 2, "REST on 8080 and MCP on 9090, shared by all");
-    let rest = snapshot.listeners.iter().find(|(k, _)| k.port == 8080).unwrap().1;
-    let mcp = snapshot.listeners.iter().find(|(k, _)| k.port == 9090).unwrap().1;
+    assert_eq!(
+        snapshot.listeners.len(),
+        2,
+        "REST on 8080 and MCP on 9090, shared by all"
+    );
+    let rest = snapshot
+        .listeners
+        .iter()
+        .find(|(k, _)| k.port == 8080)
+        .unwrap()
+        .1;
+    let mcp = snapshot
+        .listeners
+        .iter()
+        .find(|(k, _)| k.port == 9090)
+        .unwrap()
+        .1;
     assert_eq!(mcp.mcp.len(), 322, "one MCP endpoint per file");
     assert_eq!(mcp.mcp.values().map(|a| a.tools.len()).sum::<usize>(), 1600);
     // Every x.yaml has a near-twin x-2.yaml with the same routes: the first file serves them.
@@ -54,7 +73,11 @@ async fn all_corpus_files_serve_together() {
         .sum();
     let routes = rest.rest.values();
     assert!(routes.len() > 300, "{}", routes.len());
-    assert_eq!(routes.len() + collisions, 1600, "every REST operation either serves or collided");
+    assert_eq!(
+        routes.len() + collisions,
+        1600,
+        "every REST operation either serves or collided"
+    );
 
     let base = h.base(8080).await;
     let mut expected = 0;
@@ -65,17 +88,59 @@ async fn all_corpus_files_serve_together() {
             .map(|s| if s.starts_with('{') { "x1" } else { s })
             .collect::<Vec<_>>()
             .join("/");
-        let mut request = h.http.request(route.method.clone(), format!("{base}{path}"));
+        // Required inputs other than path variables (a search's `query`, say) get a value too.
+        let required: Vec<(String, serde_json::Value)> = match &route.inputs {
+            capgate::snapshot::RestInputs::Implicit { specs, .. } => specs
+                .iter()
+                .filter(|s| {
+                    s.required
+                        && s.name != "body"
+                        && !route.path.contains(&format!("{{{}}}", s.name))
+                })
+                .map(|s| (s.name.clone(), sample(&s.ty)))
+                .collect(),
+            capgate::snapshot::RestInputs::Declared(_) => Vec::new(),
+        };
+        let mut request = h
+            .http
+            .request(route.method.clone(), format!("{base}{path}"));
+        let mut values = serde_json::Map::new();
+        values.insert("probe".into(), serde_json::json!("1"));
+        values.extend(required);
         if route.method == http::Method::POST {
-            request = request.json(&serde_json::json!({"probe": "1"}));
+            request = request.json(&values);
+        } else {
+            values.remove("probe");
+            let query = capgate::form::encode(&values);
+            request = h
+                .http
+                .request(route.method.clone(), format!("{base}{path}?{query}"));
         }
         let response = request.send().await.unwrap();
         let from_upstream = response
             .headers()
             .get("request-id")
             .is_some_and(|v| v.to_str().unwrap().starts_with("req_"));
-        assert!(from_upstream, "{} {} answered {} without reaching the upstream", route.method, route.path, response.status());
+        assert!(
+            from_upstream,
+            "{} {} answered {} without reaching the upstream",
+            route.method,
+            route.path,
+            response.status()
+        );
         expected += 1;
     }
     assert_eq!(h.sim.requests().len(), expected);
+}
+
+/// A value of the given type, to fill a required input.
+fn sample(ty: &capgate::snapshot::ParamType) -> serde_json::Value {
+    use capgate::snapshot::ParamType;
+    match ty {
+        ParamType::Integer | ParamType::Number | ParamType::RangeFilter => serde_json::json!(1),
+        ParamType::Boolean => serde_json::json!(true),
+        ParamType::Array => serde_json::json!(["x1"]),
+        ParamType::Object => serde_json::json!({"type": "x1"}),
+        ParamType::String | ParamType::Any => serde_json::json!("x1"),
+    }
 }

@@ -1,7 +1,10 @@
 //! capgate's integration tests: one binary, real sockets on 127.0.0.1, the Stripe stand-in.
 
+mod clients;
 mod common;
 mod corpus;
 mod errors;
 mod fixtures;
+mod mcp;
+mod reload;
 mod rest;

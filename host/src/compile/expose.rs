@@ -736,12 +736,7 @@ fn derived_inputs(compiled: &Compiled, mock_refs: &[String]) -> Vec<InputSpec> {
     for (param, source) in with {
         match source {
             Source::Input(name) => match upstream.param(param).filter(usable) {
-                Some(p) => {
-                    let mut spec = p.spec.clone();
-                    spec.name = name.clone();
-                    spec.required |= p.location == ParamIn::Path;
-                    push(spec);
-                }
+                Some(p) => push(caller_spec(p, name)),
                 None if upstream.param(param).is_some() => {}
                 None => push(input_spec(
                     name,
@@ -769,9 +764,7 @@ fn derived_inputs(compiled: &Compiled, mock_refs: &[String]) -> Vec<InputSpec> {
     }
     for p in upstream.params.iter().filter(usable) {
         if p.value.is_none() && !with.iter().any(|(name, _)| name == &p.name) {
-            let mut spec = p.spec.clone();
-            spec.required |= p.location == ParamIn::Path;
-            push(spec);
+            push(caller_spec(p, &p.name));
         }
     }
     for name in body_input_refs(upstream) {
@@ -784,6 +777,22 @@ fn derived_inputs(compiled: &Compiled, mock_refs: &[String]) -> Vec<InputSpec> {
         ));
     }
     specs
+}
+
+/// The input a caller gives, named `name`, for a consumed parameter: path parameters are
+/// always required, and scalar header parameters are announced as `x-mcp-header`.
+fn caller_spec(param: &UpstreamParam, name: &str) -> InputSpec {
+    let mut spec = param.spec.clone();
+    spec.name = name.to_owned();
+    spec.required |= param.location == ParamIn::Path;
+    let scalar = matches!(
+        spec.ty,
+        ParamType::String | ParamType::Integer | ParamType::Number | ParamType::Boolean
+    );
+    if param.location == ParamIn::Header && scalar {
+        spec.header = Some(param.name.clone());
+    }
+    spec
 }
 
 fn output(

@@ -40,6 +40,7 @@ pub(crate) fn input_spec(
         ty,
         required,
         description,
+        header: None,
     }
 }
 
@@ -82,8 +83,13 @@ pub fn schema_for(inputs: &[InputSpec]) -> Map<String, Value> {
             }
             _ => None,
         };
-        if let (Some(description), Value::Object(map)) = (description, &mut schema) {
-            map.insert("description".into(), Value::String(description));
+        if let Value::Object(map) = &mut schema {
+            if let Some(description) = description {
+                map.insert("description".into(), Value::String(description));
+            }
+            if let Some(header) = &input.header {
+                map.insert("x-mcp-header".into(), Value::String(header.clone()));
+            }
         }
         properties.insert(input.name.clone(), schema);
         if input.required {

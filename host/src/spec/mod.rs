@@ -75,7 +75,8 @@ mod tests {
         leaf.prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
@@ -101,7 +102,11 @@ mod tests {
     }
 
     fn load_and_compile(text: &str) {
-        let loaded = load_str(Path::new("/nonexistent/fuzz.yaml"), text, &Env::isolated(Default::default()));
+        let loaded = load_str(
+            Path::new("/nonexistent/fuzz.yaml"),
+            text,
+            &Env::isolated(Default::default()),
+        );
         let _ = compile_file(&loaded, &Options::default());
     }
 

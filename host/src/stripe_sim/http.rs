@@ -81,7 +81,34 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// Counts a request whose handling was dropped before it produced an answer: the client (a
+/// gateway that cancelled its upstream call, say) went away while it was in progress.
+struct Unanswered {
+    shared: Arc<Shared>,
+    answered: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.shared
+                .abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> HttpResponse {
+    let mut guard = Unanswered {
+        shared: shared.clone(),
+        answered: false,
+    };
+    let response = answer(shared, request).await;
+    guard.answered = true;
+    response
+}
+
+async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> HttpResponse {
     let request_id = random_id("req_", 24);
     let path = request.uri().path().to_owned();
     tracing::debug!(method = %request.method(), %path, %request_id, "stripe-sim request");

@@ -50,6 +50,8 @@ pub struct StripeSim {
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Requests dropped before they were answered (see `http::Unanswered`).
+    abandoned: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -95,6 +97,14 @@ impl StripeSim {
     /// Every request received so far on Stripe paths (`/v1/...`), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests()
+    }
+
+    /// How many requests were abandoned by their client before the stand-in answered them
+    /// (for example an upstream call the gateway cancelled during an injected delay).
+    pub fn abandoned(&self) -> usize {
+        self.shared
+            .abandoned
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops the server (also done on Drop).

@@ -1,4 +1,4 @@
-//! The catalog of capability files and the publishing of new snapshots.
+//! The catalog of capability files: what each serves, in what state, and the snapshot they make.
 //!
 //! [`Catalog::refresh`] rescans the specs folder, re-reads only the files whose bytes (or whose
 //! imports and bind files) changed, compiles them, and assembles a new snapshot from every
@@ -72,9 +72,6 @@ pub struct Report {
     pub routes_removed: Vec<String>,
     pub tools_added: Vec<String>,
     pub tools_removed: Vec<String>,
-    /// MCP adapters whose tool list changed: (listener, namespace).
-    #[serde(skip)]
-    pub changed_adapters: Vec<(ListenKey, String)>,
     #[serde(with = "micros")]
     pub took: Duration,
 }
@@ -95,6 +92,8 @@ pub struct Catalog {
     files: BTreeMap<PathBuf, Entry>,
     /// Collision warnings of the last assembly, by file.
     collisions: BTreeMap<Arc<Path>, Vec<Diagnostic>>,
+    /// Listeners that could not be opened, with the reason.
+    listen_failures: BTreeMap<ListenKey, String>,
     generation: u64,
 }
 
@@ -106,6 +105,7 @@ impl Catalog {
             options,
             files: BTreeMap::new(),
             collisions: BTreeMap::new(),
+            listen_failures: BTreeMap::new(),
             generation: 0,
         }
     }
@@ -125,9 +125,28 @@ impl Catalog {
         out
     }
 
-    /// Rescans the folder and rebuilds the snapshot from what changed. `previous` is the
-    /// snapshot being replaced, for the report.
-    pub fn refresh(&mut self, previous: &Snapshot) -> (Snapshot, Report) {
+    /// Changes what compilation depends on (upstream overrides, bind values from the config):
+    /// every file is compiled again at the next refresh.
+    pub fn reconfigure(&mut self, env: Env, options: compile::Options) {
+        self.env = env;
+        self.options = options;
+        for entry in self.files.values_mut() {
+            entry.fingerprint = 0;
+        }
+    }
+
+    /// Records which listeners could not be opened, so that the files declaring them say so.
+    pub fn set_listen_failures(&mut self, failures: BTreeMap<ListenKey, String>) {
+        self.listen_failures = failures;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Rescans the folder and rebuilds the snapshot from what changed; `None` when nothing did.
+    /// `previous` is the snapshot being replaced, for the report.
+    pub fn refresh(&mut self, previous: &Snapshot) -> Option<(Snapshot, Report)> {
         let started = Instant::now();
         let generation = self.generation + 1;
         let mut report = Report {
@@ -190,6 +209,9 @@ impl Catalog {
                 },
             );
         }
+        if report.is_empty() {
+            return None;
+        }
         let serving: Vec<Arc<CompiledFile>> = self
             .files
             .values()
@@ -200,7 +222,7 @@ impl Catalog {
         diff(previous, &snapshot, &mut report);
         self.generation = generation;
         report.took = started.elapsed();
-        (snapshot, report)
+        Some((snapshot, report))
     }
 }
 
@@ -299,23 +321,11 @@ fn diff(old: &Snapshot, new: &Snapshot, report: &mut Report) {
     let (old_flat, new_flat) = (flatten(&old_tools), flatten(&new_tools));
     report.tools_added = new_flat.difference(&old_flat).cloned().collect();
     report.tools_removed = old_flat.difference(&new_flat).cloned().collect();
-    for (key, listener) in &new.listeners {
-        for (namespace, adapter) in &listener.mcp {
-            let before = old.listeners.get(key).and_then(|l| l.mcp.get(namespace));
-            let changed = match before {
-                None => false,
-                Some(before) => !same_tools(before, adapter),
-            };
-            if changed {
-                report.changed_adapters.push((*key, namespace.clone()));
-            }
-        }
-    }
 }
 
 /// Whether two versions of an adapter list the same tools (an MCP client would see no change).
 pub fn same_tools(a: &crate::snapshot::McpAdapter, b: &crate::snapshot::McpAdapter) -> bool {
-    Arc::ptr_eq(&a.origin.file, &b.origin.file)
+    a.origin.file == b.origin.file
         && a.tools.len() == b.tools.len()
         && a.tools.iter().zip(&b.tools).all(|(x, y)| {
             x.name == y.name
@@ -351,6 +361,33 @@ mod micros {
 }
 
 impl Catalog {
+    /// Errors for the listeners `file` declares that could not be opened.
+    fn listen_diagnostics(&self, file: &CompiledFile) -> Vec<Diagnostic> {
+        let mut declared: BTreeMap<ListenKey, u32> = BTreeMap::new();
+        for route in &file.rest {
+            declared.entry(route.listen).or_insert(route.at.line);
+        }
+        for (key, adapter) in &file.mcp {
+            declared.entry(*key).or_insert(adapter.origin.line);
+        }
+        let mut out = Vec::new();
+        for (key, line) in declared {
+            if let Some(reason) = self.listen_failures.get(&key) {
+                let mut diagnostic = Diagnostic::new(
+                    Severity::Error,
+                    "listen-failed",
+                    &file.path,
+                    &crate::diag::Loc::new(line, ""),
+                );
+                diagnostic.message = format!(
+                    "cannot listen on {key}: {reason}; what this file serves there is unreachable"
+                );
+                out.push(diagnostic);
+            }
+        }
+        out
+    }
+
     /// Every file's state and diagnostics (collisions included), in path order.
     pub fn status(&self) -> Vec<FileStatus> {
         self.files
@@ -359,6 +396,9 @@ impl Catalog {
                 let mut diagnostics = entry.latest.diagnostics.clone();
                 if let Some(extra) = self.collisions.get(entry.latest.path.as_ref()) {
                     diagnostics.extend(extra.iter().cloned());
+                }
+                if let Some(serving) = &entry.serving {
+                    diagnostics.extend(self.listen_diagnostics(serving));
                 }
                 let serving = entry.serving.as_ref();
                 let (rest_operations, mcp_tools) =

@@ -1,0 +1,602 @@
+//! The seed's MCP tools through rmcp's own client, in both protocol eras, to the stand-in.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+
+use crate::common::{self, Harness, KEY};
+
+pub type Client = RunningService<RoleClient, ClientConfig>;
+
+/// A legacy (2025-11-25, `initialize` and sessions) client.
+pub async fn legacy_client(url: &str) -> Client {
+    ClientConfig::default()
+        .serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
+        .await
+        .expect("the legacy handshake succeeds")
+}
+
+/// A 2026-07-28 (stateless, `server/discover`) client.
+pub async fn modern_client(url: &str) -> Client {
+    ClientConfig::default()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url.to_owned()),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("discovery succeeds")
+}
+
+pub async fn mcp_url(h: &Harness) -> String {
+    format!("{}/mcp/identity-sessions-mcp", h.base(9090).await)
+}
+
+fn args(value: Value) -> Map<String, Value> {
+    value.as_object().expect("an object").clone()
+}
+
+pub async fn call(client: &Client, name: &str, arguments: Value) -> CallToolResult {
+    client
+        .call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(args(arguments)))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn text_of(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const SEED_TOOLS: [&str; 6] = [
+    "stripe-get-identity-verification-sessions",
+    "stripe-post-identity-verification-sessions",
+    "stripe-get-identity-verification-sessions-2",
+    "stripe-post-identity-verification-sessions-2",
+    "stripe-post-identity-verification-sessions-3",
+    "stripe-post-identity-verification-sessions-4",
+];
+
+fn check_seed_tools(tools: &[Tool]) {
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, SEED_TOOLS);
+    let list = &tools[0];
+    let a = list.annotations.as_ref().expect("annotations");
+    assert_eq!(
+        (
+            a.read_only_hint,
+            a.destructive_hint,
+            a.idempotent_hint,
+            a.open_world_hint
+        ),
+        (Some(true), Some(false), Some(true), Some(true))
+    );
+    let create = &tools[1];
+    let a = create.annotations.as_ref().unwrap();
+    assert_eq!(
+        (a.read_only_hint, a.idempotent_hint),
+        (Some(false), Some(false))
+    );
+    assert_eq!(
+        create.description.as_deref(),
+        Some("Stripe Post   Identity Verification Sessions")
+    );
+    let schema = Value::Object((*list.input_schema).clone());
+    assert_eq!(schema["type"], "object");
+    assert_eq!(schema["properties"]["limit"]["type"], "integer");
+    assert_eq!(
+        schema["properties"]["expand"],
+        json!({"type": "array", "items": {"type": "string"}, "description": "Specifies which fields in the response should be expanded."})
+    );
+    assert!(schema["properties"]["created"]["anyOf"].is_array());
+    assert!(
+        schema["properties"].get("body").is_none(),
+        "a GET takes no body"
+    );
+    let schema = Value::Object((*tools[2].input_schema).clone());
+    assert_eq!(schema["required"], json!(["session"]));
+    let schema = Value::Object((*create.input_schema).clone());
+    assert_eq!(schema["properties"]["body"]["type"], "object");
+    assert_eq!(schema["required"], json!(["body"]));
+}
+
+#[tokio::test]
+async fn both_eras_list_the_seeds_six_tools() {
+    let h = Harness::seed().await;
+    let url = mcp_url(&h).await;
+    let legacy = legacy_client(&url).await;
+    let info = legacy.peer_info().expect("server info");
+    let server = info.server_info.as_ref().expect("server info");
+    assert_eq!(server.name, "identity-sessions");
+    assert_eq!(
+        server.title.as_deref(),
+        Some("Stripe Identity API — Sessions")
+    );
+    assert!(
+        info.instructions
+            .as_deref()
+            .unwrap()
+            .starts_with("MCP adapter for Stripe Identity API")
+    );
+    check_seed_tools(&legacy.list_all_tools().await.unwrap());
+    legacy.cancel().await.unwrap();
+
+    let modern = modern_client(&url).await;
+    check_seed_tools(&modern.list_all_tools().await.unwrap());
+    modern.cancel().await.unwrap();
+
+    // The only MCP adapter on its port is also at /mcp.
+    let default = legacy_client(&format!("{}/mcp", h.base(9090).await)).await;
+    assert_eq!(default.list_all_tools().await.unwrap().len(), 6);
+    default.cancel().await.unwrap();
+}
+
+/// Every property of the derived schemas is a parameter Stripe's API really takes, with a
+/// compatible type; `body` stands for the form body and its properties are the request body's.
+#[tokio::test]
+async fn seed_schemas_match_stripes_openapi() {
+    let h = Harness::seed().await;
+    let client = legacy_client(&mcp_url(&h).await).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let openapi: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::shared().join("stripe/identity-openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let operations = [
+        ("get", "/v1/identity/verification_sessions"),
+        ("post", "/v1/identity/verification_sessions"),
+        ("get", "/v1/identity/verification_sessions/{session}"),
+        ("post", "/v1/identity/verification_sessions/{session}"),
+        (
+            "post",
+            "/v1/identity/verification_sessions/{session}/cancel",
+        ),
+        (
+            "post",
+            "/v1/identity/verification_sessions/{session}/redact",
+        ),
+    ];
+    for (tool, (method, path)) in tools.iter().zip(operations) {
+        let op = &openapi["paths"][path][method];
+        let params: Vec<&Value> = op["parameters"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let body = &op["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
+        let schema = Value::Object((*tool.input_schema).clone());
+        let required: BTreeSet<&str> = schema["required"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        for (name, property) in schema["properties"].as_object().unwrap() {
+            if name == "body" {
+                assert!(
+                    body.is_object(),
+                    "{}: `body` on an operation without a request body",
+                    tool.name
+                );
+                assert_eq!(property["type"], "object");
+                continue;
+            }
+            let param = params
+                .iter()
+                .find(|p| p["name"] == name.as_str())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: `{name}` is not a parameter of {method} {path}",
+                        tool.name
+                    )
+                });
+            let real = &param["schema"];
+            let declared_types: BTreeSet<String> = match real.get("anyOf") {
+                Some(alternatives) => alternatives
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["type"].as_str().unwrap().to_owned())
+                    .collect(),
+                None => BTreeSet::from([real["type"].as_str().unwrap().to_owned()]),
+            };
+            let ours: BTreeSet<String> = match property.get("anyOf") {
+                Some(alternatives) => alternatives
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["type"].as_str().unwrap().to_owned())
+                    .collect(),
+                None => BTreeSet::from([property["type"].as_str().unwrap().to_owned()]),
+            };
+            assert_eq!(ours, declared_types, "{}: type of `{name}`", tool.name);
+            assert_eq!(
+                required.contains(name.as_str()),
+                param["required"] == true,
+                "{}: required of `{name}`",
+                tool.name
+            );
+        }
+        // Every path and query parameter of the API is reachable, except the Connect-era
+        // filters the generated file does not declare.
+        for param in &params {
+            let name = param["name"].as_str().unwrap();
+            let skipped = [
+                "client_reference_id",
+                "related_customer",
+                "related_customer_account",
+            ];
+            assert!(
+                schema["properties"].get(name).is_some() || skipped.contains(&name),
+                "{}: `{name}` is missing",
+                tool.name
+            );
+        }
+    }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_seed_tool_calls_through_to_the_stand_in() {
+    let h = Harness::seed().await;
+    let client = legacy_client(&mcp_url(&h).await).await;
+
+    let created = call(&client, SEED_TOOLS[1], json!({"body": {"type": "document", "metadata": {"order": "6735"}, "options": {"document": {"allowed_types": ["passport"]}}}})).await;
+    assert_eq!(created.is_error, Some(false));
+    let session = created
+        .structured_content
+        .clone()
+        .expect("structured content");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text_of(&created)).unwrap(),
+        session,
+        "the text copy is the same JSON"
+    );
+    let id = session["id"].as_str().unwrap().to_owned();
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/v1/identity/verification_sessions")
+    );
+    assert_eq!(
+        r.body,
+        "type=document&metadata[order]=6735&options[document][allowed_types][0]=passport"
+    );
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert!(
+        r.header("idempotency-key").is_some(),
+        "POSTs carry an idempotency key"
+    );
+
+    let listed = call(
+        &client,
+        SEED_TOOLS[0],
+        json!({"limit": 1, "expand": ["data.verified_outputs"], "created": {"gte": 1}}),
+    )
+    .await;
+    assert_eq!(
+        listed.structured_content.as_ref().unwrap()["data"][0]["id"],
+        id.as_str()
+    );
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        r.query.as_deref(),
+        Some("created[gte]=1&expand[0]=data.verified_outputs&limit=1")
+    );
+
+    let got = call(&client, SEED_TOOLS[2], json!({"session": id})).await;
+    assert_eq!(
+        got.structured_content.as_ref().unwrap()["status"],
+        "requires_input"
+    );
+
+    let updated = call(
+        &client,
+        SEED_TOOLS[3],
+        json!({"session": id, "body": {"metadata": {"step": "2"}}}),
+    )
+    .await;
+    assert_eq!(
+        updated.structured_content.as_ref().unwrap()["metadata"],
+        json!({"order": "6735", "step": "2"})
+    );
+
+    let canceled = call(&client, SEED_TOOLS[4], json!({"session": id})).await;
+    assert_eq!(
+        canceled.structured_content.as_ref().unwrap()["status"],
+        "canceled"
+    );
+    assert_eq!(
+        h.sim.requests().pop().unwrap().path,
+        format!("/v1/identity/verification_sessions/{id}/cancel")
+    );
+
+    let redacted = call(&client, SEED_TOOLS[5], json!({"session": id})).await;
+    assert_eq!(
+        redacted.structured_content.as_ref().unwrap()["redaction"]["status"],
+        "processing"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_are_tool_results_and_unknown_tools_are_protocol_errors() {
+    let h = Harness::seed().await;
+    for client in [
+        legacy_client(&mcp_url(&h).await).await,
+        modern_client(&mcp_url(&h).await).await,
+    ] {
+        let missing = call(&client, SEED_TOOLS[2], json!({"session": "vs_nope"})).await;
+        assert_eq!(missing.is_error, Some(true));
+        let body = missing.structured_content.unwrap();
+        assert_eq!(body["error"]["code"], "resource_missing");
+        assert_eq!(body["status"], 404);
+
+        let before = h.sim.requests().len();
+        let bad = call(&client, SEED_TOOLS[0], json!({"limit": "ten"})).await;
+        assert_eq!(bad.is_error, Some(true));
+        let text = text_of(&bad);
+        assert!(
+            text.contains("\"limit\"") && text.contains("expected an integer"),
+            "{text}"
+        );
+        let bad = call(&client, SEED_TOOLS[2], json!({})).await;
+        assert!(
+            text_of(&bad).contains("missing required argument \"session\""),
+            "{}",
+            text_of(&bad)
+        );
+        let bad = call(
+            &client,
+            SEED_TOOLS[2],
+            json!({"session": "vs_1", "colour": "blue"}),
+        )
+        .await;
+        assert!(
+            text_of(&bad).contains("unknown argument \"colour\""),
+            "{}",
+            text_of(&bad)
+        );
+        assert_eq!(
+            h.sim.requests().len(),
+            before,
+            "bad arguments never reach the upstream"
+        );
+
+        let unknown = client
+            .call_tool(CallToolRequestParams::new("no-such-tool").with_arguments(Map::new()))
+            .await
+            .unwrap_err();
+        let message = unknown.to_string();
+        assert!(
+            message.contains("-32602") || message.contains("unknown tool"),
+            "{message}"
+        );
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_call_aborts_its_upstream_request() {
+    let h = Harness::seed().await;
+    let client = legacy_client(&mcp_url(&h).await).await;
+    h.http
+        .post(format!("{}/_sim/faults", h.sim.base_url()))
+        .json(&json!({"status": null, "delay_ms": 3000, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let request = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(
+        CallToolRequestParams::new(SEED_TOOLS[0].to_owned()).with_arguments(Map::new()),
+    ));
+    let handle = client
+        .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    // Wait until the upstream request is in flight, then cancel.
+    let started = std::time::Instant::now();
+    while h.sim.requests().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the call never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle
+        .cancel(Some("the user changed their mind".into()))
+        .await
+        .unwrap();
+    while h.sim.abandoned() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "the upstream request was not aborted before its delay ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.sim.abandoned(), 1);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn caller_tokens_are_never_forwarded_upstream() {
+    let h = Harness::seed().await;
+    let config = StreamableHttpClientTransportConfig::with_uri(mcp_url(&h).await)
+        .auth_header("caller-secret-token");
+    let client = ClientConfig::default()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    call(&client, SEED_TOOLS[0], json!({})).await;
+    let r = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert!(
+        r.headers
+            .iter()
+            .all(|(_, v)| !v.contains("caller-secret-token"))
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn origins_hosts_and_sizes_are_checked() {
+    let h = Harness::seed().await;
+    let url = mcp_url(&h).await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let post = |origin: Option<&str>, host: Option<&str>, body: String| {
+        let mut request = h
+            .http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+    assert_eq!(
+        post(None, None, initialize.to_string())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(Some("http://localhost:3000"), None, initialize.to_string())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(Some("https://evil.example"), None, initialize.to_string())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        post(None, Some("evil.example"), initialize.to_string())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"padding": "x".repeat(2 * 1024 * 1024)}});
+    assert_eq!(
+        post(None, None, huge.to_string()).await.unwrap().status(),
+        413
+    );
+}
+
+#[tokio::test]
+async fn a_load_balancer_host_can_be_allowed() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| {
+        c.mcp.allowed_hosts = vec!["gateway.example.com".into()];
+        c.mcp.trust_forwarded_host = true;
+    })
+    .await;
+    let url = mcp_url(&h).await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let send = |host: &'static str, forwarded: Option<&'static str>| {
+        let mut request = h
+            .http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("host", host)
+            .body(initialize.to_string());
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-host", forwarded);
+        }
+        request.send()
+    };
+    assert_eq!(
+        send("gateway.example.com:443", None)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        send("10.0.0.7:9090", Some("gateway.example.com"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(send("10.0.0.7:9090", None).await.unwrap().status(), 403);
+    assert_eq!(
+        send("127.0.0.1", Some("evil.example"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+}
+
+#[tokio::test]
+async fn each_corpus_adapter_lists_only_its_own_tools() {
+    let h = Harness::with_dir(&common::corpus()).await;
+    let base = h.base(9090).await;
+    let snapshot = h.gateway.snapshot();
+    let listener = snapshot
+        .listeners
+        .iter()
+        .find(|(k, _)| k.port == 9090)
+        .unwrap()
+        .1;
+    assert_eq!(listener.mcp.len(), 322);
+    for namespace in [
+        "identity-sessions-mcp",
+        "accounts-account-mcp",
+        "accounts-account-2-mcp",
+        "invoice-delete-mcp",
+    ] {
+        let client = legacy_client(&format!("{base}/mcp/{namespace}")).await;
+        let tools: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        let expected: Vec<String> = listener.mcp[namespace]
+            .tools
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(tools, expected, "{namespace}");
+        client.cancel().await.unwrap();
+    }
+    // With several adapters, /mcp alone is ambiguous and says so.
+    let response = h
+        .http
+        .post(format!("{base}/mcp"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains("/mcp/<namespace>"));
+}
