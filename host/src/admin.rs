@@ -81,9 +81,17 @@ async fn handle(gateway: &Gateway, request: &http::Request<Incoming>) -> HttpRes
             }
         }
         "/status" => json_response(StatusCode::OK, &status(gateway).await),
+        "/metrics" => {
+            let mut response = http::Response::new(crate::server::full(gateway.metrics().render()));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         path => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no admin endpoint at {path}; try /healthz, /readyz or /status")}),
+            &json!({"error": format!("no admin endpoint at {path}; try /healthz, /readyz, /status or /metrics")}),
         ),
     }
 }
@@ -110,5 +118,65 @@ async fn status(gateway: &Gateway) -> serde_json::Value {
         "generation": gateway.generation(),
         "files": files,
         "listeners": listeners,
+        "plugins": plugins(gateway, &snapshot),
     })
+}
+
+/// Plugin files with their state, and each binding with the operations it transforms.
+fn plugins(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> serde_json::Value {
+    let mut bound: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for listener in snapshot.listeners.values() {
+        let operations = listener
+            .rest
+            .values()
+            .into_iter()
+            .map(|r| r.operation.clone())
+            .chain(
+                listener
+                    .mcp
+                    .values()
+                    .flat_map(|a| a.tools.iter().map(|t| t.operation.clone())),
+            );
+        for operation in operations {
+            if let crate::snapshot::Action::Call(call) = &operation.action {
+                for transform in &call.upstream.transforms {
+                    bound
+                        .entry(transform.plugin.clone())
+                        .or_default()
+                        .insert(call.upstream.name.clone());
+                }
+            }
+        }
+    }
+    let files = gateway.plugins();
+    let bindings: Vec<serde_json::Value> = gateway
+        .config()
+        .plugins
+        .bindings
+        .iter()
+        .map(|binding| {
+            let loaded = files.as_ref().is_some_and(|f| f.iter().any(|p| p.file == binding.plugin && p.state != "failed"));
+            let operations = bound.get(&binding.plugin).map(|s| s.len()).unwrap_or(0);
+            let mut problems = Vec::new();
+            if !loaded {
+                problems.push(format!("plugin file {} is not loaded; the operations it is bound to fail (fail-closed) or skip it (fail-open)", binding.plugin));
+            }
+            if operations == 0 {
+                problems.push("the binding selects no operation".to_owned());
+            }
+            json!({
+                "plugin": binding.plugin,
+                "capabilities": binding.capabilities,
+                "operations": binding.operations,
+                "on_error": binding.on_error,
+                "timeout_ms": binding.timeout_ms,
+                "memory_mib": binding.memory_mib,
+                "loaded": loaded,
+                "operations_bound": operations,
+                "problems": problems,
+            })
+        })
+        .collect();
+    json!({"files": files, "bindings": bindings})
 }

@@ -298,11 +298,84 @@ impl Default for ReloadConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// The folder of `.wasm` transform plugins.
+    /// The folder of `.wasm` transform plugins (watched like the specs folder).
     pub dir: Option<PathBuf>,
+    /// Where compiled plugins are cached (a directory only this user can write); `null` turns
+    /// the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// Which plugins run around which operations.
+    pub bindings: Vec<TransformBinding>,
+    /// Plugin calls that may run at once (the size of the instance pool); more wait.
+    pub max_concurrent_calls: usize,
+    /// The largest memory any binding may give a plugin, in MiB.
+    pub max_memory_mib: usize,
+    /// How often running plugins are interrupted to check their deadline and yield.
+    #[serde(with = "millis")]
+    pub epoch_tick: Duration,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: None,
+            cache_dir: Some(std::env::temp_dir().join("capgate-plugin-cache")),
+            bindings: Vec::new(),
+            max_concurrent_calls: 256,
+            max_memory_mib: 64,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Runs a plugin around the upstream call of the operations it selects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformBinding {
+    /// A file of the plugins folder, for example `redact_pii.wasm`.
+    pub plugin: String,
+    /// Capability names (file names without extension), exactly or as globs.
+    #[serde(default = "everything")]
+    pub capabilities: Vec<String>,
+    /// Consumed operations as `namespace.operation` or `operation`, exactly or as globs.
+    #[serde(default = "everything")]
+    pub operations: Vec<String>,
+    /// Passed to the plugin as JSON text.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub on_error: FailurePolicy,
+    /// Time a call may take, in milliseconds.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u64,
+    /// Memory a call may use, in MiB.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_mib: usize,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn default_plugin_timeout() -> u64 {
+    10
+}
+
+fn default_plugin_memory() -> usize {
+    16
+}
+
+/// What a failing plugin (a trap, a timeout, an unusable result) does to its request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The request fails with a 502 naming the plugin.
+    #[default]
+    FailClosed,
+    /// The request goes on as if the plugin were not there.
+    FailOpen,
 }
 
 /// A config file that cannot be used.

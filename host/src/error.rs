@@ -52,6 +52,14 @@ pub enum GatewayError {
     UpstreamTimeout { upstream: String, after: Duration },
     #[error("transform plugin {plugin} failed: {detail}")]
     Plugin { plugin: String, detail: String },
+    /// A plugin refused the request, with its own status, code and message.
+    #[error("{message}")]
+    Refused {
+        plugin: String,
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -89,6 +97,7 @@ impl GatewayError {
             | GatewayError::UpstreamInvalid { .. }
             | GatewayError::Plugin { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Refused { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +114,8 @@ impl GatewayError {
             | GatewayError::UpstreamInvalid { .. }
             | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
             GatewayError::Plugin { .. } => Fault::Plugin,
+            GatewayError::Refused { status, .. } if status.is_client_error() => Fault::Caller,
+            GatewayError::Refused { .. } => Fault::Plugin,
             GatewayError::Internal => Fault::Gateway,
         }
     }
@@ -120,9 +131,10 @@ impl GatewayError {
     }
 
     /// Stripe's error `code` for this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             GatewayError::BadRequest { code, .. } => code,
+            GatewayError::Refused { code, .. } => code,
             GatewayError::Unauthorized { .. } => "authentication_required",
             GatewayError::NotFound { .. } => "resource_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",

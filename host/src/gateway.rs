@@ -24,6 +24,8 @@ use crate::compile;
 use crate::config::Config;
 use crate::invoke::Invoker;
 use crate::mcp::Hub;
+use crate::metrics::{Metrics, ReloadLabels};
+use crate::plugin::Plugins;
 use crate::reload::{Catalog, FileStatus, Report, Watcher};
 use crate::server::{HttpResponse, Listeners};
 use crate::snapshot::{ListenKey, Snapshot};
@@ -33,6 +35,7 @@ use crate::upstream::Client;
 /// State every request handler reads.
 pub struct Shared {
     pub config: Config,
+    pub metrics: Arc<Metrics>,
     /// The current snapshot; each request loads it once and keeps it to the end.
     pub snapshot: ArcSwap<Snapshot>,
     pub invoker: Arc<Invoker>,
@@ -52,15 +55,19 @@ impl Shared {
             return crate::rest::error_response(&error);
         };
         if Hub::wants(listener, request.uri().path()) {
-            return self.mcp.handle(key, listener, request).await;
+            let response = self.mcp.handle(key, listener, request).await;
+            self.metrics.request("mcp", response.status());
+            return response;
         }
-        crate::rest::handle(
+        let response = crate::rest::handle(
             &self.invoker,
             listener,
             self.config.limits.max_body_bytes,
             request,
         )
-        .await
+        .await;
+        self.metrics.request("rest", response.status());
+        response
     }
 }
 
@@ -87,9 +94,16 @@ impl Gateway {
     /// opens its listeners and, if configured, starts watching for changes.
     pub async fn start(config: Config) -> Gateway {
         let catalog = Catalog::new(config.specs.clone(), env_of(&config), options_of(&config));
-        let invoker = Arc::new(Invoker::new(Client::new(&config.limits, &config.retry)));
+        let metrics = Arc::new(Metrics::new());
+        let plugins = start_plugins(&config);
+        let invoker = Arc::new(Invoker::new(
+            Client::new(&config.limits, &config.retry),
+            plugins,
+            metrics.clone(),
+        ));
         let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {
+            metrics,
             config,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             invoker,
@@ -118,7 +132,7 @@ impl Gateway {
             let (wake, woken) = mpsc::channel(1);
             match Watcher::start(gateway.config().reload.debounce, wake) {
                 Ok(mut watcher) => {
-                    watcher.watch(&gateway.config().specs, gateway.config().source.clone());
+                    watcher.watch(&gateway.watched_dirs(), gateway.config().source.clone());
                     Some((watcher, woken))
                 }
                 Err(error) => {
@@ -141,18 +155,66 @@ impl Gateway {
         &self.inner.shared.config
     }
 
+    /// The folders watched as a whole: the specs folder and the plugins folder.
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let config = self.config();
+        std::iter::once(config.specs.clone())
+            .chain(config.plugins.dir.clone())
+            .collect()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.shared.metrics
+    }
+
+    /// Every plugin file's state, when plugins are configured.
+    pub fn plugins(&self) -> Option<Vec<crate::plugin::PluginStatus>> {
+        self.inner.shared.invoker.plugins().map(|p| p.status())
+    }
+
     /// Re-reads what changed and publishes it; `None` when nothing changed.
     pub async fn reload(&self) -> Option<Arc<Report>> {
         let _turn = self.inner.reloading.lock().await;
         let previous = self.inner.shared.snapshot.load_full();
         let catalog = self.inner.catalog.clone();
+        let plugins = self.inner.shared.invoker.plugins().cloned();
         // Reading and compiling is blocking work: keep it off the request-serving threads.
-        let refreshed = tokio::task::spawn_blocking(move || {
-            catalog.lock().expect("not poisoned").refresh(&previous)
+        let (plugins_changed, refreshed) = tokio::task::spawn_blocking(move || {
+            let plugins_changed = plugins.map(|p| p.refresh()).unwrap_or_default();
+            let refreshed = catalog.lock().expect("not poisoned").refresh(&previous);
+            (plugins_changed, refreshed)
         })
         .await
-        .expect("refreshing the catalog does not panic");
-        let published = refreshed.map(|(snapshot, report)| self.publish(snapshot, report));
+        .expect("refreshing does not panic");
+        let published = match refreshed {
+            Some((snapshot, mut report)) => {
+                report.plugins_changed = plugins_changed;
+                Some(self.publish(snapshot, report))
+            }
+            None if !plugins_changed.is_empty() => {
+                // Plugins changed but no capability did: the snapshot stays, subscribers hear of it.
+                let report = Report {
+                    generation: self.generation(),
+                    plugins_changed,
+                    ..Report::default()
+                };
+                tracing::info!(plugins = ?report.plugins_changed, "plugins reloaded");
+                let report = Arc::new(report);
+                self.inner.published.send_replace(report.clone());
+                Some(report)
+            }
+            None => {
+                self.inner
+                    .shared
+                    .metrics
+                    .reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "unchanged",
+                    })
+                    .inc();
+                None
+            }
+        };
         self.reconcile_listeners().await;
         published
     }
@@ -188,6 +250,14 @@ impl Gateway {
             tools_removed = ?report.tools_removed,
             "published changes"
         );
+        shared
+            .metrics
+            .reloads
+            .get_or_create(&ReloadLabels {
+                result: "published",
+            })
+            .inc();
+        shared.metrics.generation.set(report.generation as i64);
         let report = Arc::new(report);
         self.inner.published.send_replace(report.clone());
         report
@@ -296,13 +366,28 @@ fn options_of(config: &Config) -> compile::Options {
     compile::Options {
         listen: config.listen.clone(),
         upstreams: config.upstreams.clone(),
+        transforms: config.plugins.bindings.clone(),
+    }
+}
+
+/// The plugin host, when plugins are configured; a host that cannot start is logged and its
+/// bindings fail closed.
+fn start_plugins(config: &Config) -> Option<Arc<Plugins>> {
+    if config.plugins.dir.is_none() && config.plugins.bindings.is_empty() {
+        return None;
+    }
+    match Plugins::new(&config.plugins) {
+        Ok(plugins) => Some(Arc::new(plugins)),
+        Err(error) => {
+            tracing::error!(%error, "plugins are configured but the plugin host cannot start; their operations fail");
+            None
+        }
     }
 }
 
 /// Reloads after every batch of file changes, and retries listeners that could not be opened.
 async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Receiver<()>) {
     let config = gateway.config();
-    let specs = config.specs.clone();
     let mut current = config.clone();
     let watched = |gateway: &Gateway| -> Vec<PathBuf> {
         let catalog = gateway.inner.catalog.lock().expect("not poisoned");
@@ -310,7 +395,7 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
         files.extend(gateway.config().source.clone());
         files
     };
-    watcher.watch(&specs, watched(&gateway));
+    watcher.watch(&gateway.watched_dirs(), watched(&gateway));
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -322,7 +407,7 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
                 }
                 gateway.apply_config_changes(&mut current);
                 gateway.reload().await;
-                watcher.watch(&specs, watched(&gateway));
+                watcher.watch(&gateway.watched_dirs(), watched(&gateway));
             }
             _ = retry.tick() => {
                 let failing = gateway.status().iter().any(|f| f.diagnostics.iter().any(|d| d.code == "listen-failed"));
@@ -349,13 +434,20 @@ impl Gateway {
                 return;
             }
         };
-        let compile_inputs = |c: &Config| (c.upstreams.clone(), c.env.clone());
+        let compile_inputs = |c: &Config| {
+            (
+                c.upstreams.clone(),
+                c.env.clone(),
+                c.plugins.bindings.clone(),
+            )
+        };
         if compile_inputs(&next) != compile_inputs(current) {
             tracing::info!(config = %path.display(), "upstream overrides or bind values changed; recompiling every capability");
             // Listening settings are not reloaded: keep compiling with the running ones.
             let options = compile::Options {
                 listen: self.config().listen.clone(),
                 upstreams: next.upstreams.clone(),
+                transforms: next.plugins.bindings.clone(),
             };
             self.inner
                 .catalog
@@ -367,6 +459,7 @@ impl Gateway {
             let mut c = c.clone();
             c.upstreams.clear();
             c.env.clear();
+            c.plugins.bindings.clear();
             serde_json::to_string(&c).unwrap_or_default()
         };
         if rest(&next) != rest(current) {

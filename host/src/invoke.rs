@@ -1,23 +1,30 @@
 //! The one request pipeline that REST routes and MCP tools share.
 //!
 //! ```text
-//! inputs --prepare--> UpstreamRequest --(request transforms)--> upstream::Client::send
-//!   --> UpstreamResponse --(response transforms)--> output mapping --> Outcome
+//! inputs --prepare--> UpstreamRequest --plugins: on-request (in order)--> upstream::Client::send
+//!   --> UpstreamResponse --plugins: on-response (reverse order)--> output mapping --> Outcome
 //! ```
 //!
 //! Surfaces turn their requests into [`Inputs`] and an [`Outcome`] back into their own
-//! responses; everything between (auth, encoding, limits, retries, mapping) happens here once.
+//! responses; everything between (transforms, auth, encoding, limits, retries, mapping) happens
+//! here once.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Map, Value};
 
+use crate::config::FailurePolicy;
 use crate::error::GatewayError;
-use crate::snapshot::{Action, Operation, Output, Shape};
+use crate::metrics::{Metrics, UpstreamLabels};
+use crate::plugin::{CallContext, Failure, Plugins, Refusal, RequestOutcome};
+use crate::snapshot::{
+    Action, Operation, Output, Shape, TransformRef, UpstreamAdapter, UpstreamOperation,
+};
 use crate::template::Scope;
-use crate::upstream::{self, Client, PASSED_BACK_HEADERS, UpstreamResponse};
+use crate::upstream::{self, Client, PASSED_BACK_HEADERS, UpstreamRequest, UpstreamResponse};
 
 /// What a caller gave an operation.
 #[derive(Debug, Default)]
@@ -29,6 +36,13 @@ pub struct Inputs {
     pub headers: HeaderMap,
     /// For forward routes: the raw request to pass through.
     pub forward: Option<ForwardInput>,
+    /// The gateway's id of this request, for logs and plugins.
+    pub request_id: Arc<str>,
+}
+
+/// A new request id: `req_` and 24 random characters.
+pub fn request_id() -> Arc<str> {
+    Arc::from(format!("req_{}", upstream::random_id()))
 }
 
 #[derive(Debug)]
@@ -80,11 +94,25 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Invoker {
     client: Client,
+    plugins: Option<Arc<Plugins>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Invoker {
-    pub fn new(client: Client) -> Invoker {
-        Invoker { client }
+    pub fn new(client: Client, plugins: Option<Arc<Plugins>>, metrics: Arc<Metrics>) -> Invoker {
+        Invoker {
+            client,
+            plugins,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn plugins(&self) -> Option<&Arc<Plugins>> {
+        self.plugins.as_ref()
     }
 
     /// Runs `operation` with `inputs`.
@@ -109,14 +137,23 @@ impl Invoker {
             }
             Action::Call(call) => {
                 let request = upstream::prepare(call, &inputs.values, &inputs.headers)?;
-                let response = self.client.send(&call.upstream.adapter, request).await?;
+                let upstream = &call.upstream;
+                let response = if upstream.transforms.is_empty() {
+                    self.send(&upstream.adapter, request).await?
+                } else {
+                    let context = CallContext {
+                        capability: upstream.capability.to_string(),
+                        operation: upstream.name.clone(),
+                        request_id: if inputs.request_id.is_empty() {
+                            request_id()
+                        } else {
+                            inputs.request_id.clone()
+                        },
+                    };
+                    self.transformed(upstream, &context, request).await?
+                };
                 let scope = InputScope(&inputs.values);
-                shape_response(
-                    operation,
-                    response,
-                    &call.upstream.adapter.namespace,
-                    &scope,
-                )
+                shape_response(operation, response, &upstream.adapter.namespace, &scope)
             }
             Action::Forward(forward) => {
                 let Some(raw) = inputs.forward else {
@@ -130,10 +167,130 @@ impl Invoker {
                     &forward.trusted_headers,
                     raw.body,
                 )?;
-                let response = self.client.send(&forward.adapter, request).await?;
+                let response = self.send(&forward.adapter, request).await?;
                 Ok(pass_through(response))
             }
         }
+    }
+
+    async fn send(
+        &self,
+        adapter: &UpstreamAdapter,
+        request: UpstreamRequest,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let started = std::time::Instant::now();
+        let result = self.client.send(adapter, request).await;
+        self.metrics
+            .upstream_seconds
+            .get_or_create(&UpstreamLabels {
+                upstream: adapter.namespace.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The upstream call inside its plugins: `on-request` in binding order (a plugin may answer
+    /// instead of the upstream, or refuse), then `on-response` in reverse order for the plugins
+    /// whose `on-request` forwarded. A failing plugin fails the request (fail-closed) or is
+    /// skipped (fail-open).
+    async fn transformed(
+        &self,
+        upstream: &UpstreamOperation,
+        context: &CallContext,
+        request: UpstreamRequest,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let Some(plugins) = &self.plugins else {
+            return Err(GatewayError::Plugin {
+                plugin: upstream.transforms[0].plugin.clone(),
+                detail: "no plugin host is running".into(),
+            });
+        };
+        let mut ran: Vec<&TransformRef> = Vec::new();
+        let mut pending = Ok(request);
+        for transform in &upstream.transforms {
+            let Ok(request) = pending else {
+                break;
+            };
+            let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| request.clone());
+            pending = match plugins.on_request(transform, context, request).await {
+                Ok(RequestOutcome::Forward(changed)) => {
+                    self.metrics.plugin(&transform.plugin, "on_request", "ok");
+                    ran.push(transform);
+                    Ok(changed)
+                }
+                Ok(RequestOutcome::Respond(response)) => {
+                    self.metrics
+                        .plugin(&transform.plugin, "on_request", "responded");
+                    Err(response)
+                }
+                Ok(RequestOutcome::Refused(refusal)) => {
+                    self.metrics
+                        .plugin(&transform.plugin, "on_request", "refused");
+                    return Err(refused(transform, refusal));
+                }
+                Err(failure) => {
+                    self.metrics
+                        .plugin(&transform.plugin, "on_request", failure.kind());
+                    Ok(failed(transform, context, failure, kept)?)
+                }
+            };
+        }
+        // `pending` is the request to send, or the response a plugin answered with.
+        let mut response = match pending {
+            Ok(request) => self.send(&upstream.adapter, request).await?,
+            Err(answered) => answered,
+        };
+        for transform in ran.into_iter().rev() {
+            let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| response.clone());
+            match plugins.on_response(transform, context, response).await {
+                Ok(Ok(changed)) => {
+                    self.metrics.plugin(&transform.plugin, "on_response", "ok");
+                    response = changed;
+                }
+                Ok(Err(refusal)) => {
+                    self.metrics
+                        .plugin(&transform.plugin, "on_response", "refused");
+                    return Err(refused(transform, refusal));
+                }
+                Err(failure) => {
+                    self.metrics
+                        .plugin(&transform.plugin, "on_response", failure.kind());
+                    response = failed(transform, context, failure, kept)?;
+                }
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// A failed plugin call: the request fails (fail-closed) or goes on with `kept` (fail-open).
+fn failed<T>(
+    transform: &TransformRef,
+    context: &CallContext,
+    failure: Failure,
+    kept: Option<T>,
+) -> Result<T, GatewayError> {
+    match kept {
+        Some(kept) => {
+            tracing::warn!(plugin = %transform.plugin, operation = %context.operation, request_id = %context.request_id, failure = %failure, "plugin failed; going on without it (fail-open)");
+            Ok(kept)
+        }
+        None => {
+            tracing::warn!(plugin = %transform.plugin, operation = %context.operation, request_id = %context.request_id, failure = %failure, "plugin failed; request refused (fail-closed)");
+            Err(GatewayError::Plugin {
+                plugin: transform.plugin.clone(),
+                detail: failure.to_string(),
+            })
+        }
+    }
+}
+
+fn refused(transform: &TransformRef, refusal: Refusal) -> GatewayError {
+    GatewayError::Refused {
+        plugin: transform.plugin.clone(),
+        status: refusal.status,
+        code: refusal.code,
+        message: refusal.message,
     }
 }
 
@@ -154,15 +311,11 @@ fn shape_response(
             detail: format!("the response is not JSON ({e}), so it cannot be mapped"),
         })?;
     let body = apply(shape, &value, scope);
-    Ok(json_outcome(
-        response.status,
-        passed_back(&response.headers),
-        body,
-    ))
+    Ok(json_outcome(response.status, passed_back(&response), body))
 }
 
 fn pass_through(response: UpstreamResponse) -> Outcome {
-    let mut headers = passed_back(&response.headers);
+    let mut headers = passed_back(&response);
     if let Some(content_type) = response.headers.get(http::header::CONTENT_TYPE) {
         headers.insert(http::header::CONTENT_TYPE, content_type.clone());
     }
@@ -185,13 +338,17 @@ fn json_outcome(status: StatusCode, mut headers: HeaderMap, body: Value) -> Outc
     }
 }
 
-/// The upstream headers a caller gets back.
-fn passed_back(upstream: &HeaderMap) -> HeaderMap {
+/// The headers a caller gets back: Stripe's pass-back headers of the upstream, and whatever
+/// transform plugins added.
+fn passed_back(response: &UpstreamResponse) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for name in PASSED_BACK_HEADERS {
-        for value in upstream.get_all(name) {
+        for value in response.headers.get_all(name) {
             headers.append(HeaderName::from_static(name), value.clone());
         }
+    }
+    for (name, value) in &response.from_plugins {
+        headers.append(name.clone(), value.clone());
     }
     headers
 }

@@ -21,6 +21,8 @@ pub mod gateway;
 pub mod invoke;
 pub mod jsonpath;
 pub mod mcp;
+pub mod metrics;
+pub mod plugin;
 pub mod reload;
 pub mod rest;
 pub mod route;

@@ -402,6 +402,7 @@ impl ServerHandler for Handler {
             values,
             headers: HeaderMap::new(),
             forward: None,
+            request_id: crate::invoke::request_id(),
         };
         let outcome = tokio::select! {
             outcome = self.invoker.invoke(&tool.operation, inputs) => outcome,

@@ -113,6 +113,7 @@ where
                 query: parts.uri.query().map(str::to_owned),
                 body: bytes,
             }),
+            request_id: crate::invoke::request_id(),
         };
         return invoker.invoke(&route.operation, inputs).await;
     }
@@ -167,6 +168,7 @@ where
                 values,
                 headers: parts.headers,
                 forward: None,
+                request_id: crate::invoke::request_id(),
             },
         )
         .await

@@ -13,7 +13,7 @@ use http::Method;
 use serde_json::{Map, Value};
 
 use crate::auth::CallerAuth;
-use crate::config::ProfileName;
+use crate::config::{FailurePolicy, ProfileName};
 use crate::jsonpath::Selector;
 use crate::route::Router;
 use crate::secret::Secret;
@@ -290,11 +290,28 @@ pub enum Auth {
     },
 }
 
+/// A plugin bound to an operation, with its settings from the gateway config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformRef {
+    /// The plugin file (`redact_pii.wasm`).
+    pub plugin: String,
+    /// The binding's config, as JSON text.
+    pub config: Arc<str>,
+    pub on_error: FailurePolicy,
+    pub timeout: std::time::Duration,
+    /// Bytes of memory a call may use.
+    pub memory: usize,
+}
+
 /// A consumed operation.
 #[derive(Debug)]
 pub struct UpstreamOperation {
     /// `namespace.operation`.
     pub name: String,
+    /// The capability that declares it (its file name without the extension).
+    pub capability: Arc<str>,
+    /// Plugins around its upstream call, in order.
+    pub transforms: Vec<Arc<TransformRef>>,
     pub adapter: Arc<UpstreamAdapter>,
     pub method: Method,
     pub path: Vec<PathPart>,

@@ -70,6 +70,9 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Headers transform plugins added or changed: they reach the caller, unlike upstream
+    /// headers, of which only `PASSED_BACK_HEADERS` do.
+    pub from_plugins: HeaderMap,
 }
 
 impl UpstreamResponse {
@@ -448,6 +451,7 @@ impl Client {
             status,
             headers,
             body: Bytes::from(body),
+            from_plugins: HeaderMap::new(),
         })
     }
 }
@@ -716,6 +720,7 @@ mod tests {
                 status: StatusCode::from_u16(status).unwrap(),
                 headers,
                 body: Bytes::new(),
+                from_plugins: HeaderMap::new(),
             }
         };
         assert!(should_retry(&response(409, None)));

@@ -223,3 +223,14 @@ pub mod tools {
         )
     }
 }
+
+/// A plugin built by `.ci/run` (`cargo build --release --target wasm32-wasip2` in `plugins/`).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let path = root().join(format!("plugins/target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `.ci/run`, which builds the plugins",
+        path.display()
+    );
+    path
+}

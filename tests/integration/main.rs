@@ -6,5 +6,6 @@ mod corpus;
 mod errors;
 mod fixtures;
 mod mcp;
+mod plugins;
 mod reload;
 mod rest;

@@ -9,10 +9,10 @@ use http::Method;
 
 use super::Options;
 use super::inputs::input_spec;
-use crate::config::ProfileName;
+use crate::config::{ProfileName, TransformBinding};
 use crate::diag::Diagnostics;
 use crate::snapshot::{
-    Auth, BodyPlan, PathPart, UpstreamAdapter, UpstreamOperation, UpstreamParam,
+    Auth, BodyPlan, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
 };
 use crate::spec::{
     Authentication, Capability, Consumes, HttpConsumes, LoadedFile, Param, ParamIn, RequestBody,
@@ -93,7 +93,14 @@ fn add_adapter(
     match adapter(http, options, binds, diags) {
         Ok(adapter) => {
             let adapter = Arc::new(adapter);
-            operations(loaded, http, &adapter, upstreams, diags);
+            operations(
+                loaded,
+                http,
+                &adapter,
+                &options.transforms,
+                upstreams,
+                diags,
+            );
             upstreams.adapters.insert(namespace, adapter);
         }
         Err(reason) => {
@@ -256,9 +263,11 @@ fn operations(
     loaded: &LoadedFile,
     http: &HttpConsumes,
     adapter: &Arc<UpstreamAdapter>,
+    bindings: &[TransformBinding],
     upstreams: &mut Upstreams,
     diags: &mut Diagnostics,
 ) {
+    let capability = super::capability_name(&loaded.path);
     for resource in &http.resources {
         for op in &resource.operations {
             let full_name = format!("{}.{}", http.namespace.value, op.name.value);
@@ -383,8 +392,12 @@ fn operations(
                 BodyPlan::Text { template, .. } => template.refs().for_each(&mut note),
                 BodyPlan::None | BodyPlan::FromParams => {}
             }
+            let transforms =
+                transforms_for(bindings, &capability, &http.namespace.value, &op.name.value);
             let operation = Arc::new(UpstreamOperation {
                 name: full_name.clone(),
+                capability: capability.clone(),
+                transforms,
                 adapter: adapter.clone(),
                 method,
                 path,
@@ -566,4 +579,41 @@ fn path_template(
         }
     }
     parts
+}
+
+/// The plugins bound to one consumed operation, in config order. A binding selects an operation
+/// when one of its capability patterns matches the capability's name and one of its operation
+/// patterns matches `namespace.operation` or `operation`.
+pub(crate) fn transforms_for(
+    bindings: &[TransformBinding],
+    capability: &str,
+    namespace: &str,
+    operation: &str,
+) -> Vec<Arc<TransformRef>> {
+    let qualified = format!("{namespace}.{operation}");
+    bindings
+        .iter()
+        .filter(|b| {
+            b.capabilities
+                .iter()
+                .any(|p| namespace_matches(p, capability))
+        })
+        .filter(|b| {
+            b.operations
+                .iter()
+                .any(|p| namespace_matches(p, &qualified) || namespace_matches(p, operation))
+        })
+        .map(|b| {
+            Arc::new(TransformRef {
+                plugin: b.plugin.clone(),
+                config: Arc::from(match &b.config {
+                    serde_json::Value::Null => "{}".to_owned(),
+                    other => other.to_string(),
+                }),
+                on_error: b.on_error,
+                timeout: std::time::Duration::from_millis(b.timeout_ms),
+                memory: b.memory_mib * 1024 * 1024,
+            })
+        })
+        .collect()
 }

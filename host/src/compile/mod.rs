@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{ListenConfig, UpstreamOverride};
+use crate::config::{ListenConfig, TransformBinding, UpstreamOverride};
 use crate::diag::{Diagnostic, Diagnostics, Loc, Severity};
 use crate::route::{Segment, canonical};
 use crate::snapshot::{ListenKey, Listener, McpAdapter, Origin, RestRoute, Snapshot};
@@ -27,6 +27,8 @@ pub use inputs::{ArgumentError, Strictness, schema_for, validate_arguments};
 pub struct Options {
     pub listen: ListenConfig,
     pub upstreams: Vec<UpstreamOverride>,
+    /// Plugin bindings; an operation gets every binding that selects it, in config order.
+    pub transforms: Vec<TransformBinding>,
 }
 
 /// What kind of file a compiled file was.

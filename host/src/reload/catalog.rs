@@ -72,6 +72,8 @@ pub struct Report {
     pub routes_removed: Vec<String>,
     pub tools_added: Vec<String>,
     pub tools_removed: Vec<String>,
+    /// Plugin files loaded, replaced, broken or removed.
+    pub plugins_changed: Vec<String>,
     #[serde(with = "micros")]
     pub took: Duration,
 }

@@ -28,7 +28,7 @@ fn changes_content(kind: &EventKind) -> bool {
 /// A running watcher; dropping it stops watching.
 pub struct Watcher {
     debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
-    specs: Option<PathBuf>,
+    roots: BTreeSet<PathBuf>,
     others: BTreeSet<PathBuf>,
 }
 
@@ -54,27 +54,26 @@ impl Watcher {
         })?;
         Ok(Watcher {
             debouncer,
-            specs: None,
+            roots: BTreeSet::new(),
             others: BTreeSet::new(),
         })
     }
 
-    /// Watches `specs` recursively and the directories of `files` that lie outside it.
-    pub fn watch(&mut self, specs: &Path, files: impl IntoIterator<Item = PathBuf>) {
-        if self.specs.as_deref() != Some(specs) {
-            if let Some(old) = self.specs.take() {
-                let _ = self.debouncer.unwatch(&old);
-            }
-            match self.debouncer.watch(specs, RecursiveMode::Recursive) {
-                Ok(()) => self.specs = Some(specs.to_path_buf()),
-                Err(error) => {
-                    tracing::error!(dir = %specs.display(), %error, "cannot watch the specs folder; changes need a restart")
-                }
+    /// Watches every folder of `roots` recursively, and the directories of `files` that lie
+    /// outside them.
+    pub fn watch(&mut self, roots: &[PathBuf], files: impl IntoIterator<Item = PathBuf>) {
+        let roots: BTreeSet<PathBuf> = roots.iter().filter(|r| r.is_dir()).cloned().collect();
+        for gone in self.roots.difference(&roots) {
+            let _ = self.debouncer.unwatch(gone);
+        }
+        for root in roots.difference(&self.roots) {
+            if let Err(error) = self.debouncer.watch(root, RecursiveMode::Recursive) {
+                tracing::error!(dir = %root.display(), %error, "cannot watch a folder; its changes need a restart");
             }
         }
         let wanted: BTreeSet<PathBuf> = files
             .into_iter()
-            .filter(|f| !f.starts_with(specs))
+            .filter(|f| !roots.iter().any(|root| f.starts_with(root)))
             .filter_map(|f| f.parent().map(Path::to_path_buf))
             .filter(|dir| dir.is_dir())
             .collect();
@@ -86,6 +85,7 @@ impl Watcher {
                 tracing::warn!(dir = %dir.display(), %error, "cannot watch a directory a capability reads from");
             }
         }
+        self.roots = roots;
         self.others = wanted;
     }
 }

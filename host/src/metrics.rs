@@ -1,0 +1,139 @@
+//! Prometheus metrics, exposed at the admin listener's `/metrics`.
+//!
+//! Labels are surfaces, statuses, upstream namespaces and plugin names: never values a caller
+//! controls beyond those, and never a secret.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `rest` or `mcp`.
+    pub surface: &'static str,
+    /// `2xx`, `4xx`, `5xx`...
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+    /// `on_request` or `on_response`.
+    pub hook: &'static str,
+    /// `ok`, `refused`, `responded`, or the failure kind (`timeout`, `trap`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `published` or `unchanged`.
+    pub result: &'static str,
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_seconds: Family<UpstreamLabels, Histogram>,
+    pub plugin_calls: Family<PluginLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
+    pub generation: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("capgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by surface and status class",
+            requests.clone(),
+        );
+        let upstream_seconds = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time of upstream exchanges (retries included), by consumes namespace",
+            upstream_seconds.clone(),
+        );
+        let plugin_calls = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Transform plugin calls, by plugin, hook and outcome",
+            plugin_calls.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads of the specs folder, by result",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "generation",
+            "Generation of the published snapshot",
+            generation.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            plugin_calls,
+            reloads,
+            generation,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, surface: &'static str, status: http::StatusCode) {
+        let status = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels { surface, status })
+            .inc();
+    }
+
+    pub fn plugin(&self, plugin: &str, hook: &'static str, outcome: &'static str) {
+        self.plugin_calls
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_owned(),
+                hook,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,891 @@
+//! Transform plugins: WebAssembly components (`wit/transform.wit`) run around the upstream call
+//! of an operation, sandboxed, time- and memory-limited, hot-reloaded.
+//!
+//! ```text
+//! plugins/*.wasm --load (blocking pool; on-disk artifact cache)--> Component --> InstancePre
+//!   --> Arc<Plugin> in an ArcSwap map (a broken file keeps the previous version)
+//! per call: semaphore slot -> fresh Store (memory cap, epoch deadline that yields every tick)
+//!   -> instantiate from the pool -> on-request / on-response -> drop the store
+//! ```
+//!
+//! Only this module knows wasmtime. A plugin gets minimal WASI (streams and the CLI
+//! interfaces: no filesystem, network, clocks or environment) and the `log` import; its
+//! stderr is captured into the gateway's log. It sees requests before credentials are added.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::Digest;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::PluginsConfig;
+use crate::snapshot::TransformRef;
+use crate::upstream::{Payload, UpstreamRequest, UpstreamResponse};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "transform",
+    exports: { default: async },
+});
+
+use capgate::transform::types::Level;
+
+/// How much of a plugin's stderr is kept for the log.
+const STDERR_CAPACITY: usize = 16 * 1024;
+
+/// What a store holds during one call.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    request_id: Arc<str>,
+    /// The plugin's stderr (panic messages, allocation failures), read after a trap.
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_io::IoView for State {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+impl capgate::transform::types::Host for State {}
+
+impl capgate::transform::host::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        let mut message = message;
+        if message.len() > 2048 {
+            let mut cut = 2048;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let (plugin, request_id) = (&*self.plugin, &*self.request_id);
+        match level {
+            Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
+            Level::Debug => tracing::debug!(plugin, request_id, "{message}"),
+            Level::Info => tracing::info!(plugin, request_id, "{message}"),
+            Level::Warn => tracing::warn!(plugin, request_id, "{message}"),
+            Level::Error => tracing::error!(plugin, request_id, "{message}"),
+        }
+    }
+}
+
+/// A loaded plugin file.
+pub struct Plugin {
+    /// The file name, as bindings name it (`redact_pii.wasm`).
+    pub file: String,
+    pub name: String,
+    pub version: String,
+    pub needs_request_body: bool,
+    pub needs_response_body: bool,
+    /// SHA-256 of the file.
+    pub digest: String,
+    pre: TransformPre<State>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("file", &self.file)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// The state of one plugin file, for the admin endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub file: String,
+    /// `loaded`, `serving-last-good` or `failed`.
+    pub state: &'static str,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub digest: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Why a call failed (not a refusal: the plugin itself went wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    NotLoaded,
+    Timeout,
+    OutOfMemory,
+    Trap(String),
+    /// The plugin returned something the gateway cannot use (a bad method, header, body).
+    Malformed(String),
+}
+
+impl Failure {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::NotLoaded => "not_loaded",
+            Failure::Timeout => "timeout",
+            Failure::OutOfMemory => "out_of_memory",
+            Failure::Trap(_) => "trap",
+            Failure::Malformed(_) => "malformed_result",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotLoaded => f.write_str("the plugin is not loaded"),
+            Failure::Timeout => f.write_str("the plugin ran past its deadline"),
+            Failure::OutOfMemory => f.write_str("the plugin ran out of memory"),
+            Failure::Trap(detail) => write!(f, "the plugin trapped: {detail}"),
+            Failure::Malformed(detail) => {
+                write!(f, "the plugin returned an unusable result: {detail}")
+            }
+        }
+    }
+}
+
+/// A plugin's refusal: what the caller gets, in Stripe's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+/// The outcome of a request hook.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    Forward(UpstreamRequest),
+    Respond(UpstreamResponse),
+    Refused(Refusal),
+}
+
+/// Where a call happens, for the plugin's `context`.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub capability: String,
+    pub operation: String,
+    pub request_id: Arc<str>,
+}
+
+/// Every plugin and the machinery to run them.
+pub struct Plugins {
+    engine: Engine,
+    linker: Linker<State>,
+    config: PluginsConfig,
+    loaded: ArcSwap<HashMap<String, Arc<Plugin>>>,
+    /// Per file: the digest last tried and its status.
+    files: Mutex<BTreeMap<String, (String, PluginStatus)>>,
+    slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins")
+            .field("dir", &self.config.dir)
+            .finish()
+    }
+}
+
+/// A plugin host error at startup.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the plugin host: {0}")]
+pub struct HostError(String);
+
+impl Plugins {
+    /// Creates the engine (pooling allocator, epoch interruption) and the linker, and starts the
+    /// epoch ticker.
+    pub fn new(config: &PluginsConfig) -> Result<Plugins, HostError> {
+        let slots = config.max_concurrent_calls.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots as u32)
+            .total_core_instances(slots as u32 * 4)
+            .total_memories(slots as u32 * 2)
+            .total_tables(slots as u32 * 4)
+            .total_stacks(slots as u32)
+            .max_memory_size(config.max_memory_mib * 1024 * 1024)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
+            .max_component_instance_size(1024 * 1024)
+            .max_core_instance_size(1024 * 1024);
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1024 * 1024)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| HostError(e.to_string()))?;
+        let mut linker: Linker<State> = Linker::new(&engine);
+        link(&mut linker).map_err(|e| HostError(e.to_string()))?;
+        start_ticker(&engine, config.epoch_tick);
+        Ok(Plugins {
+            engine,
+            linker,
+            config: config.clone(),
+            loaded: ArcSwap::from_pointee(HashMap::new()),
+            files: Mutex::new(BTreeMap::new()),
+            slots: Arc::new(Semaphore::new(slots)),
+        })
+    }
+
+    pub fn config(&self) -> &PluginsConfig {
+        &self.config
+    }
+
+    /// The loaded version of a plugin file.
+    pub fn get(&self, file: &str) -> Option<Arc<Plugin>> {
+        self.loaded.load().get(file).cloned()
+    }
+
+    /// Every plugin file's state.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.files
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Rescans the plugins folder and loads the files that changed (blocking: compiles). A file
+    /// that fails to load keeps its previous version. Returns the files whose state changed.
+    pub fn refresh(&self) -> Vec<String> {
+        let Some(dir) = &self.config.dir else {
+            return Vec::new();
+        };
+        let mut present = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.')
+                    && path.extension().is_some_and(|e| e == "wasm")
+                    && path.is_file()
+                {
+                    present.push((name, path));
+                }
+            }
+        }
+        present.sort();
+        let mut changed = Vec::new();
+        let mut loaded = (**self.loaded.load()).clone();
+        let mut files = self.files.lock().expect("not poisoned");
+        files.retain(|name, _| {
+            let keep = present.iter().any(|(n, _)| n == name);
+            if !keep {
+                loaded.remove(name);
+                changed.push(name.clone());
+            }
+            keep
+        });
+        for (name, path) in present {
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::warn!(plugin = %name, %error, "cannot read plugin file");
+                    continue;
+                }
+            };
+            let digest = hex(&sha2::Sha256::digest(&bytes));
+            if files.get(&name).is_some_and(|(tried, _)| tried == &digest) {
+                continue;
+            }
+            changed.push(name.clone());
+            let started = Instant::now();
+            match self.load(&name, &bytes, &digest) {
+                Ok(plugin) => {
+                    tracing::info!(plugin = %name, name = %plugin.name, version = %plugin.version, took_ms = started.elapsed().as_millis() as u64, "plugin loaded");
+                    let status = PluginStatus {
+                        file: name.clone(),
+                        state: "loaded",
+                        name: Some(plugin.name.clone()),
+                        version: Some(plugin.version.clone()),
+                        digest: Some(digest.clone()),
+                        error: None,
+                    };
+                    loaded.insert(name.clone(), Arc::new(plugin));
+                    files.insert(name, (digest, status));
+                }
+                Err(error) => {
+                    let previous = loaded.get(&name);
+                    tracing::error!(plugin = %name, %error, keeps_previous = previous.is_some(), "plugin does not load");
+                    let status = PluginStatus {
+                        file: name.clone(),
+                        state: if previous.is_some() {
+                            "serving-last-good"
+                        } else {
+                            "failed"
+                        },
+                        name: previous.map(|p| p.name.clone()),
+                        version: previous.map(|p| p.version.clone()),
+                        digest: previous.map(|p| p.digest.clone()),
+                        error: Some(error),
+                    };
+                    files.insert(name, (digest, status));
+                }
+            }
+        }
+        self.loaded.store(Arc::new(loaded));
+        changed
+    }
+
+    /// Compiles (or loads from the cache), links and asks the plugin for its info.
+    fn load(&self, file: &str, bytes: &[u8], digest: &str) -> Result<Plugin, String> {
+        let component = self.compile(bytes, digest)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!(
+                "does not fit the capgate:transform world or imports what is not offered: {e:#}"
+            )
+        })?;
+        let pre = TransformPre::new(pre)
+            .map_err(|e| format!("does not export the transform world: {e:#}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let info = runtime.block_on(async {
+            let mut store = self.store(
+                Arc::from(file),
+                Arc::from("load"),
+                16 * 1024 * 1024,
+                Duration::from_millis(1000),
+            );
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+            instance
+                .call_info(&mut store)
+                .await
+                .map_err(|e| format!("info() failed: {}", classify(&e, &mut store)))
+        })?;
+        Ok(Plugin {
+            file: file.to_owned(),
+            name: info.name,
+            version: info.version,
+            needs_request_body: info.needs_request_body,
+            needs_response_body: info.needs_response_body,
+            digest: digest.to_owned(),
+            pre,
+        })
+    }
+
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<Component, String> {
+        let Some(cache) = self.cache_dir() else {
+            return Component::from_binary(&self.engine, bytes)
+                .map_err(|e| format!("not a valid component: {e:#}"));
+        };
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let artifact = cache.join(format!("{:016x}-{digest}.cwasm", engine_hash.finish()));
+        if artifact.is_file() {
+            match deserialize(&self.engine, &artifact) {
+                Ok(component) => return Ok(component),
+                Err(error) => {
+                    tracing::warn!(artifact = %artifact.display(), %error, "cached plugin artifact unusable; compiling again")
+                }
+            }
+        }
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        match component.serialize() {
+            Ok(serialized) => {
+                let temp = cache.join(format!(".{digest}.{}.tmp", std::process::id()));
+                if std::fs::write(&temp, serialized)
+                    .and_then(|()| std::fs::rename(&temp, &artifact))
+                    .is_err()
+                {
+                    let _ = std::fs::remove_file(&temp);
+                    tracing::warn!(dir = %cache.display(), "cannot write the plugin artifact cache");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot serialize a compiled plugin"),
+        }
+        Ok(component)
+    }
+
+    /// The artifact cache, if it is a directory only this user can write.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        let dir = self.config.cache_dir.clone()?;
+        if std::fs::create_dir_all(&dir).is_err() {
+            return None;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            let meta = std::fs::metadata(&dir).ok()?;
+            let probe = dir.join(format!(".owner-probe-{}", std::process::id()));
+            let mine = std::fs::write(&probe, b"")
+                .ok()
+                .and_then(|()| std::fs::metadata(&probe).ok())
+                .map(|m| m.uid());
+            let _ = std::fs::remove_file(&probe);
+            if mine != Some(meta.uid()) || meta.mode() & 0o022 != 0 {
+                tracing::warn!(dir = %dir.display(), "the plugin artifact cache is writable by others; not used");
+                return None;
+            }
+        }
+        Some(dir)
+    }
+
+    fn store(
+        &self,
+        plugin: Arc<str>,
+        request_id: Arc<str>,
+        memory: usize,
+        timeout: Duration,
+    ) -> Store<State> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .instances(32)
+            .tables(16)
+            .memories(4)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                plugin,
+                request_id,
+                stderr,
+            },
+        );
+        store.limiter(|state| &mut state.limits);
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        // Every tick the plugin gives the thread back (fairness); past its deadline it stops.
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        store
+    }
+
+    /// Runs `on-request` of the plugin a transform names.
+    pub async fn on_request(
+        &self,
+        transform: &TransformRef,
+        context: &CallContext,
+        request: UpstreamRequest,
+    ) -> Result<RequestOutcome, Failure> {
+        let plugin = self.get(&transform.plugin).ok_or(Failure::NotLoaded)?;
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let mut store = self.store(
+            Arc::from(plugin.name.as_str()),
+            context.request_id.clone(),
+            transform.memory,
+            transform.timeout,
+        );
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(&e, &mut store))?;
+        let wit_request = to_wit_request(&request, plugin.needs_request_body);
+        let result = instance
+            .call_on_request(&mut store, &wit_context(transform, context), &wit_request)
+            .await
+            .map_err(|e| classify(&e, &mut store))?;
+        match result {
+            Ok(RequestAction::Forward(changed)) => Ok(RequestOutcome::Forward(from_wit_request(
+                changed,
+                request,
+                plugin.needs_request_body,
+            )?)),
+            Ok(RequestAction::Respond(response)) => Ok(RequestOutcome::Respond(from_wit_response(
+                response, None, None,
+            )?)),
+            Err(error) => Ok(RequestOutcome::Refused(refusal(error)?)),
+        }
+    }
+
+    /// Runs `on-response` of the plugin a transform names.
+    pub async fn on_response(
+        &self,
+        transform: &TransformRef,
+        context: &CallContext,
+        response: UpstreamResponse,
+    ) -> Result<Result<UpstreamResponse, Refusal>, Failure> {
+        let plugin = self.get(&transform.plugin).ok_or(Failure::NotLoaded)?;
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let mut store = self.store(
+            Arc::from(plugin.name.as_str()),
+            context.request_id.clone(),
+            transform.memory,
+            transform.timeout,
+        );
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(&e, &mut store))?;
+        let wit_response = Response {
+            status: response.status.as_u16(),
+            headers: headers_to_wit(&response.headers),
+            body: plugin.needs_response_body.then(|| response.body.to_vec()),
+        };
+        let result = instance
+            .call_on_response(&mut store, &wit_context(transform, context), &wit_response)
+            .await
+            .map_err(|e| classify(&e, &mut store))?;
+        match result {
+            Ok(changed) => {
+                let original = (!plugin.needs_response_body).then(|| response.body.clone());
+                Ok(Ok(from_wit_response(changed, original, Some(&response))?))
+            }
+            Err(error) => Ok(Err(refusal(error)?)),
+        }
+    }
+}
+
+/// Deserializes an artifact this gateway compiled and wrote itself.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: `Component::deserialize_file` runs native code from the file. The file comes from
+    // the artifact cache, which `cache_dir` only uses when it is owned by this user and not
+    // writable by anyone else, and which only `compile` writes (from `Component::serialize`).
+    // wasmtime also checks that the artifact was made by a compatible engine.
+    unsafe { Component::deserialize_file(engine, artifact) }
+}
+
+/// Minimal WASI (streams and CLI only) and the `host` interface.
+fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::WasiCli;
+    use wasmtime_wasi::p2::bindings::cli;
+    wasmtime_wasi_io::add_to_linker_async(linker)?;
+    cli::exit::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::environment::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::stdin::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::stdout::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::stderr::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::terminal_input::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::terminal_output::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::terminal_stdin::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::terminal_stdout::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    cli::terminal_stderr::add_to_linker::<State, WasiCli>(linker, |s| {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    })?;
+    Transform::add_to_linker::<State, HasSelf<State>>(linker, |state| state)?;
+    Ok(())
+}
+
+/// Advances the engine's epoch every `tick`, for as long as the engine lives.
+fn start_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("capgate-plugin-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .expect("the epoch thread starts");
+}
+
+/// Turns a wasmtime error into a failure, with what the plugin wrote to stderr (a Rust panic
+/// message, an allocation failure), and logs that text.
+fn classify(error: &wasmtime::Error, store: &mut Store<State>) -> Failure {
+    let state = store.data();
+    let stderr = String::from_utf8_lossy(&state.stderr.contents()).into_owned();
+    let first_line = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if !stderr.is_empty() {
+        tracing::warn!(plugin = %state.plugin, request_id = %state.request_id, stderr = %stderr.trim_end(), "plugin stderr");
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Timeout,
+        Some(Trap::UnreachableCodeReached) if stderr.contains("memory allocation of") => {
+            Failure::OutOfMemory
+        }
+        Some(trap) if first_line.is_empty() => Failure::Trap(trap.to_string()),
+        Some(trap) => Failure::Trap(format!("{trap} ({first_line})")),
+        None => Failure::Trap(format!("{error:#}")),
+    }
+}
+
+fn wit_context(transform: &TransformRef, context: &CallContext) -> Context {
+    Context {
+        capability: context.capability.clone(),
+        operation: context.operation.clone(),
+        request_id: context.request_id.to_string(),
+        config: transform.config.to_string(),
+    }
+}
+
+fn headers_to_wit(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| *name != http::header::AUTHORIZATION)
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn headers_from_wit(headers: Vec<(String, String)>) -> Result<HeaderMap, Failure> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| Failure::Malformed(format!("invalid header name {name:?}")))?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| Failure::Malformed(format!("invalid value for header {name}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+fn to_wit_request(request: &UpstreamRequest, with_body: bool) -> Request {
+    let body = if with_body {
+        request.body.as_ref().map(|payload| match payload {
+            Payload::Structured(value) | Payload::Form(value) => {
+                serde_json::to_vec(value).expect("JSON values serialize")
+            }
+            Payload::Raw { bytes, .. } => bytes.to_vec(),
+        })
+    } else {
+        None
+    };
+    Request {
+        method: request.method.as_str().to_owned(),
+        path: request.path.clone(),
+        query: request
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        headers: headers_to_wit(&request.headers),
+        body,
+    }
+}
+
+fn from_wit_request(
+    changed: Request,
+    original: UpstreamRequest,
+    with_body: bool,
+) -> Result<UpstreamRequest, Failure> {
+    let method = Method::from_bytes(changed.method.as_bytes())
+        .map_err(|_| Failure::Malformed(format!("invalid method {:?}", changed.method)))?;
+    if !changed.path.starts_with('/')
+        || changed.path.contains(['#', ' '])
+        || changed.path.contains("/../")
+        || changed.path.ends_with("/..")
+    {
+        return Err(Failure::Malformed(format!(
+            "invalid path {:?}",
+            changed.path
+        )));
+    }
+    let mut query = Vec::with_capacity(changed.query.len());
+    for (name, text) in changed.query {
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
+            Failure::Malformed(format!("query parameter {name:?} is not JSON text"))
+        })?;
+        query.push((name, value));
+    }
+    let headers = headers_from_wit(changed.headers)?;
+    let body = if !with_body {
+        original.body
+    } else {
+        match (changed.body, original.body) {
+            (None, _) => None,
+            (Some(bytes), Some(Payload::Raw { content_type, .. })) => Some(Payload::Raw {
+                bytes: Bytes::from(bytes),
+                content_type,
+            }),
+            (Some(bytes), Some(Payload::Form(_))) => Some(Payload::Form(parse_json_body(&bytes)?)),
+            (Some(bytes), _) => Some(Payload::Structured(parse_json_body(&bytes)?)),
+        }
+    };
+    Ok(UpstreamRequest {
+        method,
+        path: changed.path,
+        query,
+        headers,
+        body,
+    })
+}
+
+fn parse_json_body(bytes: &[u8]) -> Result<Value, Failure> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Failure::Malformed(format!("the request body is not JSON: {e}")))
+}
+
+/// Builds a response from a plugin's. Headers it added or changed relative to `before` (all of
+/// them when it answered instead of the upstream) are recorded as going to the caller.
+fn from_wit_response(
+    response: Response,
+    original_body: Option<Bytes>,
+    before: Option<&UpstreamResponse>,
+) -> Result<UpstreamResponse, Failure> {
+    let status = StatusCode::from_u16(response.status)
+        .map_err(|_| Failure::Malformed(format!("invalid status {}", response.status)))?;
+    let headers = headers_from_wit(response.headers)?;
+    let body = match (response.body, original_body) {
+        (Some(bytes), _) => Bytes::from(bytes),
+        (None, Some(original)) => original,
+        (None, None) => Bytes::new(),
+    };
+    let mut from_plugins = before.map(|b| b.from_plugins.clone()).unwrap_or_default();
+    for (name, value) in &headers {
+        let known = before.is_some_and(|b| b.headers.get_all(name).iter().any(|v| v == value));
+        if !known && name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING
+        {
+            from_plugins.append(name.clone(), value.clone());
+        }
+    }
+    Ok(UpstreamResponse {
+        status,
+        headers,
+        body,
+        from_plugins,
+    })
+}
+
+fn refusal(error: PluginError) -> Result<Refusal, Failure> {
+    let status = StatusCode::from_u16(error.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .ok_or_else(|| {
+            Failure::Malformed(format!(
+                "a refusal needs a 4xx or 5xx status, not {}",
+                error.status
+            ))
+        })?;
+    Ok(Refusal {
+        status,
+        code: error.code,
+        message: error.message,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_results_are_validated() {
+        let original = UpstreamRequest {
+            method: Method::POST,
+            path: "/v1/x".into(),
+            query: vec![],
+            headers: HeaderMap::new(),
+            body: Some(Payload::Structured(serde_json::json!({"a": 1}))),
+        };
+        let garbage = Request {
+            method: "NOT A METHOD".into(),
+            path: "/v1/x".into(),
+            query: vec![],
+            headers: vec![],
+            body: None,
+        };
+        assert!(matches!(
+            from_wit_request(garbage, original.clone(), true),
+            Err(Failure::Malformed(_))
+        ));
+        let climbing = Request {
+            method: "GET".into(),
+            path: "/v1/x/../../admin".into(),
+            query: vec![],
+            headers: vec![],
+            body: None,
+        };
+        assert!(matches!(
+            from_wit_request(climbing, original.clone(), true),
+            Err(Failure::Malformed(_))
+        ));
+        let fine = Request {
+            method: "POST".into(),
+            path: "/v1/y".into(),
+            query: vec![("expand".into(), "[\"a\"]".into())],
+            headers: vec![("x-a".into(), "1".into())],
+            body: Some(b"{\"b\":2}".to_vec()),
+        };
+        let request = from_wit_request(fine, original, true).unwrap();
+        assert_eq!(
+            request.query,
+            vec![("expand".to_owned(), serde_json::json!(["a"]))]
+        );
+        assert_eq!(
+            request.body,
+            Some(Payload::Structured(serde_json::json!({"b": 2})))
+        );
+        assert!(
+            refusal(PluginError {
+                status: 200,
+                code: "x".into(),
+                message: "y".into()
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! `noop`: changes nothing and asks for no bodies; the cost of a plugin hook itself.
+
+wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
+
+struct Noop;
+
+impl Guest for Noop {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "noop".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            needs_request_body: false,
+            needs_response_body: false,
+        }
+    }
+
+    fn on_request(_ctx: Context, req: Request) -> Result<RequestAction, PluginError> {
+        Ok(RequestAction::Forward(req))
+    }
+
+    fn on_response(_ctx: Context, resp: Response) -> Result<Response, PluginError> {
+        Ok(resp)
+    }
+}
+
+export!(Noop);

@@ -1,0 +1,483 @@
+//! Transform plugins (WebAssembly components) around the seed's operations, through REST and
+//! MCP: the example plugins' effects, chains, misbehaving plugins, fail-open, hot reload.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use capgate::config::{FailurePolicy, TransformBinding};
+use serde_json::{Value, json};
+
+use crate::common::{self, Harness};
+use crate::mcp::{call, legacy_client, mcp_url};
+
+const RETRIEVE: &str = "identity-sessions.getidentityverificationsessionssession";
+const CREATE: &str = "identity-sessions.postidentityverificationsessions";
+const LIST: &str = "identity-sessions.getidentityverificationsessions";
+
+fn binding(plugin: &str, operation: &str, config: Value) -> TransformBinding {
+    TransformBinding {
+        plugin: format!("{plugin}.wasm"),
+        capabilities: vec!["identity-*".into()],
+        operations: vec![operation.into()],
+        config,
+        on_error: FailurePolicy::FailClosed,
+        timeout_ms: 200,
+        memory_mib: 16,
+    }
+}
+
+/// The seed with `bindings`, the named plugins copied into a plugins folder.
+async fn harness(
+    plugins: &[&str],
+    bindings: Vec<TransformBinding>,
+) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for plugin in plugins {
+        std::fs::copy(
+            common::plugin_wasm(plugin),
+            dir.path().join(format!("{plugin}.wasm")),
+        )
+        .unwrap();
+    }
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let plugins_dir = dir.path().to_path_buf();
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], move |c| {
+        c.plugins.dir = Some(plugins_dir);
+        c.plugins.bindings = bindings;
+        c.plugins.max_concurrent_calls = 32;
+        c.reload.watch = true;
+        c.reload.debounce = Duration::from_millis(50);
+    })
+    .await;
+    (h, dir)
+}
+
+async fn verified_session(h: &Harness) -> String {
+    let id = common::create_session_directly(&h.sim).await;
+    let response = h
+        .http
+        .post(format!(
+            "{}/_sim/verification_sessions/{id}/verified",
+            h.sim.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    id
+}
+
+#[tokio::test]
+async fn redact_pii_masks_personal_fields_through_rest_and_mcp() {
+    let config =
+        json!({"allow": ["verified_outputs.first_name"], "fields": ["client_reference_id"]});
+    let (h, _dir) = harness(
+        &["redact_pii"],
+        vec![binding("redact_pii", RETRIEVE, config)],
+    )
+    .await;
+    let id = verified_session(&h).await;
+
+    let response = h
+        .http
+        .get(format!(
+            "{}/{id}?expand[]=verified_outputs",
+            h.sessions().await
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let redacted: usize = response.headers()["capgate-redacted"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(redacted > 3, "{redacted}");
+    let session: Value = response.json().await.unwrap();
+    let outputs = &session["verified_outputs"];
+    assert_ne!(outputs["first_name"], "[redacted]", "allowed by the config");
+    assert_eq!(outputs["last_name"], "[redacted]");
+    assert_eq!(outputs["address"]["line1"], "[redacted]");
+    assert_eq!(session["id"], id.as_str(), "other fields are untouched");
+
+    // The same operation through MCP goes through the same plugin.
+    let client = legacy_client(&mcp_url(&h).await).await;
+    let result = call(
+        &client,
+        "stripe-get-identity-verification-sessions-2",
+        json!({"session": id, "expand": ["verified_outputs"]}),
+    )
+    .await;
+    let structured = result.structured_content.unwrap();
+    assert_eq!(structured["verified_outputs"]["last_name"], "[redacted]");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn require_metadata_refuses_and_stamps_defaults() {
+    let config = json!({"required": ["order_id"], "defaults": {"source": "capgate"}});
+    let (h, _dir) = harness(
+        &["require_metadata"],
+        vec![binding("require_metadata", CREATE, config)],
+    )
+    .await;
+    let url = h.sessions().await;
+    let refused = h
+        .http
+        .post(&url)
+        .form(&[("type", "document")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "parameter_missing");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("metadata[order_id]")
+    );
+    assert!(
+        h.sim.requests().is_empty(),
+        "a refused create never reaches Stripe"
+    );
+
+    let accepted = h
+        .http
+        .post(&url)
+        .form(&[("type", "document"), ("metadata[order_id]", "42")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    let sent = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        Value::Object(sent.form())["metadata"],
+        json!({"order_id": "42", "source": "capgate"})
+    );
+
+    let client = legacy_client(&mcp_url(&h).await).await;
+    let result = call(
+        &client,
+        "stripe-post-identity-verification-sessions",
+        json!({"body": {"type": "document"}}),
+    )
+    .await;
+    assert_eq!(result.is_error, Some(true));
+    assert_eq!(
+        result.structured_content.unwrap()["error"]["code"],
+        "parameter_missing"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn return_url_allowlist_answers_without_calling_stripe() {
+    let config = json!({"hosts": ["shop.example.com", "*.trusted.example"]});
+    let (h, _dir) = harness(
+        &["return_url_allowlist"],
+        vec![binding("return_url_allowlist", CREATE, config)],
+    )
+    .await;
+    let url = h.sessions().await;
+    let refused = h
+        .http
+        .post(&url)
+        .form(&[
+            ("type", "document"),
+            ("return_url", "https://evil.example/done"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "url_invalid");
+    assert_eq!(body["error"]["param"], "return_url");
+    assert!(h.sim.requests().is_empty());
+    for allowed in [
+        "https://shop.example.com/done",
+        "https://eu.trusted.example/x",
+    ] {
+        let response = h
+            .http
+            .post(&url)
+            .form(&[("type", "document"), ("return_url", allowed)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{allowed}");
+    }
+    assert_eq!(h.sim.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_chain_runs_in_order_and_never_sees_credentials() {
+    let (h, _dir) = harness(
+        &["stamp"],
+        vec![
+            binding("stamp", LIST, json!({"value": "first"})),
+            binding("stamp", LIST, json!({"value": "second"})),
+        ],
+    )
+    .await;
+    let response = h
+        .http
+        .get(h.sessions().await)
+        .header("stripe-version", "2026-08-26.dahlia")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Requests go through the chain in order, responses in reverse order.
+    let stamps: Vec<&str> = response
+        .headers()
+        .get_all("x-capgate-stamp")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(stamps, ["second", "first"]);
+    let sent = h.sim.requests().pop().unwrap();
+    let sent_stamps: Vec<&str> = sent
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-capgate-stamp")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(sent_stamps, ["first", "second"]);
+    let saw: Vec<&str> = sent
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-capgate-stamp-saw")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(saw[0].contains("stripe-version"), "{saw:?}");
+    assert!(
+        saw.iter().all(|s| !s.contains("authorization")),
+        "a plugin saw credentials: {saw:?}"
+    );
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {}", common::KEY).as_str()),
+        "credentials are added after"
+    );
+}
+
+/// Every misbehaving plugin fails only its own request, within its deadline, while the gateway
+/// goes on serving other requests at the same time.
+#[tokio::test]
+async fn misbehaving_plugins_fail_only_their_request() {
+    let bindings = vec![
+        binding("spin", LIST, json!({})),
+        binding("panic", CREATE, json!({})),
+        binding(
+            "oom",
+            "identity-sessions.postidentityverificationsessionssessioncancel",
+            json!({}),
+        ),
+        binding(
+            "garbage",
+            "identity-sessions.postidentityverificationsessionssession",
+            json!({}),
+        ),
+    ];
+    let (h, _dir) = harness(&["spin", "panic", "oom", "garbage"], bindings).await;
+    let base = h.sessions().await;
+    let id = common::create_session_directly(&h.sim).await;
+    let before = h.sim.requests().len();
+
+    // While the looping plugin holds its request, an unplugged route answers promptly.
+    let spinning = tokio::spawn({
+        let (http, url) = (h.http.clone(), base.clone());
+        async move {
+            let started = Instant::now();
+            let response = http.get(url).send().await.unwrap();
+            (
+                started.elapsed(),
+                response.status(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    });
+    let other = h.http.get(format!("{base}/{id}")).send().await.unwrap();
+    assert_eq!(
+        other.status(),
+        200,
+        "the gateway keeps serving during a runaway plugin"
+    );
+    let (took, status, body) = spinning.await.unwrap();
+    assert_eq!(status, 502);
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped at its 200 ms deadline, took {took:?}"
+    );
+    assert_eq!(body["error"]["code"], "plugin_failed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spin.wasm"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{body}"
+    );
+
+    let panicked = h
+        .http
+        .post(&base)
+        .form(&[("type", "document")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(panicked.status(), 502);
+    let body: Value = panicked.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panic.wasm"),
+        "{body}"
+    );
+
+    let oom = h
+        .http
+        .post(format!("{base}/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oom.status(), 502);
+    let body: Value = oom.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{body}"
+    );
+
+    let garbage = h
+        .http
+        .post(format!("{base}/{id}"))
+        .form(&[("metadata[a]", "b")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 502);
+    let body: Value = garbage.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unusable result"),
+        "{body}"
+    );
+
+    // None of it reached the upstream, and the gateway still works.
+    assert_eq!(
+        h.sim.requests().len(),
+        before + 1,
+        "only the unplugged retrieve reached the stand-in"
+    );
+    assert_eq!(
+        h.http
+            .get(format!("{base}/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = h.gateway.metrics().render();
+    for outcome in ["timeout", "trap", "out_of_memory", "malformed_result"] {
+        assert!(
+            metrics.contains(&format!("outcome=\"{outcome}\"")),
+            "no {outcome} in metrics:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fail_open_lets_the_request_through() {
+    let mut open = binding("panic", CREATE, json!({}));
+    open.on_error = FailurePolicy::FailOpen;
+    let (h, _dir) = harness(&["panic"], vec![open]).await;
+    let response = h
+        .http
+        .post(h.sessions().await)
+        .form(&[("type", "document")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.sim.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn replacing_and_breaking_a_plugin_while_serving() {
+    let (h, dir) = harness(&[], vec![binding("live", LIST, json!({"value": "v2"}))]).await;
+    let live = dir.path().join("live.wasm");
+    let url = h.sessions().await;
+    let install = |from: &Path| {
+        let temp = dir.path().join(".live.wasm.tmp");
+        std::fs::copy(from, &temp).unwrap();
+        std::fs::rename(&temp, &live).unwrap();
+    };
+
+    // Not there yet: fail-closed.
+    assert_eq!(h.http.get(&url).send().await.unwrap().status(), 502);
+
+    let generation = h.gateway.subscribe().borrow().generation;
+    install(&common::plugin_wasm("noop"));
+    h.published(generation.saturating_sub(1), |r| {
+        r.plugins_changed.iter().any(|p| p == "live.wasm")
+    })
+    .await;
+    let response = h.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-capgate-stamp").is_none());
+
+    let mut reports = h.gateway.subscribe();
+    reports.borrow_and_update();
+    install(&common::plugin_wasm("stamp"));
+    tokio::time::timeout(Duration::from_secs(10), reports.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let response = h.http.get(&url).send().await.unwrap();
+    assert_eq!(
+        response.headers()["x-capgate-stamp"],
+        "v2",
+        "the new version serves new requests"
+    );
+
+    // A broken file keeps the previous version serving, and says why.
+    let mut reports = h.gateway.subscribe();
+    reports.borrow_and_update();
+    std::fs::write(&live, b"\0asm but not really").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), reports.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let response = h.http.get(&url).send().await.unwrap();
+    assert_eq!(response.headers()["x-capgate-stamp"], "v2");
+    let status = h.gateway.plugins().unwrap();
+    let file = status.iter().find(|p| p.file == "live.wasm").unwrap();
+    assert_eq!(file.state, "serving-last-good");
+    assert!(
+        file.error
+            .as_deref()
+            .unwrap()
+            .contains("not a valid component"),
+        "{:?}",
+        file.error
+    );
+}
