@@ -6,6 +6,7 @@
 
 mod load;
 mod procs;
+mod scenarios;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,46 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// MCP tools/call versus the REST route versus the stand-in directly.
+    Mcp {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Reload latency (file written to new route answering) and memory after many reloads.
+    Reload {
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        #[arg(long, default_value_t = 1000)]
+        reloads: usize,
+    },
+    /// Constant REST and MCP load while the specs folder changes.
+    Soak {
+        #[arg(long, default_value_t = 1500)]
+        rest_rate: u64,
+        #[arg(long, default_value_t = 500)]
+        mcp_rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
+    /// Plugin hook overhead in process, and REST throughput with and without redact-pii.
+    Plugin {
+        #[arg(long, default_value_t = 5000)]
+        iterations: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Startup time and peak memory with one file and with all 322 corpus files.
     Footprint {
         /// The corpus folder.
@@ -56,36 +97,63 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
+        Scenario::Mcp {
+            rate,
+            concurrency,
+            seconds,
+            rounds,
+        } => scenarios::mcp(rate, concurrency, Duration::from_secs(seconds), rounds).await,
+        Scenario::Reload { samples, reloads } => scenarios::reload(samples, reloads).await,
+        Scenario::Soak {
+            rest_rate,
+            mcp_rate,
+            seconds,
+            changes,
+        } => scenarios::soak(rest_rate, mcp_rate, seconds, changes).await,
+        Scenario::Plugin {
+            iterations,
+            concurrency,
+            seconds,
+            rounds,
+        } => {
+            scenarios::plugin(
+                iterations,
+                concurrency,
+                Duration::from_secs(seconds),
+                rounds,
+            )
+            .await
+        }
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     values[values.len() / 2]
 }
 
-struct Series {
+pub(crate) struct Series {
     name: String,
-    runs: Vec<Stats>,
+    pub(crate) runs: Vec<Stats>,
 }
 
 impl Series {
-    fn new(name: &str) -> Series {
+    pub(crate) fn new(name: &str) -> Series {
         Series {
             name: name.to_owned(),
             runs: Vec::new(),
         }
     }
 
-    fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         median(self.runs.iter().map(Stats::rps).collect())
     }
 
-    fn p50(&self) -> f64 {
+    pub(crate) fn p50(&self) -> f64 {
         median(self.runs.iter().map(Stats::p50_ms).collect())
     }
 
-    fn p99(&self) -> f64 {
+    pub(crate) fn p99(&self) -> f64 {
         median(self.runs.iter().map(Stats::p99_ms).collect())
     }
 
@@ -105,7 +173,7 @@ impl Series {
     }
 }
 
-fn table(title: &str, series: &[&Series]) {
+pub(crate) fn table(title: &str, series: &[&Series]) {
     println!("\n### {title}\n");
     println!("| target | req/s | p50 ms | p99 ms | errors |");
     println!("|---|---:|---:|---:|---:|");

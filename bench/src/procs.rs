@@ -116,3 +116,17 @@ pub fn gateway(
         child: command.spawn()?,
     })
 }
+
+/// Starts the gateway with a config file (for settings the command line does not have).
+pub fn gateway_with_config(config: &Path, sim: SocketAddr) -> anyhow::Result<Proc> {
+    let child = Command::new(capgate_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--upstream", &format!("*=http://{sim}")])
+        .env("STRIPE_API_KEY", "sk_test_capgate_bench")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok(Proc { child })
+}

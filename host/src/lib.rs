@@ -26,6 +26,7 @@ pub mod plugin;
 pub mod reload;
 pub mod rest;
 pub mod route;
+pub mod scaffold;
 pub mod secret;
 pub mod server;
 pub mod snapshot;

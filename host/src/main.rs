@@ -48,11 +48,26 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:12111", env = "CAPGATE_SIM_LISTEN")]
         listen: SocketAddr,
     },
+    /// Work with transform plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Run the Stripe stand-in and the gateway on the shipped specs, and print how to try them.
     Demo {
         /// The specs folder.
         #[arg(long, default_value = "specs")]
         specs: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a new transform plugin crate that builds as it is.
+    New {
+        /// The plugin's name (lower-case letters, digits and -).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
     },
 }
 
@@ -148,6 +163,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::StripeSim { listen } => {
             init_tracing(log_format.map(Into::into).unwrap_or_default(), None);
             capgate::stripe_sim::run(listen, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::New { name, dir }) => {
+            let root = capgate::scaffold::new_plugin(&dir, &name).map_err(anyhow::Error::msg)?;
+            println!("created {}", root.display());
+            println!(
+                "build it:  (cd {} && cargo build --release --target wasm32-wasip2)",
+                root.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { specs } => {

@@ -37,13 +37,18 @@ use crate::config::PluginsConfig;
 use crate::snapshot::TransformRef;
 use crate::upstream::{Payload, UpstreamRequest, UpstreamResponse};
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "transform",
-    exports: { default: async },
-});
+/// The host side of `wit/transform.wit`, in a module of its own: the WIT package is named
+/// `capgate`, like this crate.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transform",
+        exports: { default: async },
+    });
+}
 
-use capgate::transform::types::Level;
+use bindings::capgate::transform::types::Level;
+use bindings::{Context, PluginError, Request, RequestAction, Response, Transform, TransformPre};
 
 /// How much of a plugin's stderr is kept for the log.
 const STDERR_CAPACITY: usize = 16 * 1024;
@@ -74,9 +79,9 @@ impl wasmtime_wasi_io::IoView for State {
     }
 }
 
-impl capgate::transform::types::Host for State {}
+impl bindings::capgate::transform::types::Host for State {}
 
-impl capgate::transform::host::Host for State {
+impl bindings::capgate::transform::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
         let mut message = message;
         if message.len() > 2048 {

@@ -1,0 +1,664 @@
+//! The scenarios of issues 3 to 5: MCP overhead, reload latency and memory, soak under reloads,
+//! plugin hook overhead.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::load::{self, HttpClient, Stats, Target};
+use crate::procs::{self, Proc};
+use crate::{Series, table};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn seed_text() -> String {
+    std::fs::read_to_string(repo().join("specs/identity-sessions.yaml")).expect("the seed spec")
+}
+
+/// A stand-in with one session.
+pub struct Stand {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    pub session: String,
+}
+
+pub async fn stand_in(client: &HttpClient) -> anyhow::Result<Stand> {
+    let port = procs::free_port();
+    let proc = procs::stripe_sim(port)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut create = Target::get(
+        "create",
+        &format!("http://{addr}/v1/identity/verification_sessions"),
+    );
+    create.method = Method::POST;
+    create.headers = vec![
+        (
+            "authorization".into(),
+            "Bearer sk_test_capgate_bench".into(),
+        ),
+        (
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ),
+    ];
+    create.body = Some("type=document&metadata[bench]=1".into());
+    let (status, body) = load::once(client, &create).await?;
+    anyhow::ensure!(status == 200, "creating a session failed: {status}");
+    let session: serde_json::Value = serde_json::from_slice(&body)?;
+    // Verified, so that responses carry personal fields for redaction.
+    let id = session["id"].as_str().expect("an id").to_owned();
+    let mut verify = Target::get(
+        "verify",
+        &format!("http://{addr}/_sim/verification_sessions/{id}/verified"),
+    );
+    verify.method = Method::POST;
+    load::once(client, &verify).await?;
+    Ok(Stand {
+        _proc: proc,
+        addr,
+        session: id,
+    })
+}
+
+/// A tools/call of the 2026-07-28 era (stateless: no session to set up).
+pub fn mcp_call(url: &str, tool: &str, arguments: serde_json::Value) -> Target {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    Target {
+        name: "through capgate (MCP tools/call)".into(),
+        method: Method::POST,
+        uri: url.parse().expect("a valid URI"),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            (
+                "accept".into(),
+                "application/json, text/event-stream".into(),
+            ),
+            ("mcp-protocol-version".into(), "2026-07-28".into()),
+            ("mcp-method".into(), "tools/call".into()),
+            ("mcp-name".into(), tool.into()),
+        ],
+        body: Some(Bytes::from(body.to_string())),
+    }
+}
+
+/// MCP tools/call versus the REST route versus the stand-in, same operation, same load.
+pub async fn mcp(
+    rate: u64,
+    concurrency: usize,
+    duration: Duration,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let client = load::client();
+    let stand = stand_in(&client).await?;
+    let specs = tempfile::tempdir()?;
+    std::fs::write(specs.path().join("identity-sessions.yaml"), seed_text())?;
+    let (rest_port, mcp_port) = (procs::free_port(), procs::free_port());
+    let _gateway = procs::gateway(
+        specs.path(),
+        stand.addr,
+        &[(8080, rest_port), (9090, mcp_port)],
+        &["--no-watch"],
+    )?;
+    procs::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], mcp_port)),
+        Duration::from_secs(10),
+    )?;
+    let id = &stand.session;
+    let mut direct = Target::get(
+        "stand-in directly",
+        &format!(
+            "http://{}/v1/identity/verification_sessions/{id}",
+            stand.addr
+        ),
+    );
+    direct.headers = vec![(
+        "authorization".into(),
+        "Bearer sk_test_capgate_bench".into(),
+    )];
+    let rest = Target::get(
+        "through capgate (REST)",
+        &format!("http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}"),
+    );
+    let mcp = mcp_call(
+        &format!("http://127.0.0.1:{mcp_port}/mcp/identity-sessions-mcp"),
+        "stripe-get-identity-verification-sessions-2",
+        serde_json::json!({"session": id}),
+    );
+    let (status, body) = load::once(&client, &mcp).await?;
+    anyhow::ensure!(
+        status == 200 && String::from_utf8_lossy(&body).contains("structuredContent"),
+        "MCP call failed: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let targets = [&direct, &rest, &mcp];
+    for target in targets {
+        load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
+    }
+    let mut by_rate: Vec<Series> = targets.iter().map(|t| Series::new(&t.name)).collect();
+    let mut by_concurrency: Vec<Series> = targets.iter().map(|t| Series::new(&t.name)).collect();
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.rotate_left(round % targets.len());
+        for &i in &order {
+            by_rate[i]
+                .runs
+                .push(load::fixed_rate(&client, targets[i], rate, duration).await);
+        }
+        for &i in &order {
+            by_concurrency[i]
+                .runs
+                .push(load::fixed_concurrency(&client, targets[i], concurrency, duration).await);
+        }
+    }
+    println!(
+        "## MCP: tools/call vs REST vs the stand-in, retrieving one session ({rounds} rounds of {}s, medians)",
+        duration.as_secs()
+    );
+    table(
+        &format!("Fixed rate: {rate} requests/s"),
+        &by_rate.iter().collect::<Vec<_>>(),
+    );
+    println!(
+        "\nMCP adds {:.3} ms at p50 and {:.3} ms at p99 over REST at the same rate (target: <= 0.5 ms at p99)",
+        by_rate[2].p50() - by_rate[1].p50(),
+        by_rate[2].p99() - by_rate[1].p99()
+    );
+    table(
+        &format!("Fixed concurrency: {concurrency}"),
+        &by_concurrency.iter().collect::<Vec<_>>(),
+    );
+    println!(
+        "\nMCP/REST throughput {:.2}; MCP adds {:.3} ms at p99 over REST at the same concurrency",
+        by_concurrency[2].rps() / by_concurrency[1].rps(),
+        by_concurrency[2].p99() - by_concurrency[1].p99()
+    );
+    Ok(())
+}
+
+/// A capability whose REST route is `GET /probe/<marker>`, for reload measurements.
+fn probe(marker: &str, port: u16) -> String {
+    format!(
+        "naftiko: 1.0.0-alpha2\ncapability:\n  exposes:\n    - type: rest\n      port: {port}\n      namespace: probe\n      resources:\n        - path: /probe/{marker}\n          operations:\n            - method: GET\n              outputParameters:\n                - name: marker\n                  type: string\n                  value: \"{marker}\"\n"
+    )
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let temp = path.with_extension("tmp~");
+    std::fs::write(&temp, text)?;
+    std::fs::rename(&temp, path)
+}
+
+struct Watched {
+    gateway: Proc,
+    specs: tempfile::TempDir,
+    port: u16,
+}
+
+fn watched_gateway(
+    sim: SocketAddr,
+    with_corpus: bool,
+    debounce_ms: u64,
+) -> anyhow::Result<Watched> {
+    let specs = tempfile::tempdir()?;
+    if with_corpus {
+        let corpus = repo().join("tests/data/corpus/stripe-capabilities");
+        for entry in std::fs::read_dir(corpus)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), specs.path().join(entry.file_name()))?;
+        }
+    }
+    let port = procs::free_port();
+    std::fs::write(specs.path().join("probe.yaml"), probe("p0", 7001))?;
+    let config = specs
+        .path()
+        .join("..")
+        .join(format!("capgate-bench-{}.yaml", std::process::id()));
+    let config_text = format!(
+        "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 7001: {port}, 8080: {}, 9090: {} }} }}\nreload: {{ debounce: {debounce_ms} }}\n",
+        specs.path().display(),
+        procs::free_port(),
+        procs::free_port()
+    );
+    std::fs::write(&config, config_text)?;
+    let gateway = procs::gateway_with_config(&config, sim)?;
+    procs::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(30),
+    )?;
+    Ok(Watched {
+        gateway,
+        specs,
+        port,
+    })
+}
+
+/// Writes a new probe route and waits until it answers; returns the time it took.
+async fn reload_once(
+    client: &HttpClient,
+    watched: &Watched,
+    marker: &str,
+) -> anyhow::Result<Duration> {
+    let target = Target::get(
+        "probe",
+        &format!("http://127.0.0.1:{}/probe/{marker}", watched.port),
+    );
+    let started = Instant::now();
+    write_atomically(
+        &watched.specs.path().join("probe.yaml"),
+        &probe(marker, 7001),
+    )?;
+    loop {
+        if let Ok((200, _)) = load::once(client, &target).await {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new route never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// File write to new route answering, with 1 file and with the 322 corpus files; memory after
+/// many reloads against memory after the first.
+pub async fn reload(samples: usize, reloads: usize) -> anyhow::Result<()> {
+    let client = load::client();
+    let stand = stand_in(&client).await?;
+    println!(
+        "## Reload latency: file written -> new route answering ({samples} reloads each, default 100 ms debounce)\n"
+    );
+    println!("| specs loaded | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|");
+    for (name, corpus) in [("1 file", false), ("322 corpus files + 1", true)] {
+        let watched = watched_gateway(stand.addr, corpus, 100)?;
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+        for i in 0..samples {
+            let took = reload_once(&client, &watched, &format!("s{i}")).await?;
+            histogram.record(took.as_micros() as u64)?;
+        }
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} |",
+            histogram.value_at_quantile(0.5) as f64 / 1000.0,
+            histogram.value_at_quantile(0.99) as f64 / 1000.0,
+            histogram.max() as f64 / 1000.0
+        );
+    }
+    let watched = watched_gateway(stand.addr, true, 5)?;
+    reload_once(&client, &watched, "first").await?;
+    let first = watched.gateway.rss_kib().unwrap_or(0);
+    for i in 0..reloads {
+        reload_once(&client, &watched, &format!("m{i}")).await?;
+    }
+    let last = watched.gateway.rss_kib().unwrap_or(0);
+    println!(
+        "\nMemory with the 322 corpus files: RSS {:.1} MiB after the first reload, {:.1} MiB after {reloads} more ({:+.1} %; target within 5 %)",
+        first as f64 / 1024.0,
+        last as f64 / 1024.0,
+        (last as f64 - first as f64) * 100.0 / first as f64
+    );
+    Ok(())
+}
+
+/// Constant load on REST and MCP while the specs folder changes 100 times.
+pub async fn soak(
+    rest_rate: u64,
+    mcp_rate: u64,
+    seconds: u64,
+    changes: usize,
+) -> anyhow::Result<()> {
+    let client = load::client();
+    let stand = stand_in(&client).await?;
+    let specs = tempfile::tempdir()?;
+    let seed = seed_text();
+    std::fs::write(specs.path().join("identity-sessions.yaml"), &seed)?;
+    let (rest_port, mcp_port, churn_a, churn_b) = (
+        procs::free_port(),
+        procs::free_port(),
+        procs::free_port(),
+        procs::free_port(),
+    );
+    let config = specs
+        .path()
+        .join("..")
+        .join(format!("capgate-soak-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {mcp_port}, 7101: {churn_a}, 7102: {churn_b} }} }}\n",
+            specs.path().display()
+        ),
+    )?;
+    let _gateway = procs::gateway_with_config(&config, stand.addr)?;
+    procs::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], mcp_port)),
+        Duration::from_secs(10),
+    )?;
+    let id = stand.session.clone();
+    let rest = Target::get(
+        "REST",
+        &format!("http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}"),
+    );
+    let mut mcp = mcp_call(
+        &format!("http://127.0.0.1:{mcp_port}/mcp/identity-sessions-mcp"),
+        "stripe-get-identity-verification-sessions-2",
+        serde_json::json!({"session": id}),
+    );
+    mcp.name = "MCP".into();
+    load::fixed_concurrency(&client, &rest, 8, Duration::from_secs(1)).await;
+    let duration = Duration::from_secs(seconds);
+    let run = |client: HttpClient, rest: Target, mcp: Target| async move {
+        let (r, m) = tokio::join!(
+            load::fixed_rate(&client, &rest, rest_rate, duration),
+            load::fixed_rate(&client, &mcp, mcp_rate, duration)
+        );
+        (r, m)
+    };
+    eprintln!("without reloads");
+    let (quiet_rest, quiet_mcp) = run(client.clone(), rest.clone(), mcp.clone()).await;
+    eprintln!("with {changes} changes");
+    let dir = specs.path().to_path_buf();
+    let interval = duration / changes as u32;
+    let churn =
+        tokio::spawn(async move { churn(&dir, &seed, changes, interval, [7101, 7102]).await });
+    let (busy_rest, busy_mcp) = run(client.clone(), rest, mcp).await;
+    let made = churn.await??;
+    println!(
+        "## Soak: {rest_rate} REST + {mcp_rate} MCP requests/s for {seconds} s, without and with {made} changes to the specs folder\n"
+    );
+    println!("| phase | surface | requests | failed | p50 ms | p99 ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (phase, surface, stats) in [
+        ("no reloads", "REST", &quiet_rest),
+        ("no reloads", "MCP", &quiet_mcp),
+        ("reloading", "REST", &busy_rest),
+        ("reloading", "MCP", &busy_mcp),
+    ] {
+        println!(
+            "| {phase} | {surface} | {} | {} | {:.3} | {:.3} |",
+            stats.ok + stats.errors,
+            stats.errors,
+            stats.p50_ms(),
+            stats.p99_ms()
+        );
+    }
+    let ratio = |busy: &Stats, quiet: &Stats| busy.p99_ms() / quiet.p99_ms();
+    println!(
+        "\np99 during reloads / p99 without: REST {:.2}, MCP {:.2} (target <= 1.10); failed requests: {} (target 0)",
+        ratio(&busy_rest, &quiet_rest),
+        ratio(&busy_mcp, &quiet_mcp),
+        busy_rest.errors + busy_mcp.errors + quiet_rest.errors + quiet_mcp.errors
+    );
+    Ok(())
+}
+
+/// Makes `changes` changes, one every `interval`: edits, broken edits and fixes, added and
+/// deleted files, port moves, and edits of the seed that keep its routes.
+async fn churn(
+    dir: &Path,
+    seed: &str,
+    changes: usize,
+    interval: Duration,
+    ports: [u16; 2],
+) -> anyhow::Result<usize> {
+    let mover = |port: u16, marker: &str| {
+        probe(marker, port).replace("namespace: probe", "namespace: mover")
+    };
+    for i in 0..changes {
+        tokio::time::sleep(interval).await;
+        match i % 7 {
+            0 => write_atomically(&dir.join("churn.yaml"), &probe(&format!("c{i}"), ports[0]))?,
+            1 => std::fs::write(
+                dir.join("churn.yaml"),
+                "naftiko: 1.0.0-alpha2\ncapability: [broken\n",
+            )?,
+            2 => std::fs::write(
+                dir.join(format!("added-{i}.yaml")),
+                probe(&format!("a{i}"), ports[0])
+                    .replace("namespace: probe", &format!("namespace: added-{i}")),
+            )?,
+            3 => {
+                if let Some(added) = std::fs::read_dir(dir)?
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with("added-"))
+                {
+                    std::fs::remove_file(added.path())?;
+                }
+            }
+            4 => write_atomically(
+                &dir.join("mover.yaml"),
+                &mover(ports[i / 7 % 2], &format!("m{i}")),
+            )?,
+            5 => write_atomically(
+                &dir.join("identity-sessions.yaml"),
+                &seed.replace("6 operations.", &format!("6 operations (edit {i}).")),
+            )?,
+            _ => std::fs::write(dir.join("churn.yaml"), probe(&format!("f{i}"), ports[1]))?,
+        }
+    }
+    Ok(changes)
+}
+
+/// Plugin hook overhead measured in process: one call = a pooled instance, the hook, the
+/// store dropped. Also REST throughput with and without redact-pii at the same concurrency.
+pub async fn plugin(
+    iterations: usize,
+    concurrency: usize,
+    duration: Duration,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    use capgate::config::{FailurePolicy, PluginsConfig};
+    use capgate::plugin::{CallContext, Plugins};
+    use capgate::snapshot::TransformRef;
+    use capgate::upstream::{UpstreamRequest, UpstreamResponse};
+
+    let plugins_dir = repo().join("plugins/target/wasm32-wasip2/release");
+    anyhow::ensure!(
+        plugins_dir.join("noop.wasm").exists(),
+        "build the plugins first: (cd plugins && cargo build --release --target wasm32-wasip2)"
+    );
+    let config = PluginsConfig {
+        dir: Some(plugins_dir),
+        cache_dir: None,
+        ..PluginsConfig::default()
+    };
+    let plugins = Arc::new(Plugins::new(&config)?);
+    let blocking = plugins.clone();
+    tokio::task::spawn_blocking(move || blocking.refresh()).await?;
+    let transform = |file: &str| TransformRef {
+        plugin: file.into(),
+        config: Arc::from("{}"),
+        on_error: FailurePolicy::FailClosed,
+        timeout: Duration::from_millis(100),
+        memory: 16 * 1024 * 1024,
+    };
+    let context = CallContext {
+        capability: "identity-sessions".into(),
+        operation: "identity-sessions.getidentityverificationsessionssession".into(),
+        request_id: Arc::from("req_bench"),
+    };
+    let request = UpstreamRequest {
+        method: Method::GET,
+        path: "/v1/identity/verification_sessions/vs_1".into(),
+        query: vec![("expand".into(), serde_json::json!(["verified_outputs"]))],
+        headers: http::HeaderMap::new(),
+        body: None,
+    };
+    let response_of = |size: usize| {
+        let body = crate::scenarios::session_body(size);
+        UpstreamResponse {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(body),
+            from_plugins: http::HeaderMap::new(),
+        }
+    };
+    let measure = |label: &'static str| {
+        (
+            label,
+            hdrhistogram::Histogram::<u64>::new(3).expect("valid"),
+        )
+    };
+    let mut results = Vec::new();
+    let noop = transform("noop.wasm");
+    let mut h = measure("no-op plugin, on-request");
+    for i in 0..iterations + 200 {
+        let started = Instant::now();
+        plugins
+            .on_request(&noop, &context, request.clone())
+            .await
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
+        if i >= 200 {
+            h.1.record(started.elapsed().as_nanos() as u64)?;
+        }
+    }
+    results.push(h);
+    let redact = transform("redact_pii.wasm");
+    for (label, size) in [
+        ("redact-pii, on-response, 1 KB body", 1024),
+        ("redact-pii, on-response, 100 KB body", 100 * 1024),
+    ] {
+        let response = response_of(size);
+        let mut h = measure(label);
+        for i in 0..iterations / if size > 10_000 { 10 } else { 1 } + 50 {
+            let started = Instant::now();
+            plugins
+                .on_response(&redact, &context, response.clone())
+                .await
+                .map_err(|f| anyhow::anyhow!("{f}"))?
+                .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+            if i >= 50 {
+                h.1.record(started.elapsed().as_nanos() as u64)?;
+            }
+        }
+        results.push(h);
+    }
+    println!(
+        "## Plugin hooks, measured in process ({iterations} calls; a fresh pooled instance per call)\n"
+    );
+    println!("| hook | p50 us | p99 us |");
+    println!("|---|---:|---:|");
+    for (label, h) in &results {
+        println!(
+            "| {label} | {:.1} | {:.1} |",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+    println!("\nTargets: the no-op hook adds at most 20 us at p50 and 80 us at p99.");
+    rest_with_and_without_plugin(concurrency, duration, rounds).await
+}
+
+/// A VerificationSession-shaped JSON body of about `size` bytes.
+pub fn session_body(size: usize) -> Vec<u8> {
+    let mut value = serde_json::json!({
+        "id": "vs_bench", "object": "identity.verification_session", "status": "verified",
+        "verified_outputs": {"first_name": "Jenny", "last_name": "Rosen", "dob": {"day": 1, "month": 1, "year": 1990},
+            "address": {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}, "id_number": "000000000"},
+        "provided_details": {"email": "jenny@example.com", "phone": "+15555550100"},
+        "metadata": {}
+    });
+    let mut i = 0;
+    while serde_json::to_vec(&value).expect("serializes").len() < size {
+        value["metadata"][format!("key_{i}")] = serde_json::Value::String("x".repeat(48));
+        i += 1;
+    }
+    serde_json::to_vec(&value).expect("serializes")
+}
+
+/// REST throughput of the same retrieve with and without redact-pii bound, same gateway.
+async fn rest_with_and_without_plugin(
+    concurrency: usize,
+    duration: Duration,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let client = load::client();
+    let stand = stand_in(&client).await?;
+    let specs = tempfile::tempdir()?;
+    let seed = seed_text();
+    std::fs::write(specs.path().join("identity-sessions.yaml"), &seed)?;
+    // A twin of the seed on other paths and namespaces, with no plugin bound.
+    let twin = seed
+        .replace("/v1/v1/", "/plain/v1/")
+        .replace("identity-sessions", "plain-sessions");
+    std::fs::write(specs.path().join("plain-sessions.yaml"), twin)?;
+    let plugins_dir = repo().join("plugins/target/wasm32-wasip2/release");
+    let rest_port = procs::free_port();
+    let config = specs
+        .path()
+        .join("..")
+        .join(format!("capgate-plugin-bench-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {} }} }}\nreload: {{ watch: false }}\nplugins:\n  dir: {}\n  bindings:\n    - plugin: redact_pii.wasm\n      capabilities: [identity-sessions]\n      operations: [\"*\"]\n",
+            specs.path().display(),
+            procs::free_port(),
+            plugins_dir.display()
+        ),
+    )?;
+    let _gateway = procs::gateway_with_config(&config, stand.addr)?;
+    procs::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], rest_port)),
+        Duration::from_secs(10),
+    )?;
+    let id = &stand.session;
+    let with = Target::get(
+        "with redact-pii",
+        &format!(
+            "http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}?expand[]=verified_outputs"
+        ),
+    );
+    let without = Target::get(
+        "without plugin",
+        &format!(
+            "http://127.0.0.1:{rest_port}/plain/v1/identity/verification-sessions/{id}?expand[]=verified_outputs"
+        ),
+    );
+    let (status, body) = load::once(&client, &with).await?;
+    anyhow::ensure!(
+        status == 200 && String::from_utf8_lossy(&body).contains("[redacted]"),
+        "the plugin is not applied: {status}"
+    );
+    for target in [&with, &without] {
+        load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
+    }
+    let mut series = [Series::new(&without.name), Series::new(&with.name)];
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let target = if i == 0 { &without } else { &with };
+            series[i]
+                .runs
+                .push(load::fixed_concurrency(&client, target, concurrency, duration).await);
+        }
+    }
+    table(
+        &format!(
+            "REST at concurrency {concurrency}, a verified session retrieved with verified_outputs expanded"
+        ),
+        &series.iter().collect::<Vec<_>>(),
+    );
+    println!(
+        "\nthroughput with redact-pii / without: {:.2} (target >= 0.90)",
+        series[1].rps() / series[0].rps()
+    );
+    Ok(())
+}
