@@ -464,7 +464,7 @@ pub async fn plugin(
     rounds: usize,
 ) -> anyhow::Result<()> {
     use capgate::config::{FailurePolicy, PluginsConfig};
-    use capgate::plugin::{CallContext, Plugins};
+    use capgate::plugin::{CallContext, Plugins, RequestOutcome, ResponseOutcome};
     use capgate::snapshot::TransformRef;
     use capgate::upstream::{UpstreamRequest, UpstreamResponse};
 
@@ -520,10 +520,14 @@ pub async fn plugin(
     let mut h = measure("no-op plugin, on-request");
     for i in 0..iterations + 200 {
         let started = Instant::now();
-        plugins
+        let outcome = plugins
             .on_request(&noop, &context, request.clone())
             .await
             .map_err(|f| anyhow::anyhow!("{f}"))?;
+        anyhow::ensure!(
+            matches!(outcome, RequestOutcome::Forward(_)),
+            "the no-op plugin did not run: {outcome:?}"
+        );
         if i >= 200 {
             h.1.record(started.elapsed().as_nanos() as u64)?;
         }
@@ -538,11 +542,14 @@ pub async fn plugin(
         let mut h = measure(label);
         for i in 0..iterations / if size > 10_000 { 10 } else { 1 } + 50 {
             let started = Instant::now();
-            plugins
+            let outcome = plugins
                 .on_response(&redact, &context, response.clone())
                 .await
-                .map_err(|f| anyhow::anyhow!("{f}"))?
-                .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+                .map_err(|f| anyhow::anyhow!("{f}"))?;
+            anyhow::ensure!(
+                matches!(outcome, ResponseOutcome::Forward(_)),
+                "redact-pii did not run: {outcome:?}"
+            );
             if i >= 50 {
                 h.1.record(started.elapsed().as_nanos() as u64)?;
             }

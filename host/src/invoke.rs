@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use crate::config::FailurePolicy;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamLabels};
-use crate::plugin::{CallContext, Failure, Plugins, Refusal, RequestOutcome};
+use crate::plugin::{CallContext, Failure, Plugins, Refusal, RequestOutcome, ResponseOutcome};
 use crate::snapshot::{
     Action, Operation, Output, Shape, TransformRef, UpstreamAdapter, UpstreamOperation,
 };
@@ -213,6 +213,10 @@ impl Invoker {
             };
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| request.clone());
             pending = match plugins.on_request(transform, context, request).await {
+                Ok(RequestOutcome::Skipped(request)) => {
+                    ran.push(transform);
+                    Ok(request)
+                }
                 Ok(RequestOutcome::Forward(changed)) => {
                     self.metrics.plugin(&transform.plugin, "on_request", "ok");
                     ran.push(transform);
@@ -243,11 +247,12 @@ impl Invoker {
         for transform in ran.into_iter().rev() {
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| response.clone());
             match plugins.on_response(transform, context, response).await {
-                Ok(Ok(changed)) => {
+                Ok(ResponseOutcome::Skipped(unchanged)) => response = unchanged,
+                Ok(ResponseOutcome::Forward(changed)) => {
                     self.metrics.plugin(&transform.plugin, "on_response", "ok");
                     response = changed;
                 }
-                Ok(Err(refusal)) => {
+                Ok(ResponseOutcome::Refused(refusal)) => {
                     self.metrics
                         .plugin(&transform.plugin, "on_response", "refused");
                     return Err(refused(transform, refusal));

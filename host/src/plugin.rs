@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,8 +107,12 @@ impl bindings::capgate::transform::host::Host for State {
 pub struct Plugin {
     /// The file name, as bindings name it (`redact_pii.wasm`).
     pub file: String,
-    pub name: String,
+    pub name: Arc<str>,
     pub version: String,
+    /// Whether the plugin's `on-request` does anything (it is not called otherwise).
+    pub handles_requests: bool,
+    /// Whether the plugin's `on-response` does anything.
+    pub handles_responses: bool,
     pub needs_request_body: bool,
     pub needs_response_body: bool,
     /// SHA-256 of the file.
@@ -186,8 +191,19 @@ pub struct Refusal {
 /// The outcome of a request hook.
 #[derive(Debug)]
 pub enum RequestOutcome {
+    /// The plugin does not handle requests; it was not run.
+    Skipped(UpstreamRequest),
     Forward(UpstreamRequest),
     Respond(UpstreamResponse),
+    Refused(Refusal),
+}
+
+/// The outcome of a response hook.
+#[derive(Debug)]
+pub enum ResponseOutcome {
+    /// The plugin does not handle responses; it was not run.
+    Skipped(UpstreamResponse),
+    Forward(UpstreamResponse),
     Refused(Refusal),
 }
 
@@ -239,11 +255,15 @@ impl Plugins {
             .max_tables_per_component(8)
             .max_core_instances_per_component(32)
             .max_component_instance_size(1024 * 1024)
-            .max_core_instance_size(1024 * 1024);
+            .max_core_instance_size(1024 * 1024)
+            .linear_memory_keep_resident(512 * 1024)
+            .table_keep_resident(64 * 1024)
+            .async_stack_keep_resident(128 * 1024);
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
-            .max_wasm_stack(1024 * 1024)
+            .max_wasm_stack(512 * 1024)
+            .async_stack_size(1024 * 1024)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(|e| HostError(e.to_string()))?;
         let mut linker: Linker<State> = Linker::new(&engine);
@@ -329,7 +349,7 @@ impl Plugins {
                     let status = PluginStatus {
                         file: name.clone(),
                         state: "loaded",
-                        name: Some(plugin.name.clone()),
+                        name: Some(plugin.name.to_string()),
                         version: Some(plugin.version.clone()),
                         digest: Some(digest.clone()),
                         error: None,
@@ -347,7 +367,7 @@ impl Plugins {
                         } else {
                             "failed"
                         },
-                        name: previous.map(|p| p.name.clone()),
+                        name: previous.map(|p| p.name.to_string()),
                         version: previous.map(|p| p.version.clone()),
                         digest: previous.map(|p| p.digest.clone()),
                         error: Some(error),
@@ -392,8 +412,10 @@ impl Plugins {
         })?;
         Ok(Plugin {
             file: file.to_owned(),
-            name: info.name,
+            name: Arc::from(info.name),
             version: info.version,
+            handles_requests: info.handles_requests,
+            handles_responses: info.handles_responses,
             needs_request_body: info.needs_request_body,
             needs_response_body: info.needs_response_body,
             digest: digest.to_owned(),
@@ -489,18 +511,26 @@ impl Plugins {
             },
         );
         store.limiter(|state| &mut state.limits);
-        let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
-        // Every tick the plugin gives the thread back (fairness); past its deadline it stops.
+        // Every tick the plugin gives the thread back (fairness). Its deadline counts the time
+        // it ran, not the time it waited to be scheduled again: a busy gateway must not turn
+        // a quick plugin into a timeout.
+        let started = Instant::now();
+        let waited = Arc::new(AtomicU64::new(0));
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ))
+            let waited_for = Duration::from_nanos(waited.load(Ordering::Relaxed));
+            if started.elapsed().saturating_sub(waited_for) >= timeout {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            let waited = waited.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    let paused = Instant::now();
+                    tokio::task::yield_now().await;
+                    waited.fetch_add(paused.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }),
+            ))
         });
         store
     }
@@ -513,9 +543,12 @@ impl Plugins {
         request: UpstreamRequest,
     ) -> Result<RequestOutcome, Failure> {
         let plugin = self.get(&transform.plugin).ok_or(Failure::NotLoaded)?;
+        if !plugin.handles_requests {
+            return Ok(RequestOutcome::Skipped(request));
+        }
         let _slot = self.slots.acquire().await.expect("never closed");
         let mut store = self.store(
-            Arc::from(plugin.name.as_str()),
+            plugin.name.clone(),
             context.request_id.clone(),
             transform.memory,
             transform.timeout,
@@ -549,11 +582,14 @@ impl Plugins {
         transform: &TransformRef,
         context: &CallContext,
         response: UpstreamResponse,
-    ) -> Result<Result<UpstreamResponse, Refusal>, Failure> {
+    ) -> Result<ResponseOutcome, Failure> {
         let plugin = self.get(&transform.plugin).ok_or(Failure::NotLoaded)?;
+        if !plugin.handles_responses {
+            return Ok(ResponseOutcome::Skipped(response));
+        }
         let _slot = self.slots.acquire().await.expect("never closed");
         let mut store = self.store(
-            Arc::from(plugin.name.as_str()),
+            plugin.name.clone(),
             context.request_id.clone(),
             transform.memory,
             transform.timeout,
@@ -575,9 +611,13 @@ impl Plugins {
         match result {
             Ok(changed) => {
                 let original = (!plugin.needs_response_body).then(|| response.body.clone());
-                Ok(Ok(from_wit_response(changed, original, Some(&response))?))
+                Ok(ResponseOutcome::Forward(from_wit_response(
+                    changed,
+                    original,
+                    Some(&response),
+                )?))
             }
-            Err(error) => Ok(Err(refusal(error)?)),
+            Err(error) => Ok(ResponseOutcome::Refused(refusal(error)?)),
         }
     }
 }

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 const WIT: &str = include_str!("../../wit/transform.wit");
 
+/// The same build settings as the example plugins: a small stack, because a plugin's memory is
+/// reset after every call and its size is what that costs.
+const CARGO_CONFIG: &str = include_str!("../../plugins/.cargo/config.toml");
+
 /// Creates `<dir>/<name>/` with `Cargo.toml`, `src/lib.rs` and `wit/transform.wit`. Refuses an
 /// invalid name or an existing folder. Returns the crate's folder.
 pub fn new_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
@@ -32,6 +36,9 @@ pub fn new_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     write(root.join("wit/transform.wit"), WIT)?;
+    std::fs::create_dir_all(root.join(".cargo"))
+        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    write(root.join(".cargo/config.toml"), CARGO_CONFIG)?;
     write(root.join("Cargo.toml"), &cargo_toml(name))?;
     write(root.join("src/lib.rs"), &lib_rs(name))?;
     Ok(root)
@@ -90,6 +97,10 @@ impl Guest for Plugin {{
         PluginInfo {{
             name: "{name}".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // Say which hooks do something: the others are never called (each call costs a
+            // fresh instance).
+            handles_requests: true,
+            handles_responses: false,
             // Ask only for the bodies you read: they are copied in and out of the sandbox.
             needs_request_body: false,
             needs_response_body: false,
@@ -121,6 +132,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = new_plugin(dir.path(), "audit-log").unwrap();
         assert!(root.join("wit/transform.wit").is_file());
+        assert!(
+            std::fs::read_to_string(root.join(".cargo/config.toml"))
+                .unwrap()
+                .contains("stack-size")
+        );
         let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
         assert!(lib.contains("name: \"audit-log\""));
         assert!(lib.contains("audit_log.wasm"));

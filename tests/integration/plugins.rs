@@ -113,6 +113,19 @@ async fn redact_pii_masks_personal_fields_through_rest_and_mcp() {
     let structured = result.structured_content.unwrap();
     assert_eq!(structured["verified_outputs"]["last_name"], "[redacted]");
     client.cancel().await.unwrap();
+
+    // redact-pii declares it only handles responses: its request hook is never run.
+    let metrics = h.gateway.metrics().render();
+    let calls = |hook: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.contains("plugin=\"redact_pii") && l.contains(&format!("hook=\"{hook}\""))
+            })
+            .count()
+    };
+    assert_eq!(calls("on_request"), 0, "{metrics}");
+    assert_eq!(calls("on_response"), 1, "{metrics}");
 }
 
 #[tokio::test]

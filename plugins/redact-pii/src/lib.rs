@@ -19,6 +19,8 @@ impl Guest for RedactPii {
         PluginInfo {
             name: "redact-pii".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            handles_requests: false,
+            handles_responses: true,
             needs_request_body: false,
             needs_response_body: true,
         }

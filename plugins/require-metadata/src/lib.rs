@@ -15,6 +15,8 @@ impl Guest for RequireMetadata {
         PluginInfo {
             name: "require-metadata".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            handles_requests: true,
+            handles_responses: false,
             needs_request_body: true,
             needs_response_body: false,
         }

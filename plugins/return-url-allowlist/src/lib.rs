@@ -13,6 +13,8 @@ impl Guest for ReturnUrlAllowlist {
         PluginInfo {
             name: "return-url-allowlist".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            handles_requests: true,
+            handles_responses: false,
             needs_request_body: true,
             needs_response_body: false,
         }

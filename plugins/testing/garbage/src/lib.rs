@@ -10,6 +10,8 @@ impl Guest for Garbage {
         PluginInfo {
             name: "garbage".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            handles_requests: true,
+            handles_responses: false,
             needs_request_body: true,
             needs_response_body: false,
         }

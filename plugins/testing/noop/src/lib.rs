@@ -9,6 +9,8 @@ impl Guest for Noop {
         PluginInfo {
             name: "noop".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            handles_requests: true,
+            handles_responses: true,
             needs_request_body: false,
             needs_response_body: false,
         }
