@@ -34,6 +34,24 @@ pub struct Config {
     /// The file this config was read from, watched for changes.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// Command-line settings applied on top of the file, again each time it is re-read.
+    #[serde(skip)]
+    pub overrides: Overrides,
+}
+
+/// Settings given on the command line (or its environment variables). They win over the config
+/// file's, and keep winning when a changed config file is re-read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub specs: Option<PathBuf>,
+    pub force_address: Option<IpAddr>,
+    /// Declared port to actual port.
+    pub ports: Vec<(u16, u16)>,
+    /// Tried before the config file's upstream overrides.
+    pub upstreams: Vec<UpstreamOverride>,
+    /// `Some(None)` turns the admin listener off.
+    pub admin: Option<Option<SocketAddr>>,
+    pub no_watch: bool,
 }
 
 impl Default for Config {
@@ -51,6 +69,7 @@ impl Default for Config {
             reload: ReloadConfig::default(),
             plugins: PluginsConfig::default(),
             source: None,
+            overrides: Overrides::default(),
         }
     }
 }
@@ -413,6 +432,34 @@ impl Config {
         config.source = Some(path.to_owned());
         Ok(config)
     }
+
+    /// Applies command-line settings, and remembers them for `reread`.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Config {
+        if let Some(specs) = &overrides.specs {
+            self.specs = specs.clone();
+        }
+        if let Some(address) = overrides.force_address {
+            self.listen.force_address = Some(address);
+        }
+        self.listen.ports.extend(overrides.ports.iter().copied());
+        self.upstreams
+            .splice(0..0, overrides.upstreams.iter().cloned());
+        if let Some(address) = overrides.admin {
+            self.admin.address = address;
+        }
+        if overrides.no_watch {
+            self.reload.watch = false;
+        }
+        self.overrides = overrides;
+        self
+    }
+
+    /// Reads the config file again, with the same command-line settings on top; `None` when
+    /// this config was not read from a file.
+    pub fn reread(&self) -> Option<Result<Config, ConfigError>> {
+        let path = self.source.as_deref()?;
+        Some(Config::from_file(path).map(|c| c.with_overrides(self.overrides.clone())))
+    }
 }
 
 /// Durations in config files are written in milliseconds.
@@ -446,6 +493,49 @@ mod tests {
             UpstreamOverride::parse("a=http://x,profile=soap")
                 .unwrap_err()
                 .contains("soap")
+        );
+    }
+
+    #[test]
+    fn command_line_settings_win_and_survive_a_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("capgate.yaml");
+        let text = |port: u16| {
+            format!(
+                "specs: specs\nlisten: {{ ports: {{ 8080: {port}, 9090: 19090 }} }}\nupstreams:\n  - {{ namespace: '*', base_uri: 'http://file' }}\n"
+            )
+        };
+        std::fs::write(&file, text(18080)).unwrap();
+        let overrides = Overrides {
+            ports: vec![(8080, 28080)],
+            upstreams: vec![UpstreamOverride::parse("*=http://cli").unwrap()],
+            admin: Some(None),
+            ..Overrides::default()
+        };
+        let config = Config::from_file(&file).unwrap().with_overrides(overrides);
+        let check = |c: &Config| {
+            assert_eq!(c.specs, dir.path().join("specs"));
+            assert_eq!(c.listen.ports[&8080], 28080, "the command line wins");
+            assert_eq!(c.listen.ports[&9090], 19090);
+            let uris: Vec<_> = c
+                .upstreams
+                .iter()
+                .map(|u| u.base_uri.as_deref().unwrap())
+                .collect();
+            assert_eq!(
+                uris,
+                ["http://cli", "http://file"],
+                "command-line upstreams first"
+            );
+            assert_eq!(c.admin.address, None);
+        };
+        check(&config);
+        std::fs::write(&file, text(18081)).unwrap();
+        check(&config.reread().unwrap().unwrap());
+        assert_eq!(
+            Config::default().reread().map(|r| r.is_ok()),
+            None,
+            "not from a file"
         );
     }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use capgate::config::{Config, LogFormat, UpstreamOverride};
+use capgate::config::{Config, LogFormat, Overrides, UpstreamOverride};
 
 #[derive(Parser)]
 #[command(
@@ -192,39 +192,31 @@ impl From<LogFormatArg> for LogFormat {
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
+    let config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if let Some(specs) = args.specs {
-        config.specs = specs;
-    }
-    if let Some(address) = args.address {
-        config.listen.force_address = Some(address);
-    }
-    for (declared, actual) in args.ports {
-        config.listen.ports.insert(declared, actual);
-    }
-    // Command-line overrides come first, so they win over the config file's.
-    let mut upstreams = Vec::new();
-    for text in args.upstreams.iter().filter(|t| !t.trim().is_empty()) {
-        upstreams.push(UpstreamOverride::parse(text.trim()).map_err(anyhow::Error::msg)?);
-    }
-    upstreams.append(&mut config.upstreams);
-    config.upstreams = upstreams;
-    match args.admin.as_deref() {
-        None => {}
-        Some("off") => config.admin.address = None,
-        Some(text) => {
-            config.admin.address = Some(text.parse().map_err(|_| {
-                anyhow::anyhow!("invalid admin address \"{text}\": expected IP:PORT or off")
-            })?)
-        }
-    }
-    if args.no_watch {
-        config.reload.watch = false;
-    }
-    Ok(config)
+    let upstreams = args
+        .upstreams
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| UpstreamOverride::parse(t.trim()).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let admin = match args.admin.as_deref() {
+        None => None,
+        Some("off") => Some(None),
+        Some(text) => Some(Some(text.parse().map_err(|_| {
+            anyhow::anyhow!("invalid admin address \"{text}\": expected IP:PORT or off")
+        })?)),
+    };
+    Ok(config.with_overrides(Overrides {
+        specs: args.specs,
+        force_address: args.address,
+        ports: args.ports,
+        upstreams,
+        admin,
+        no_watch: args.no_watch,
+    }))
 }
 
 fn init_tracing(format: LogFormat, filter: Option<&str>) {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use capgate::config::{Config, Overrides};
+
 use crate::common::{self, Harness};
 
 /// A mock-mode capability: `GET <path>` answers `{"version": <version>}` on port `port`, and an
@@ -577,4 +579,66 @@ async fn mcp_clients_hear_of_changes_to_their_adapter_only() {
     legacy_a.cancel().await.unwrap();
     legacy_b.cancel().await.unwrap();
     modern_a.cancel().await.unwrap();
+}
+
+/// A changed config file applies its upstream overrides and bind values at once, and the
+/// command-line settings keep winning over it, through spec reloads and config reloads alike.
+#[tokio::test]
+async fn a_changed_config_file_applies_and_command_line_settings_keep_winning() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let file = outside.path().join("capgate.yaml");
+    let config_text = |key: &str| {
+        format!(
+            "listen: {{ ephemeral_ports: true, force_address: 127.0.0.1 }}\nadmin: {{ address: null }}\nreload: {{ debounce: 20 }}\nupstreams:\n  - {{ namespace: '*', base_uri: 'http://127.0.0.1:9' }}\nenv: {{ STRIPE_API_KEY: {key} }}\n"
+        )
+    };
+    std::fs::write(&file, config_text("sk_test_from_file")).unwrap();
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        let on_command_line = Overrides {
+            specs: Some(c.specs.clone()),
+            upstreams: c.upstreams.clone(),
+            ..Overrides::default()
+        };
+        *c = Config::from_file(&file)
+            .unwrap()
+            .with_overrides(on_command_line);
+    })
+    .await;
+    async fn list(h: &Harness) -> reqwest::StatusCode {
+        h.http
+            .get(h.sessions().await)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+    let key_sent = |h: &Harness| {
+        h.sim
+            .requests()
+            .last()
+            .and_then(|r| r.header("authorization").map(str::to_owned))
+    };
+    assert_eq!(list(&h).await, 200, "the command line's upstream wins");
+    assert_eq!(key_sent(&h).as_deref(), Some("Bearer sk_test_from_file"));
+
+    // A spec reload re-reads the config file: the command-line upstream still wins.
+    let generation = h.gateway.generation();
+    std::fs::write(
+        h.specs_dir().join("identity-sessions.yaml"),
+        format!("{seed}\n# edited\n"),
+    )
+    .unwrap();
+    h.published(generation, |r| changed(r, "identity-sessions.yaml"))
+        .await;
+    assert_eq!(list(&h).await, 200);
+
+    // A new bind value in the config file recompiles every capability with it.
+    let generation = h.gateway.generation();
+    std::fs::write(&file, config_text("sk_test_rotated")).unwrap();
+    h.published(generation, |r| changed(r, "identity-sessions.yaml"))
+        .await;
+    assert_eq!(list(&h).await, 200);
+    assert_eq!(key_sent(&h).as_deref(), Some("Bearer sk_test_rotated"));
 }
