@@ -70,6 +70,25 @@ pub struct Stats {
 }
 
 impl Stats {
+    pub fn empty() -> Stats {
+        Stats {
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+        }
+    }
+
+    /// Adds another run's counts and latencies to this one.
+    pub fn merge(&mut self, other: &Stats) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
+    }
+
     pub fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }

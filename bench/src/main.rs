@@ -61,8 +61,14 @@ enum Scenario {
         rest_rate: u64,
         #[arg(long, default_value_t = 500)]
         mcp_rate: u64,
-        #[arg(long, default_value_t = 20)]
+        /// Seconds of each phase (quiet and reloading) per round.
+        #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Rounds of one quiet and one reloading phase, in alternating order.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Changes to the specs folder in all, spread over the reloading phases (0: an A/A
+        /// control that shows the noise floor of the p99 ratio).
         #[arg(long, default_value_t = 100)]
         changes: usize,
     },
@@ -108,8 +114,18 @@ async fn main() -> anyhow::Result<()> {
             rest_rate,
             mcp_rate,
             seconds,
+            rounds,
             changes,
-        } => scenarios::soak(rest_rate, mcp_rate, seconds, changes).await,
+        } => {
+            let soak = scenarios::Soak {
+                rest_rate,
+                mcp_rate,
+                phase: Duration::from_secs(seconds),
+                rounds,
+                changes,
+            };
+            scenarios::soak(soak).await
+        }
         Scenario::Plugin {
             iterations,
             concurrency,

@@ -327,18 +327,34 @@ pub async fn reload(samples: usize, reloads: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Constant load on REST and MCP while the specs folder changes 100 times.
-pub async fn soak(
-    rest_rate: u64,
-    mcp_rate: u64,
-    seconds: u64,
-    changes: usize,
-) -> anyhow::Result<()> {
+/// How hard and how long to soak.
+pub struct Soak {
+    pub rest_rate: u64,
+    pub mcp_rate: u64,
+    /// Length of one phase (quiet or reloading).
+    pub phase: Duration,
+    pub rounds: usize,
+    /// Changes to the specs folder in all, spread evenly over the reloading phases.
+    pub changes: usize,
+}
+
+/// Constant load on REST and MCP while the specs folder changes. Quiet and reloading phases
+/// alternate over several rounds (the order flips every round), so both see the same machine.
+pub async fn soak(soak: Soak) -> anyhow::Result<()> {
+    let Soak {
+        rest_rate,
+        mcp_rate,
+        phase,
+        rounds,
+        changes,
+    } = soak;
+    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
     let client = load::client();
     let stand = stand_in(&client).await?;
     let specs = tempfile::tempdir()?;
     let seed = seed_text();
     std::fs::write(specs.path().join("identity-sessions.yaml"), &seed)?;
+    // The churned files declare ports 7101 and 7102; the config maps them to free ones.
     let (rest_port, mcp_port, churn_a, churn_b) = (
         procs::free_port(),
         procs::free_port(),
@@ -373,36 +389,68 @@ pub async fn soak(
     );
     mcp.name = "MCP".into();
     load::fixed_concurrency(&client, &rest, 8, Duration::from_secs(1)).await;
-    let duration = Duration::from_secs(seconds);
-    let run = |client: HttpClient, rest: Target, mcp: Target| async move {
-        let (r, m) = tokio::join!(
-            load::fixed_rate(&client, &rest, rest_rate, duration),
-            load::fixed_rate(&client, &mcp, mcp_rate, duration)
-        );
-        (r, m)
+    let load = || async {
+        tokio::join!(
+            load::fixed_rate(&client, &rest, rest_rate, phase),
+            load::fixed_rate(&client, &mcp, mcp_rate, phase)
+        )
     };
-    eprintln!("without reloads");
-    let (quiet_rest, quiet_mcp) = run(client.clone(), rest.clone(), mcp.clone()).await;
-    eprintln!("with {changes} changes");
-    let dir = specs.path().to_path_buf();
-    let interval = duration / changes as u32;
-    let churn =
-        tokio::spawn(async move { churn(&dir, &seed, changes, interval, [7101, 7102]).await });
-    let (busy_rest, busy_mcp) = run(client.clone(), rest, mcp).await;
-    let made = churn.await??;
+    let [mut quiet_rest, mut quiet_mcp, mut busy_rest, mut busy_mcp] =
+        [(); 4].map(|_| Stats::empty());
+    let per_phase = changes.div_ceil(rounds);
+    let mut made = 0;
+    // p99 while reloading / p99 of the adjacent quiet phase, per round and surface.
+    let (mut rest_ratios, mut mcp_ratios) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut p99s = [[0.0; 2]; 2];
+        for reloading in [round % 2 == 1, round % 2 == 0] {
+            if reloading {
+                let batch = per_phase.min(changes - made);
+                let (dir, seed, first) = (specs.path().to_path_buf(), seed.clone(), made);
+                let churn = tokio::spawn(async move {
+                    churn(
+                        &dir,
+                        &seed,
+                        first..first + batch,
+                        phase / batch.max(1) as u32,
+                        [7101, 7102],
+                    )
+                    .await
+                });
+                let (r, m) = load().await;
+                made += churn.await??;
+                p99s[1] = [r.p99_ms(), m.p99_ms()];
+                busy_rest.merge(&r);
+                busy_mcp.merge(&m);
+            } else {
+                let (r, m) = load().await;
+                p99s[0] = [r.p99_ms(), m.p99_ms()];
+                quiet_rest.merge(&r);
+                quiet_mcp.merge(&m);
+            }
+        }
+        rest_ratios.push(p99s[1][0] / p99s[0][0]);
+        mcp_ratios.push(p99s[1][1] / p99s[0][1]);
+        eprintln!(
+            "round {round}: p99 reloading / quiet: REST {:.2}, MCP {:.2}",
+            rest_ratios[round], mcp_ratios[round]
+        );
+    }
     println!(
-        "## Soak: {rest_rate} REST + {mcp_rate} MCP requests/s for {seconds} s, without and with {made} changes to the specs folder\n"
+        "## Soak: {rest_rate} REST + {mcp_rate} MCP requests/s, {rounds} rounds of {} s quiet and {} s reloading ({made} changes to the specs folder)\n",
+        phase.as_secs(),
+        phase.as_secs()
     );
     println!("| phase | surface | requests | failed | p50 ms | p99 ms |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (phase, surface, stats) in [
+    for (name, surface, stats) in [
         ("no reloads", "REST", &quiet_rest),
         ("no reloads", "MCP", &quiet_mcp),
         ("reloading", "REST", &busy_rest),
         ("reloading", "MCP", &busy_mcp),
     ] {
         println!(
-            "| {phase} | {surface} | {} | {} | {:.3} | {:.3} |",
+            "| {name} | {surface} | {} | {} | {:.3} | {:.3} |",
             stats.ok + stats.errors,
             stats.errors,
             stats.p50_ms(),
@@ -411,27 +459,34 @@ pub async fn soak(
     }
     let ratio = |busy: &Stats, quiet: &Stats| busy.p99_ms() / quiet.p99_ms();
     println!(
-        "\np99 during reloads / p99 without: REST {:.2}, MCP {:.2} (target <= 1.10); failed requests: {} (target 0)",
+        "\np99 during reloads / p99 without, median of the {rounds} rounds: REST {:.2}, MCP {:.2} \
+         (all rounds pooled: REST {:.2}, MCP {:.2}; target <= 1.10)",
+        crate::median(rest_ratios),
+        crate::median(mcp_ratios),
         ratio(&busy_rest, &quiet_rest),
         ratio(&busy_mcp, &quiet_mcp),
+    );
+    println!(
+        "failed requests: {} (target 0)",
         busy_rest.errors + busy_mcp.errors + quiet_rest.errors + quiet_mcp.errors
     );
     Ok(())
 }
 
-/// Makes `changes` changes, one every `interval`: edits, broken edits and fixes, added and
+/// Makes the changes numbered `changes`, one every `interval`: edits, broken edits and fixes, added and
 /// deleted files, port moves, and edits of the seed that keep its routes.
 async fn churn(
     dir: &Path,
     seed: &str,
-    changes: usize,
+    changes: std::ops::Range<usize>,
     interval: Duration,
     ports: [u16; 2],
 ) -> anyhow::Result<usize> {
+    let count = changes.len();
     let mover = |port: u16, marker: &str| {
         probe(marker, port).replace("namespace: probe", "namespace: mover")
     };
-    for i in 0..changes {
+    for i in changes {
         tokio::time::sleep(interval).await;
         match i % 7 {
             0 => write_atomically(&dir.join("churn.yaml"), &probe(&format!("c{i}"), ports[0]))?,
@@ -463,7 +518,7 @@ async fn churn(
             _ => std::fs::write(dir.join("churn.yaml"), probe(&format!("f{i}"), ports[1]))?,
         }
     }
-    Ok(changes)
+    Ok(count)
 }
 
 /// Plugin hook overhead measured in process: one call = a pooled instance, the hook, the
