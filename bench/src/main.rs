@@ -74,6 +74,9 @@ enum Scenario {
     },
     /// Plugin hook overhead in process, and REST throughput with and without redact-pii.
     Plugin {
+        /// The plugin bound for the throughput comparison.
+        #[arg(long, value_enum, default_value = "redact-pii")]
+        bound: scenarios::Bound,
         #[arg(long, default_value_t = 5000)]
         iterations: usize,
         #[arg(long, default_value_t = 16)]
@@ -127,12 +130,14 @@ async fn main() -> anyhow::Result<()> {
             scenarios::soak(soak).await
         }
         Scenario::Plugin {
+            bound,
             iterations,
             concurrency,
             seconds,
             rounds,
         } => {
             scenarios::plugin(
+                bound,
                 iterations,
                 concurrency,
                 Duration::from_secs(seconds),

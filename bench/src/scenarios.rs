@@ -524,6 +524,7 @@ async fn churn(
 /// Plugin hook overhead measured in process: one call = a pooled instance, the hook, the
 /// store dropped. Also REST throughput with and without redact-pii at the same concurrency.
 pub async fn plugin(
+    bound: Bound,
     iterations: usize,
     concurrency: usize,
     duration: Duration,
@@ -635,7 +636,7 @@ pub async fn plugin(
         );
     }
     println!("\nTargets: the no-op hook adds at most 20 us at p50 and 80 us at p99.");
-    rest_with_and_without_plugin(concurrency, duration, rounds).await
+    rest_with_and_without_plugin(bound, concurrency, duration, rounds).await
 }
 
 /// A VerificationSession-shaped JSON body of about `size` bytes.
@@ -655,8 +656,32 @@ pub fn session_body(size: usize) -> Vec<u8> {
     serde_json::to_vec(&value).expect("serializes")
 }
 
-/// REST throughput of the same retrieve with and without redact-pii bound, same gateway.
+/// The plugin bound for the throughput comparison.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bound {
+    RedactPii,
+    Noop,
+}
+
+impl Bound {
+    fn file(self) -> &'static str {
+        match self {
+            Bound::RedactPii => "redact_pii.wasm",
+            Bound::Noop => "noop.wasm",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Bound::RedactPii => "redact-pii",
+            Bound::Noop => "the no-op plugin",
+        }
+    }
+}
+
+/// REST throughput of the same retrieve with and without a plugin bound, same gateway.
 async fn rest_with_and_without_plugin(
+    bound: Bound,
     concurrency: usize,
     duration: Duration,
     rounds: usize,
@@ -680,10 +705,11 @@ async fn rest_with_and_without_plugin(
     std::fs::write(
         &config,
         format!(
-            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {} }} }}\nreload: {{ watch: false }}\nplugins:\n  dir: {}\n  bindings:\n    - plugin: redact_pii.wasm\n      capabilities: [identity-sessions]\n      operations: [\"*\"]\n",
+            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {} }} }}\nreload: {{ watch: false }}\nplugins:\n  dir: {}\n  bindings:\n    - plugin: {}\n      capabilities: [identity-sessions]\n      operations: [\"*\"]\n",
             specs.path().display(),
             procs::free_port(),
-            plugins_dir.display()
+            plugins_dir.display(),
+            bound.file(),
         ),
     )?;
     let _gateway = procs::gateway_with_config(&config, stand.addr)?;
@@ -693,7 +719,7 @@ async fn rest_with_and_without_plugin(
     )?;
     let id = &stand.session;
     let with = Target::get(
-        "with redact-pii",
+        &format!("with {}", bound.name()),
         &format!(
             "http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}?expand[]=verified_outputs"
         ),
@@ -706,7 +732,8 @@ async fn rest_with_and_without_plugin(
     );
     let (status, body) = load::once(&client, &with).await?;
     anyhow::ensure!(
-        status == 200 && String::from_utf8_lossy(&body).contains("[redacted]"),
+        status == 200
+            && (bound == Bound::Noop || String::from_utf8_lossy(&body).contains("[redacted]")),
         "the plugin is not applied: {status}"
     );
     for target in [&with, &without] {
@@ -730,7 +757,8 @@ async fn rest_with_and_without_plugin(
         &series.iter().collect::<Vec<_>>(),
     );
     println!(
-        "\nthroughput with redact-pii / without: {:.2} (target >= 0.90)",
+        "\nthroughput with {} / without: {:.2} (target for redact-pii >= 0.90)",
+        bound.name(),
         series[1].rps() / series[0].rps()
     );
     Ok(())
