@@ -366,7 +366,7 @@ pub struct TransformBinding {
     pub config: serde_json::Value,
     #[serde(default)]
     pub on_error: FailurePolicy,
-    /// Time a call may take, in milliseconds.
+    /// CPU time a call may use, in milliseconds (time spent waiting for a thread does not count).
     #[serde(default = "default_plugin_timeout")]
     pub timeout_ms: u64,
     /// Memory a call may use, in MiB.

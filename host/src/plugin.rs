@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::Digest;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
@@ -512,27 +511,49 @@ impl Plugins {
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
-        // Every tick the plugin gives the thread back (fairness). Its deadline counts the time
-        // it ran, not the time it waited to be scheduled again: a busy gateway must not turn
-        // a quick plugin into a timeout.
-        let started = Instant::now();
-        let waited = Arc::new(AtomicU64::new(0));
+        // Every tick the plugin gives the thread back (fairness). Its deadline counts the CPU
+        // time it used, not wall time: neither waiting to be scheduled again after a yield nor
+        // the OS preempting the thread on a busy machine may turn a quick plugin into a timeout,
+        // while a plugin that loops still burns through its budget.
+        let budget = Arc::new(Mutex::new(CpuBudget::start()));
         store.epoch_deadline_callback(move |_| {
-            let waited_for = Duration::from_nanos(waited.load(Ordering::Relaxed));
-            if started.elapsed().saturating_sub(waited_for) >= timeout {
+            if budget.lock().expect("not poisoned").used() >= timeout {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            let waited = waited.clone();
+            let budget = budget.clone();
             Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(async move {
-                    let paused = Instant::now();
                     tokio::task::yield_now().await;
-                    waited.fetch_add(paused.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    // The call may resume on another thread: measure from here, on that one.
+                    budget.lock().expect("not poisoned").resume();
                 }),
             ))
         });
         store
+    }
+
+    /// A fresh instance of `plugin` for one call, in a store of its own with the transform's
+    /// memory cap and deadline, holding one of the pool's slots until it is dropped.
+    async fn instantiate(
+        &self,
+        plugin: &Plugin,
+        transform: &TransformRef,
+        context: &CallContext,
+    ) -> Result<(Store<State>, Transform, SemaphorePermit<'_>), Failure> {
+        let slot = self.slots.acquire().await.expect("never closed");
+        let mut store = self.store(
+            plugin.name.clone(),
+            context.request_id.clone(),
+            transform.memory,
+            transform.timeout,
+        );
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(&e, &mut store))?;
+        Ok((store, instance, slot))
     }
 
     /// Runs `on-request` of the plugin a transform names.
@@ -546,18 +567,7 @@ impl Plugins {
         if !plugin.handles_requests {
             return Ok(RequestOutcome::Skipped(request));
         }
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let mut store = self.store(
-            plugin.name.clone(),
-            context.request_id.clone(),
-            transform.memory,
-            transform.timeout,
-        );
-        let instance = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| classify(&e, &mut store))?;
+        let (mut store, instance, _slot) = self.instantiate(&plugin, transform, context).await?;
         let wit_request = to_wit_request(&request, plugin.needs_request_body);
         let result = instance
             .call_on_request(&mut store, &wit_context(transform, context), &wit_request)
@@ -587,18 +597,7 @@ impl Plugins {
         if !plugin.handles_responses {
             return Ok(ResponseOutcome::Skipped(response));
         }
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let mut store = self.store(
-            plugin.name.clone(),
-            context.request_id.clone(),
-            transform.memory,
-            transform.timeout,
-        );
-        let instance = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| classify(&e, &mut store))?;
+        let (mut store, instance, _slot) = self.instantiate(&plugin, transform, context).await?;
         let wit_response = Response {
             status: response.status.as_u16(),
             headers: headers_to_wit(&response.headers),
@@ -622,6 +621,69 @@ impl Plugins {
     }
 }
 
+/// The CPU time one plugin call has used, counted per stretch it ran on one thread.
+struct CpuBudget {
+    used: Duration,
+    /// The thread the current stretch runs on, and its CPU clock when the stretch began.
+    stretch: (std::thread::ThreadId, Duration),
+}
+
+impl CpuBudget {
+    fn start() -> CpuBudget {
+        CpuBudget {
+            used: Duration::ZERO,
+            stretch: (std::thread::current().id(), thread_cpu_time()),
+        }
+    }
+
+    /// The CPU time used so far (read on the thread the call is running on).
+    fn used(&mut self) -> Duration {
+        let (thread, began) = self.stretch;
+        if thread == std::thread::current().id() {
+            let now = thread_cpu_time();
+            self.used += now.saturating_sub(began);
+            self.stretch.1 = now;
+        } else {
+            // Moved without passing through a yield: that stretch cannot be measured; start one.
+            self.resume();
+        }
+        self.used
+    }
+
+    /// Starts a new stretch on the current thread.
+    fn resume(&mut self) {
+        self.stretch = (std::thread::current().id(), thread_cpu_time());
+    }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant every unix has.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !ok {
+        return wall_clock();
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    wall_clock()
+}
+
+/// Where there is no thread CPU clock, wall time stands in for it (a deadline still holds).
+#[cfg_attr(unix, allow(dead_code))]
+fn wall_clock() -> Duration {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
+}
+
 /// Deserializes an artifact this gateway compiled and wrote itself.
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> {
@@ -634,39 +696,22 @@ fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> 
 
 /// Minimal WASI (streams and CLI only) and the `host` interface.
 fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::cli::WasiCli;
+    use wasmtime_wasi::cli::{WasiCli, WasiCliCtxView, WasiCliView};
     use wasmtime_wasi::p2::bindings::cli;
+    fn view(state: &mut State) -> WasiCliCtxView<'_> {
+        state.cli()
+    }
     wasmtime_wasi_io::add_to_linker_async(linker)?;
-    cli::exit::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::environment::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::stdin::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::stdout::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::stderr::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::terminal_input::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::terminal_output::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::terminal_stdin::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::terminal_stdout::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
-    cli::terminal_stderr::add_to_linker::<State, WasiCli>(linker, |s| {
-        wasmtime_wasi::cli::WasiCliView::cli(s)
-    })?;
+    cli::exit::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::environment::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::stdin::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::stdout::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::stderr::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::terminal_input::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::terminal_output::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::terminal_stdin::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::terminal_stdout::add_to_linker::<State, WasiCli>(linker, view)?;
+    cli::terminal_stderr::add_to_linker::<State, WasiCli>(linker, view)?;
     Transform::add_to_linker::<State, HasSelf<State>>(linker, |state| state)?;
     Ok(())
 }
@@ -876,6 +921,32 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadline_counts_cpu_time_not_waiting() {
+        let mut budget = CpuBudget::start();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            budget.used() < Duration::from_millis(10),
+            "sleeping used {:?}",
+            budget.used()
+        );
+        let spun = Instant::now();
+        while budget.used() < Duration::from_millis(20) {
+            assert!(
+                spun.elapsed() < Duration::from_secs(10),
+                "CPU time never advanced"
+            );
+        }
+        // Moving to another thread starts a new stretch there and keeps what was used.
+        let moved = std::thread::spawn(move || budget.used())
+            .join()
+            .expect("no panic");
+        assert!(
+            moved >= Duration::from_millis(20),
+            "lost the used time: {moved:?}"
+        );
+    }
 
     #[test]
     fn plugin_results_are_validated() {
