@@ -139,6 +139,7 @@ impl Hub {
             .with_allowed_origins(self.config.allowed_origins.clone())
             .enforce_origin_validation()
             .with_max_request_body_bytes(self.config.max_body_bytes)
+            .with_json_response(true)
             .with_cancellation_token(stop.clone());
         let service =
             StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(sessions), config);
