@@ -266,6 +266,8 @@ pub struct UpstreamAdapter {
     pub namespace: String,
     /// Scheme, authority and base path, without a trailing slash.
     pub base_uri: String,
+    /// `scheme://host:port` of `base_uri`: the key of the per-origin connection bound.
+    pub origin: String,
     pub profile: ProfileName,
     pub auth: Option<Auth>,
     /// Bound variables of the declaring file.

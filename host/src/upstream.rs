@@ -312,6 +312,9 @@ impl Client {
 
     fn slot(&self, origin: &str) -> Arc<Semaphore> {
         let mut slots = self.slots.lock().expect("not poisoned");
+        if let Some(slot) = slots.get(origin) {
+            return slot.clone();
+        }
         slots
             .entry(origin.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.upstream_max_connections)))
@@ -346,8 +349,7 @@ impl Client {
             );
         }
         let encoded = encode(adapter, &request)?;
-        let origin = origin_of(&adapter.base_uri);
-        let slot = self.slot(&origin);
+        let slot = self.slot(&adapter.origin);
         let mut attempt = 0u32;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -631,7 +633,8 @@ impl Scope for BindScope<'_> {
     }
 }
 
-fn origin_of(base_uri: &str) -> String {
+/// `scheme://host:port` of a base URI (the URI itself when it does not parse).
+pub(crate) fn origin_of(base_uri: &str) -> String {
     match url::Url::parse(base_uri) {
         Ok(url) => format!(
             "{}://{}:{}",
