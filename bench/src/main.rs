@@ -205,7 +205,7 @@ pub(crate) fn table(title: &str, series: &[&Series]) {
 
 /// A stand-in with one session, and a gateway serving the seed in front of it.
 struct Setup {
-    _sim: procs::Proc,
+    _sim: scenarios::Stand,
     gateway: procs::Proc,
     _specs: tempfile::TempDir,
     direct: Target,
@@ -213,9 +213,9 @@ struct Setup {
 }
 
 async fn setup() -> anyhow::Result<Setup> {
-    let sim_port = procs::free_port();
-    let sim = procs::stripe_sim(sim_port)?;
-    let sim_addr = SocketAddr::from(([127, 0, 0, 1], sim_port));
+    let client = load::client();
+    let sim = scenarios::unverified_stand_in(&client).await?;
+    let sim_addr = sim.addr;
     let specs = tempfile::tempdir()?;
     let seed =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/identity-sessions.yaml");
@@ -231,27 +231,7 @@ async fn setup() -> anyhow::Result<Setup> {
         SocketAddr::from(([127, 0, 0, 1], rest_port)),
         Duration::from_secs(10),
     )?;
-    let client = load::client();
-    let mut create = Target::get(
-        "create",
-        &format!("http://{sim_addr}/v1/identity/verification_sessions"),
-    );
-    create.method = http::Method::POST;
-    create.headers = vec![
-        (
-            "authorization".into(),
-            "Bearer sk_test_capgate_bench".into(),
-        ),
-        (
-            "content-type".into(),
-            "application/x-www-form-urlencoded".into(),
-        ),
-    ];
-    create.body = Some("type=document&metadata[bench]=1".into());
-    let (status, body) = load::once(&client, &create).await?;
-    anyhow::ensure!(status == 200, "creating a session failed: {status}");
-    let session: serde_json::Value = serde_json::from_slice(&body)?;
-    let id = session["id"].as_str().expect("an id").to_owned();
+    let id = &sim.session;
     let mut direct = Target::get(
         "stand-in directly",
         &format!("http://{sim_addr}/v1/identity/verification_sessions/{id}"),

@@ -28,7 +28,23 @@ pub struct Stand {
     pub session: String,
 }
 
+/// The stand-in with one verified session (so that responses carry personal fields).
 pub async fn stand_in(client: &HttpClient) -> anyhow::Result<Stand> {
+    let stand = unverified_stand_in(client).await?;
+    let mut verify = Target::get(
+        "verify",
+        &format!(
+            "http://{}/_sim/verification_sessions/{}/verified",
+            stand.addr, stand.session
+        ),
+    );
+    verify.method = Method::POST;
+    load::once(client, &verify).await?;
+    Ok(stand)
+}
+
+/// The stand-in with one session just created (`requires_input`).
+pub async fn unverified_stand_in(client: &HttpClient) -> anyhow::Result<Stand> {
     let port = procs::free_port();
     let proc = procs::stripe_sim(port)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -51,14 +67,7 @@ pub async fn stand_in(client: &HttpClient) -> anyhow::Result<Stand> {
     let (status, body) = load::once(client, &create).await?;
     anyhow::ensure!(status == 200, "creating a session failed: {status}");
     let session: serde_json::Value = serde_json::from_slice(&body)?;
-    // Verified, so that responses carry personal fields for redaction.
     let id = session["id"].as_str().expect("an id").to_owned();
-    let mut verify = Target::get(
-        "verify",
-        &format!("http://{addr}/_sim/verification_sessions/{id}/verified"),
-    );
-    verify.method = Method::POST;
-    load::once(client, &verify).await?;
     Ok(Stand {
         _proc: proc,
         addr,
