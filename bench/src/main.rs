@@ -203,67 +203,13 @@ pub(crate) fn table(title: &str, series: &[&Series]) {
     }
 }
 
-/// A stand-in with one session, and a gateway serving the seed in front of it.
-struct Setup {
-    _sim: scenarios::Stand,
-    gateway: procs::Proc,
-    _specs: tempfile::TempDir,
-    direct: Target,
-    through: Target,
-}
-
-async fn setup() -> anyhow::Result<Setup> {
-    let client = load::client();
-    let sim = scenarios::unverified_stand_in(&client).await?;
-    let sim_addr = sim.addr;
-    let specs = tempfile::tempdir()?;
-    let seed =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/identity-sessions.yaml");
-    std::fs::copy(seed, specs.path().join("identity-sessions.yaml"))?;
-    let (rest_port, mcp_port) = (procs::free_port(), procs::free_port());
-    let gateway = procs::gateway(
-        specs.path(),
-        sim_addr,
-        &[(8080, rest_port), (9090, mcp_port)],
-        &["--no-watch"],
-    )?;
-    procs::wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], rest_port)),
-        Duration::from_secs(10),
-    )?;
-    let id = &sim.session;
-    let mut direct = Target::get(
-        "stand-in directly",
-        &format!("http://{sim_addr}/v1/identity/verification_sessions/{id}"),
-    );
-    direct.headers = vec![(
-        "authorization".into(),
-        "Bearer sk_test_capgate_bench".into(),
-    )];
-    let through = Target::get(
-        "through capgate (REST)",
-        &format!("http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}"),
-    );
-    for target in [&direct, &through] {
-        let (status, _) = load::once(&client, target).await?;
-        anyhow::ensure!(status == 200, "{} answers {status}", target.name);
-    }
-    Ok(Setup {
-        _sim: sim,
-        gateway,
-        _specs: specs,
-        direct,
-        through,
-    })
-}
-
 async fn rest(
     rate: u64,
     concurrency: usize,
     duration: Duration,
     rounds: usize,
 ) -> anyhow::Result<()> {
-    let setup = setup().await?;
+    let setup = scenarios::setup(scenarios::unverified_stand_in(&load::client()).await?).await?;
     let client = load::client();
     // Warm up connections and caches on both paths.
     for target in [&setup.direct, &setup.through] {

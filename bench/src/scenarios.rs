@@ -106,6 +106,61 @@ pub fn mcp_call(url: &str, tool: &str, arguments: serde_json::Value) -> Target {
     }
 }
 
+/// A stand-in with one session, and a gateway serving the seed in front of it.
+pub struct Setup {
+    pub sim: Stand,
+    pub gateway: Proc,
+    _specs: tempfile::TempDir,
+    pub mcp_port: u16,
+    pub direct: Target,
+    pub through: Target,
+}
+
+/// Starts a gateway on the seed (no watching) in front of `sim`, and checks both paths answer.
+pub async fn setup(sim: Stand) -> anyhow::Result<Setup> {
+    let specs = tempfile::tempdir()?;
+    std::fs::write(specs.path().join("identity-sessions.yaml"), seed_text())?;
+    let (rest_port, mcp_port) = (procs::free_port(), procs::free_port());
+    let gateway = procs::gateway(
+        specs.path(),
+        sim.addr,
+        &[(8080, rest_port), (9090, mcp_port)],
+        &["--no-watch"],
+    )?;
+    for port in [rest_port, mcp_port] {
+        procs::wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10),
+        )?;
+    }
+    let id = &sim.session;
+    let mut direct = Target::get(
+        "stand-in directly",
+        &format!("http://{}/v1/identity/verification_sessions/{id}", sim.addr),
+    );
+    direct.headers = vec![(
+        "authorization".into(),
+        "Bearer sk_test_capgate_bench".into(),
+    )];
+    let through = Target::get(
+        "through capgate (REST)",
+        &format!("http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}"),
+    );
+    let client = load::client();
+    for target in [&direct, &through] {
+        let (status, _) = load::once(&client, target).await?;
+        anyhow::ensure!(status == 200, "{} answers {status}", target.name);
+    }
+    Ok(Setup {
+        sim,
+        gateway,
+        _specs: specs,
+        mcp_port,
+        direct,
+        through,
+    })
+}
+
 /// MCP tools/call versus the REST route versus the stand-in, same operation, same load.
 pub async fn mcp(
     rate: u64,
@@ -114,36 +169,9 @@ pub async fn mcp(
     rounds: usize,
 ) -> anyhow::Result<()> {
     let client = load::client();
-    let stand = stand_in(&client).await?;
-    let specs = tempfile::tempdir()?;
-    std::fs::write(specs.path().join("identity-sessions.yaml"), seed_text())?;
-    let (rest_port, mcp_port) = (procs::free_port(), procs::free_port());
-    let _gateway = procs::gateway(
-        specs.path(),
-        stand.addr,
-        &[(8080, rest_port), (9090, mcp_port)],
-        &["--no-watch"],
-    )?;
-    procs::wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], mcp_port)),
-        Duration::from_secs(10),
-    )?;
-    let id = &stand.session;
-    let mut direct = Target::get(
-        "stand-in directly",
-        &format!(
-            "http://{}/v1/identity/verification_sessions/{id}",
-            stand.addr
-        ),
-    );
-    direct.headers = vec![(
-        "authorization".into(),
-        "Bearer sk_test_capgate_bench".into(),
-    )];
-    let rest = Target::get(
-        "through capgate (REST)",
-        &format!("http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{id}"),
-    );
+    let setup = setup(stand_in(&client).await?).await?;
+    let (direct, rest, id) = (&setup.direct, &setup.through, &setup.sim.session);
+    let mcp_port = setup.mcp_port;
     let mcp = mcp_call(
         &format!("http://127.0.0.1:{mcp_port}/mcp/identity-sessions-mcp"),
         "stripe-get-identity-verification-sessions-2",
@@ -155,7 +183,7 @@ pub async fn mcp(
         "MCP call failed: {status} {}",
         String::from_utf8_lossy(&body)
     );
-    let targets = [&direct, &rest, &mcp];
+    let targets = [direct, rest, &mcp];
     for target in targets {
         load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
     }
