@@ -33,6 +33,8 @@ use crate::invoke::{Inputs, Invoker, Outcome};
 use crate::server::{HttpResponse, full};
 use crate::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
 
+mod direct;
+
 /// Every MCP endpoint of the gateway.
 pub struct Hub {
     invoker: Arc<Invoker>,
@@ -42,6 +44,7 @@ pub struct Hub {
 
 struct Endpoint {
     registry: Arc<Registry>,
+    handler: Handler,
     service: StreamableHttpService<Handler, LocalSessionManager>,
     stop: CancellationToken,
 }
@@ -141,10 +144,13 @@ impl Hub {
             .with_max_request_body_bytes(self.config.max_body_bytes)
             .with_json_response(true)
             .with_cancellation_token(stop.clone());
-        let service =
-            StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(sessions), config);
+        let service = {
+            let handler = handler.clone();
+            StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(sessions), config)
+        };
         Arc::new(Endpoint {
             registry,
+            handler,
             service,
             stop,
         })
@@ -259,6 +265,9 @@ impl Hub {
             .get(&(key, adapter.namespace.clone()))
             .cloned();
         match endpoint {
+            Some(endpoint) if self.config.direct_tool_calls => {
+                endpoint.serve(request, self.config.max_body_bytes).await
+            }
             Some(endpoint) => endpoint.service.handle(request).await,
             None => jsonrpc_error(
                 StatusCode::NOT_FOUND,
@@ -337,6 +346,49 @@ struct Handler {
     invoker: Arc<Invoker>,
 }
 
+impl Handler {
+    /// Runs one call of `tool`: validates the arguments, then calls the operation through
+    /// `invoke`. Dropping the future aborts the upstream call.
+    async fn run(
+        &self,
+        tool: &Tool,
+        arguments: Option<Map<String, Value>>,
+        progress: &Progress,
+    ) -> CallToolResult {
+        let values = match validate_arguments(
+            &tool.inputs,
+            arguments.unwrap_or_default(),
+            Strictness::Exact,
+        ) {
+            Ok(values) => values,
+            Err(error) => return text_error(format!("invalid arguments: {error}")),
+        };
+        progress
+            .step(1, "arguments accepted; calling the operation")
+            .await;
+        let inputs = Inputs {
+            values,
+            headers: HeaderMap::new(),
+            forward: None,
+            request_id: crate::invoke::request_id(),
+        };
+        let result = match self.invoker.invoke(&tool.operation, inputs).await {
+            Ok(outcome) => {
+                progress
+                    .step(2, &format!("answered {}", outcome.status.as_u16()))
+                    .await;
+                tool_result(&outcome)
+            }
+            Err(error) => {
+                progress.step(2, &format!("failed: {}", error.code())).await;
+                gateway_error_result(&error)
+            }
+        };
+        progress.step(3, "result ready").await;
+        result
+    }
+}
+
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
         let adapter = self.registry.adapter.load();
@@ -388,44 +440,15 @@ impl ServerHandler for Handler {
                 None,
             ));
         };
-        let arguments = request.arguments.unwrap_or_default();
-        let values = match validate_arguments(&tool.inputs, arguments, Strictness::Exact) {
-            Ok(values) => values,
-            Err(error) => {
-                return Ok(text_error(format!("invalid arguments: {error}")).into());
-            }
-        };
+        self.invoker.metrics().tool_call("rmcp");
         let progress = Progress::of(&context);
-        progress
-            .step(1, "arguments accepted; calling the operation")
-            .await;
-        let inputs = Inputs {
-            values,
-            headers: HeaderMap::new(),
-            forward: None,
-            request_id: crate::invoke::request_id(),
-        };
-        let outcome = tokio::select! {
-            outcome = self.invoker.invoke(&tool.operation, inputs) => outcome,
+        tokio::select! {
+            result = self.run(tool, request.arguments, &progress) => Ok(result.into()),
             () = context.ct.cancelled() => {
                 tracing::info!(tool = %tool.name, "tool call cancelled by the client; upstream call aborted");
-                return Err(ErrorData::internal_error("the request was cancelled", None));
+                Err(ErrorData::internal_error("the request was cancelled", None))
             }
-        };
-        let result = match outcome {
-            Ok(outcome) => {
-                progress
-                    .step(2, &format!("answered {}", outcome.status.as_u16()))
-                    .await;
-                tool_result(&outcome)
-            }
-            Err(error) => {
-                progress.step(2, &format!("failed: {}", error.code())).await;
-                gateway_error_result(&error)
-            }
-        };
-        progress.step(3, "result ready").await;
-        Ok(result.into())
+        }
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -463,8 +486,7 @@ impl ServerHandler for Handler {
 /// Progress of a tool call, reported when the client asked for it with a `progressToken`:
 /// three steps (arguments accepted, operation answered, result ready).
 struct Progress {
-    token: Option<rmcp::model::ProgressToken>,
-    peer: Peer<RoleServer>,
+    to: Option<(rmcp::model::ProgressToken, Peer<RoleServer>)>,
 }
 
 impl Progress {
@@ -472,20 +494,27 @@ impl Progress {
 
     fn of(context: &RequestContext<RoleServer>) -> Progress {
         Progress {
-            token: context.meta.get_progress_token(),
-            peer: context.peer.clone(),
+            to: context
+                .meta
+                .get_progress_token()
+                .map(|token| (token, context.peer.clone())),
         }
     }
 
+    /// No progress reports (the client asked for none).
+    fn none() -> Progress {
+        Progress { to: None }
+    }
+
     async fn step(&self, step: u32, message: &str) {
-        let Some(token) = &self.token else {
+        let Some((token, peer)) = &self.to else {
             return;
         };
         let notification =
             rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(step))
                 .with_total(Self::STEPS)
                 .with_message(message);
-        if let Err(error) = self.peer.notify_progress(notification).await {
+        if let Err(error) = peer.notify_progress(notification).await {
             tracing::debug!(%error, "could not send a progress notification");
         }
     }

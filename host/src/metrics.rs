@@ -33,6 +33,12 @@ pub struct PluginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolCallLabels {
+    /// `direct` (a plain stateless call, answered without rmcp's per-request service) or `rmcp`.
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `published` or `unchanged`.
     pub result: &'static str,
@@ -44,6 +50,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub upstream_seconds: Family<UpstreamLabels, Histogram>,
     pub plugin_calls: Family<PluginLabels, Counter>,
+    pub tool_calls: Family<ToolCallLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub generation: Gauge,
 }
@@ -83,6 +90,12 @@ impl Metrics {
             "Transform plugin calls, by plugin, hook and outcome",
             plugin_calls.clone(),
         );
+        let tool_calls = Family::<ToolCallLabels, Counter>::default();
+        registry.register(
+            "mcp_tool_calls",
+            "MCP tool calls of known tools, by the path that answered them",
+            tool_calls.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "reloads",
@@ -100,6 +113,7 @@ impl Metrics {
             requests,
             upstream_seconds,
             plugin_calls,
+            tool_calls,
             reloads,
             generation,
         }
@@ -126,6 +140,12 @@ impl Metrics {
                 hook,
                 outcome,
             })
+            .inc();
+    }
+
+    pub fn tool_call(&self, path: &'static str) {
+        self.tool_calls
+            .get_or_create(&ToolCallLabels { path })
             .inc();
     }
 

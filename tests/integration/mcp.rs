@@ -600,3 +600,111 @@ async fn each_corpus_adapter_lists_only_its_own_tools() {
     assert_eq!(response.status(), 404);
     assert!(response.text().await.unwrap().contains("/mcp/<namespace>"));
 }
+
+/// A plain stateless `tools/call` is answered by capgate's direct path, everything else by
+/// rmcp; both must give the same answer, byte for byte. Two gateways (direct path on and off),
+/// each with its own empty stand-in, get the same requests.
+#[tokio::test]
+async fn the_direct_tool_call_path_answers_as_rmcp_does() {
+    let direct = Harness::seed().await;
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let via_rmcp = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        c.mcp.direct_tool_calls = false
+    })
+    .await;
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}
+    });
+    let plain = |id: Value, name: &str, arguments: Option<Value>| {
+        let mut params = json!({"name": name, "_meta": meta.clone()});
+        if let Some(arguments) = arguments {
+            params["arguments"] = arguments;
+        }
+        (
+            name.to_owned(),
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
+        )
+    };
+    // Answered directly: success, upstream error, bad arguments, no arguments, a string id.
+    let direct_ones = [
+        plain(json!(1), SEED_TOOLS[0], Some(json!({"limit": 2}))),
+        plain(json!(2), SEED_TOOLS[2], Some(json!({"session": "vs_nope"}))),
+        plain(json!(3), SEED_TOOLS[0], Some(json!({"limit": "ten"}))),
+        plain(json!("four"), SEED_TOOLS[0], None),
+        plain(json!(5), SEED_TOOLS[2], Some(json!({"sessionx": 1}))),
+    ];
+    // Left to rmcp: an unknown tool, a progress token, a `_meta` version contradicting the header.
+    let mut progress = plain(json!(6), SEED_TOOLS[0], Some(json!({})));
+    progress.1["params"]["_meta"]["progressToken"] = json!("p");
+    let mut legacy = plain(json!(7), SEED_TOOLS[0], Some(json!({})));
+    legacy.1["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2025-11-25");
+    let rmcp_ones = [plain(json!(8), "no-such-tool", None), progress, legacy];
+
+    let mut answers = Vec::new();
+    for h in [&direct, &via_rmcp] {
+        let url = mcp_url(h).await;
+        let mut mine = Vec::new();
+        for (name, body) in direct_ones.iter().chain(&rmcp_ones) {
+            let response = h
+                .http
+                .post(&url)
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", name.as_str())
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let content_type = response.headers()["content-type"].clone();
+            mine.push((status, content_type, response.text().await.unwrap()));
+        }
+        answers.push(mine);
+    }
+    for (i, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(a, b, "request {i} is answered differently by the two paths");
+    }
+    let (status, _, body) = &answers[0][1];
+    assert_eq!(*status, 200);
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["result"]["structuredContent"]["status"], 404, "{body}");
+    assert_eq!(body["result"]["isError"], true);
+
+    let count = |h: &Harness, path: &str| {
+        let metrics = h.gateway.metrics().render();
+        let line = format!("capgate_mcp_tool_calls_total{{path=\"{path}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(count(&direct, "direct"), direct_ones.len() as u64);
+    // Only the call with a progress token reaches a tool through rmcp: it refuses the unknown
+    // tool and the contradicting version before any call.
+    assert_eq!(answers[0][7].0, 400, "{}", answers[0][7].2);
+    assert_eq!(count(&direct, "rmcp"), 1);
+    assert_eq!(count(&via_rmcp, "direct"), 0);
+    assert_eq!(count(&via_rmcp, "rmcp"), direct_ones.len() as u64 + 1);
+
+    // A progress token gets its notifications, streamed by rmcp.
+    let (status, content_type, stream) = &answers[0][6];
+    assert_eq!(*status, 200);
+    assert_eq!(content_type, "text/event-stream");
+    assert_eq!(
+        stream.matches("notifications/progress").count(),
+        3,
+        "{stream}"
+    );
+
+    // rmcp's own client always sends a progress token, so its calls take rmcp's path.
+    let client = modern_client(&mcp_url(&direct).await).await;
+    let listed = call(&client, SEED_TOOLS[0], json!({"limit": 1})).await;
+    assert_eq!(listed.is_error, Some(false));
+    assert_eq!(count(&direct, "rmcp"), 2);
+    client.cancel().await.unwrap();
+}
