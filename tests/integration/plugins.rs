@@ -280,6 +280,32 @@ async fn a_chain_runs_in_order_and_never_sees_credentials() {
     );
 }
 
+/// Every plugin call gets a fresh instance: the `stamp` plugin counts its calls in a static,
+/// and always reports one, on the request and on the response.
+#[tokio::test]
+async fn every_call_gets_a_fresh_instance() {
+    let (h, _dir) = harness(
+        &["stamp"],
+        vec![binding("stamp", LIST, json!({"value": "s"}))],
+    )
+    .await;
+    for round in 0..8 {
+        let response = h.http.get(h.sessions().await).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-capgate-stamp-calls"],
+            "1",
+            "round {round}"
+        );
+        let sent = h.sim.requests().pop().unwrap();
+        assert_eq!(
+            sent.header("x-capgate-stamp-calls"),
+            Some("1"),
+            "round {round}"
+        );
+    }
+}
+
 /// Every misbehaving plugin fails only its own request, within its deadline, while the gateway
 /// goes on serving other requests at the same time.
 #[tokio::test]

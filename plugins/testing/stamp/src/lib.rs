@@ -1,10 +1,20 @@
 //! `stamp`: appends `x-capgate-stamp: <config.value>` to the upstream request and to the
-//! response, so that chains can be seen in order, and `x-capgate-stamp-saw` with the names of
-//! the request headers it was shown.
+//! response, so that chains can be seen in order, `x-capgate-stamp-saw` with the names of
+//! the request headers it was shown, and `x-capgate-stamp-calls` with how many calls this
+//! instance has served (always 1: the host never reuses an instance).
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
 struct Stamp;
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+fn calls() -> (String, String) {
+    let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    ("x-capgate-stamp-calls".into(), n.to_string())
+}
 
 fn value(ctx: &Context) -> String {
     plugin_kit::config(&ctx.config)
@@ -32,11 +42,13 @@ impl Guest for Stamp {
         req.headers
             .push(("x-capgate-stamp-saw".into(), seen.join(",")));
         req.headers.push(("x-capgate-stamp".into(), value(&ctx)));
+        req.headers.push(calls());
         Ok(RequestAction::Forward(req))
     }
 
     fn on_response(ctx: Context, mut resp: Response) -> Result<Response, PluginError> {
         resp.headers.push(("x-capgate-stamp".into(), value(&ctx)));
+        resp.headers.push(calls());
         Ok(resp)
     }
 }
