@@ -708,3 +708,48 @@ async fn the_direct_tool_call_path_answers_as_rmcp_does() {
     assert_eq!(count(&direct, "rmcp"), 2);
     client.cancel().await.unwrap();
 }
+
+/// A client that hangs up on a direct tool call aborts its upstream request too.
+#[tokio::test]
+async fn a_dropped_direct_call_aborts_its_upstream_request() {
+    let h = Harness::seed().await;
+    h.http
+        .post(format!("{}/_sim/faults", h.sim.base_url()))
+        .json(&json!({"status": null, "delay_ms": 3000, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": SEED_TOOLS[0], "arguments": {},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }
+    }});
+    let started = std::time::Instant::now();
+    let gave_up = h
+        .http
+        .post(mcp_url(&h).await)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", SEED_TOOLS[0])
+        .body(body.to_string())
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the upstream was told to take 3 s");
+    while h.sim.abandoned() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "the upstream request was not aborted before its delay ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = h.gateway.metrics().render();
+    assert!(
+        metrics.contains("capgate_mcp_tool_calls_total{path=\"direct\"} 1"),
+        "{metrics}"
+    );
+}
