@@ -330,7 +330,11 @@ fn host_without_port(host: &str) -> &str {
 
 fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> HttpResponse {
     let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
-    let mut response = http::Response::new(full(Bytes::from(body.to_string())));
+    json_response(status, body.to_string())
+}
+
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = http::Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -387,16 +387,32 @@ async fn errors_are_tool_results_and_unknown_tools_are_protocol_errors() {
     }
 }
 
-#[tokio::test]
-async fn a_cancelled_call_aborts_its_upstream_request() {
-    let h = Harness::seed().await;
-    let client = legacy_client(&mcp_url(&h).await).await;
+/// The stand-in's next answer takes 3 s.
+async fn slow_down_next_upstream_call(h: &Harness) {
     h.http
         .post(format!("{}/_sim/faults", h.sim.base_url()))
         .json(&json!({"status": null, "delay_ms": 3000, "count": 1}))
         .send()
         .await
         .unwrap();
+}
+
+/// Waits until the stand-in saw a request abandoned, well before its 3 s delay ended.
+async fn wait_until_abandoned(h: &Harness, started: std::time::Instant) {
+    while h.sim.abandoned() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "the upstream request was not aborted before its delay ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_call_aborts_its_upstream_request() {
+    let h = Harness::seed().await;
+    let client = legacy_client(&mcp_url(&h).await).await;
+    slow_down_next_upstream_call(&h).await;
     let request = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(
         CallToolRequestParams::new(SEED_TOOLS[0].to_owned()).with_arguments(Map::new()),
     ));
@@ -417,13 +433,7 @@ async fn a_cancelled_call_aborts_its_upstream_request() {
         .cancel(Some("the user changed their mind".into()))
         .await
         .unwrap();
-    while h.sim.abandoned() == 0 {
-        assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "the upstream request was not aborted before its delay ended"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_abandoned(&h, started).await;
     assert_eq!(h.sim.abandoned(), 1);
     client.cancel().await.unwrap();
 }
@@ -713,12 +723,7 @@ async fn the_direct_tool_call_path_answers_as_rmcp_does() {
 #[tokio::test]
 async fn a_dropped_direct_call_aborts_its_upstream_request() {
     let h = Harness::seed().await;
-    h.http
-        .post(format!("{}/_sim/faults", h.sim.base_url()))
-        .json(&json!({"status": null, "delay_ms": 3000, "count": 1}))
-        .send()
-        .await
-        .unwrap();
+    slow_down_next_upstream_call(&h).await;
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": SEED_TOOLS[0], "arguments": {},
         "_meta": {
@@ -740,13 +745,7 @@ async fn a_dropped_direct_call_aborts_its_upstream_request() {
         .send()
         .await;
     assert!(gave_up.is_err(), "the upstream was told to take 3 s");
-    while h.sim.abandoned() == 0 {
-        assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "the upstream request was not aborted before its delay ended"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_abandoned(&h, started).await;
     let metrics = h.gateway.metrics().render();
     assert!(
         metrics.contains("capgate_mcp_tool_calls_total{path=\"direct\"} 1"),

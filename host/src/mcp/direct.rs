@@ -18,7 +18,7 @@ use rmcp::model::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{Endpoint, Progress};
+use super::{Endpoint, Progress, json_response};
 use crate::server::{HttpResponse, full};
 
 /// The only protocol version served here: the one whose requests carry everything in `_meta`.
@@ -176,12 +176,7 @@ fn answer(id: RequestId, response: CallToolResponse) -> HttpResponse {
     result.fill_missing_cache_hints();
     let message = ServerJsonRpcMessage::response(result, id);
     let body = serde_json::to_vec(&message).expect("a tool result serializes");
-    let mut response = http::Response::new(full(body));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_response(StatusCode::OK, body)
 }
 
 #[cfg(test)]
