@@ -4,7 +4,8 @@
 //! One rmcp `StreamableHttpService` per (listener, namespace) lives across reloads, so sessions
 //! survive a publish; its tool list is swapped underneath when the adapter changes, and clients
 //! are told with `notifications/tools/list_changed` (legacy sessions and `subscriptions/listen`
-//! streams). Tool calls run through `invoke`, like REST. Only this module knows rmcp.
+//! streams). Tool calls run through `invoke`, like REST; a plain stateless `tools/call` is
+//! answered by `direct` without rmcp's per-request service. Only this module knows rmcp.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
