@@ -652,15 +652,25 @@ async fn the_direct_tool_call_path_answers_as_rmcp_does() {
     let mut legacy = plain(json!(7), SEED_TOOLS[0], Some(json!({})));
     legacy.1["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2025-11-25");
     let rmcp_ones = [plain(json!(8), "no-such-tool", None), progress, legacy];
+    // And a malformed `Host` (rmcp refuses it before anything else).
+    let bad_host = plain(json!(9), SEED_TOOLS[0], Some(json!({})));
+    let cases = direct_ones
+        .iter()
+        .chain(&rmcp_ones)
+        .map(|(name, body)| (name, body, None))
+        .chain([(&bad_host.0, &bad_host.1, Some("[::1]:1:2"))]);
+    let cases: Vec<_> = cases.collect();
 
     let mut answers = Vec::new();
     for h in [&direct, &via_rmcp] {
         let url = mcp_url(h).await;
         let mut mine = Vec::new();
-        for (name, body) in direct_ones.iter().chain(&rmcp_ones) {
-            let response = h
-                .http
-                .post(&url)
+        for (name, body, host) in &cases {
+            let mut request = h.http.post(&url);
+            if let Some(host) = host {
+                request = request.header("host", *host);
+            }
+            let response = request
                 .header("accept", "application/json, text/event-stream")
                 .header("content-type", "application/json")
                 .header("mcp-protocol-version", "2026-07-28")
@@ -671,7 +681,7 @@ async fn the_direct_tool_call_path_answers_as_rmcp_does() {
                 .await
                 .unwrap();
             let status = response.status();
-            let content_type = response.headers()["content-type"].clone();
+            let content_type = response.headers().get("content-type").cloned();
             mine.push((status, content_type, response.text().await.unwrap()));
         }
         answers.push(mine);
@@ -697,6 +707,7 @@ async fn the_direct_tool_call_path_answers_as_rmcp_does() {
     // Only the call with a progress token reaches a tool through rmcp: it refuses the unknown
     // tool and the contradicting version before any call.
     assert_eq!(answers[0][7].0, 400, "{}", answers[0][7].2);
+    assert_eq!(answers[0][8].0, 400, "{}", answers[0][8].2);
     assert_eq!(count(&direct, "rmcp"), 1);
     assert_eq!(count(&via_rmcp, "direct"), 0);
     assert_eq!(count(&via_rmcp, "rmcp"), direct_ones.len() as u64 + 1);
@@ -704,7 +715,7 @@ async fn the_direct_tool_call_path_answers_as_rmcp_does() {
     // A progress token gets its notifications, streamed by rmcp.
     let (status, content_type, stream) = &answers[0][6];
     assert_eq!(*status, 200);
-    assert_eq!(content_type, "text/event-stream");
+    assert_eq!(content_type.as_ref().unwrap(), "text/event-stream");
     assert_eq!(
         stream.matches("notifications/progress").count(),
         3,

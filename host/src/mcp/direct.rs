@@ -8,6 +8,10 @@
 //! mirrored in headers, a progress token, unknown fields, an unknown tool, a chunked body),
 //! goes to rmcp untouched: recognising too little only costs speed, never behaviour.
 //! `tests/integration/mcp.rs` compares both paths on the wire.
+//!
+//! One difference is deliberate: a call in flight when its endpoint closes (a reload removed the
+//! adapter, or the gateway is draining) finishes here, where rmcp would abort it with a 500;
+//! in-flight requests are meant to survive reloads and drains.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -74,9 +78,15 @@ impl Endpoint {
 }
 
 /// Whether the headers are those of a plain stateless request rmcp would accept as they are:
-/// JSON in, JSON or SSE accepted (no weights), the 2026-07-28 version, `Mcp-Method: tools/call`,
-/// no session, no `Origin`, no `Mcp-Param-*`, and a declared length within the limit.
+/// a well-formed `Host`, JSON in, JSON or SSE accepted (no weights), the 2026-07-28 version,
+/// `Mcp-Method: tools/call`, no session, no `Origin`, no `Mcp-Param-*`, and a declared length
+/// within the limit.
 fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
+    // rmcp refuses a malformed `Host` even with its host allow-list off.
+    let host_ok = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| http::uri::Authority::try_from(host).is_ok());
     let is = |name: &str, value: &str| {
         headers
             .get(name)
@@ -87,7 +97,8 @@ fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|length| length <= max_body_bytes);
-    length_ok
+    host_ok
+        && length_ok
         && is("content-type", "application/json")
         && accepts_json_and_sse(headers.get_all(http::header::ACCEPT))
         && single(headers, "mcp-protocol-version") == Some(VERSION.as_bytes())
@@ -192,6 +203,7 @@ mod tests {
     }
 
     const PLAIN: &[(&str, &str)] = &[
+        ("host", "127.0.0.1:9090"),
         ("content-type", "application/json"),
         ("content-length", "100"),
         ("accept", "application/json, text/event-stream"),
@@ -245,6 +257,11 @@ mod tests {
             HeaderValue::from_static("2025-11-25"),
         );
         assert!(!plain_headers(&old, 100));
+        for bad_host in ["[::1]:1:2", "[::1]%", "a b"] {
+            let mut map = headers(PLAIN);
+            map.insert("host", HeaderValue::from_static(bad_host));
+            assert!(!plain_headers(&map, 100), "Host: {bad_host}");
+        }
     }
 
     #[test]
