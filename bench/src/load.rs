@@ -166,6 +166,11 @@ pub async fn fixed_concurrency(
 }
 
 /// Sends `rate` requests per second for `duration`, each timed from its scheduled start.
+///
+/// The requests are paced by a thread of their own that sleeps until each scheduled instant
+/// (`nanosleep`, precise to tens of microseconds) and hands the request to the runtime. Tokio's
+/// own timer has a 1 ms granularity: at 2,000 requests/s it would send them in pairs every
+/// millisecond, and the second of each pair would queue behind the first.
 pub async fn fixed_rate(
     client: &HttpClient,
     target: &Target,
@@ -178,30 +183,38 @@ pub async fn fixed_rate(
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let scheduled = started + interval.mul_f64(i as f64);
-        let now = Instant::now();
-        if scheduled > now {
-            tokio::time::sleep_until(scheduled.into()).await;
-        }
-        let (client, target, latency, ok, errors) = (
-            client.clone(),
-            target.clone(),
-            latency.clone(),
-            ok.clone(),
-            errors.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            if send(&client, &target).await {
-                let micros = scheduled.elapsed().as_micros().max(1) as u64;
-                latency.lock().expect("not poisoned").record(micros).ok();
-                ok.fetch_add(1, Ordering::Relaxed);
-            } else {
-                errors.fetch_add(1, Ordering::Relaxed);
+    let runtime = tokio::runtime::Handle::current();
+    let (client, target) = (client.clone(), target.clone());
+    let (pace_latency, pace_ok, pace_errors) = (latency.clone(), ok.clone(), errors.clone());
+    let tasks = tokio::task::spawn_blocking(move || {
+        let mut tasks = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let scheduled = started + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
             }
-        }));
-    }
+            let (client, target, latency, ok, errors) = (
+                client.clone(),
+                target.clone(),
+                pace_latency.clone(),
+                pace_ok.clone(),
+                pace_errors.clone(),
+            );
+            tasks.push(runtime.spawn(async move {
+                if send(&client, &target).await {
+                    let micros = scheduled.elapsed().as_micros().max(1) as u64;
+                    latency.lock().expect("not poisoned").record(micros).ok();
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        tasks
+    })
+    .await
+    .expect("the pacing thread does not panic");
     for t in tasks {
         let _ = t.await;
     }
