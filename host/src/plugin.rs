@@ -515,7 +515,7 @@ impl Plugins {
         // time it used, not wall time: neither waiting to be scheduled again after a yield nor
         // the OS preempting the thread on a busy machine may turn a quick plugin into a timeout,
         // while a plugin that loops still burns through its budget.
-        let budget = Arc::new(Mutex::new(CpuBudget::start()));
+        let budget = Arc::new(Mutex::new(CpuBudget::start(self.config.epoch_tick)));
         store.epoch_deadline_callback(move |_| {
             if budget.lock().expect("not poisoned").used() >= timeout {
                 return Ok(UpdateDeadline::Interrupt);
@@ -622,37 +622,53 @@ impl Plugins {
 }
 
 /// The CPU time one plugin call has used, counted per stretch it ran on one thread.
+///
+/// Reading a thread's CPU clock is a system call, and most calls end long before their first
+/// epoch tick: so the first stretch is not clocked. It is charged its wall time, capped at one
+/// tick (the epoch callback that first asks comes at the first tick after the call started; a
+/// thread preempted meanwhile has not used more than that), and the CPU clock is read from then
+/// on. A looping plugin is therefore stopped after at least its timeout of CPU time, and at most
+/// one tick more.
 struct CpuBudget {
     used: Duration,
-    /// The thread the current stretch runs on, and its CPU clock when the stretch began.
-    stretch: (std::thread::ThreadId, Duration),
+    /// The thread the current stretch runs on, and its CPU clock when the stretch began; `None`
+    /// during the first, unclocked stretch.
+    stretch: Option<(std::thread::ThreadId, Duration)>,
+    started: Instant,
+    tick: Duration,
 }
 
 impl CpuBudget {
-    fn start() -> CpuBudget {
+    fn start(tick: Duration) -> CpuBudget {
         CpuBudget {
             used: Duration::ZERO,
-            stretch: (std::thread::current().id(), thread_cpu_time()),
+            stretch: None,
+            started: Instant::now(),
+            tick,
         }
     }
 
     /// The CPU time used so far (read on the thread the call is running on).
     fn used(&mut self) -> Duration {
-        let (thread, began) = self.stretch;
-        if thread == std::thread::current().id() {
-            let now = thread_cpu_time();
-            self.used += now.saturating_sub(began);
-            self.stretch.1 = now;
-        } else {
+        match self.stretch {
+            None => {
+                self.used += self.started.elapsed().min(self.tick);
+                self.resume();
+            }
+            Some((thread, began)) if thread == std::thread::current().id() => {
+                let now = thread_cpu_time();
+                self.used += now.saturating_sub(began);
+                self.stretch = Some((thread, now));
+            }
             // Moved without passing through a yield: that stretch cannot be measured; start one.
-            self.resume();
+            Some(_) => self.resume(),
         }
         self.used
     }
 
     /// Starts a new stretch on the current thread.
     fn resume(&mut self) {
-        self.stretch = (std::thread::current().id(), thread_cpu_time());
+        self.stretch = Some((std::thread::current().id(), thread_cpu_time()));
     }
 }
 
@@ -924,7 +940,11 @@ mod tests {
 
     #[test]
     fn the_deadline_counts_cpu_time_not_waiting() {
-        let mut budget = CpuBudget::start();
+        let tick = Duration::from_millis(1);
+        let mut budget = CpuBudget::start(tick);
+        // The first stretch is not clocked: it is charged its wall time, at most one tick.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(budget.used(), tick);
         std::thread::sleep(Duration::from_millis(50));
         assert!(
             budget.used() < Duration::from_millis(10),
