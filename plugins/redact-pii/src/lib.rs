@@ -41,9 +41,10 @@ impl Guest for RedactPii {
         let mut fields: Vec<String> = ALWAYS.iter().map(|s| s.to_string()).collect();
         fields.extend(plugin_kit::strings(&config, "fields"));
         let allow = plugin_kit::strings(&config, "allow");
+        let is_list = body.get("object").and_then(Value::as_str) == Some("list");
         let mut count = 0;
         match body.get_mut("data").and_then(Value::as_array_mut) {
-            Some(items) if body_is_list(&resp) => {
+            Some(items) if is_list => {
                 for item in items {
                     count += redact_object(item, &fields, &allow);
                 }
@@ -56,11 +57,6 @@ impl Guest for RedactPii {
             .push(("capgate-redacted".into(), count.to_string()));
         Ok(resp)
     }
-}
-
-fn body_is_list(resp: &Response) -> bool {
-    plugin_kit::json(&resp.body)
-        .is_some_and(|v| v.get("object").and_then(Value::as_str) == Some("list"))
 }
 
 /// Masks each dotted `field` of `object` except what `allow` names; returns how many values
