@@ -64,7 +64,8 @@ wit-bindgen = {{ version = "0.63", default-features = false, features = ["macros
 serde_json = "1"
 
 [profile.release]
-opt-level = "s"
+# Speed over size: a plugin runs on every request it is bound to.
+opt-level = 3
 lto = true
 # Keep function names so traps show where they happened.
 strip = "debuginfo"
