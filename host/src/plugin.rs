@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,8 @@ struct State {
     request_id: Arc<str>,
     /// The plugin's stderr (panic messages, allocation failures), read after a trap.
     stderr: MemoryOutputPipe,
+    /// Keeps the epoch ticking while this store exists.
+    _running: Running,
 }
 
 impl WasiView for State {
@@ -216,6 +219,7 @@ pub struct CallContext {
 
 /// Every plugin and the machinery to run them.
 pub struct Plugins {
+    ticker: Ticker,
     engine: Engine,
     linker: Linker<State>,
     config: PluginsConfig,
@@ -267,8 +271,9 @@ impl Plugins {
         let engine = Engine::new(&wasm).map_err(|e| HostError(e.to_string()))?;
         let mut linker: Linker<State> = Linker::new(&engine);
         link(&mut linker).map_err(|e| HostError(e.to_string()))?;
-        start_ticker(&engine, config.epoch_tick);
+        let ticker = Ticker::start(&engine, config.epoch_tick);
         Ok(Plugins {
+            ticker,
             engine,
             linker,
             config: config.clone(),
@@ -507,6 +512,7 @@ impl Plugins {
                 plugin,
                 request_id,
                 stderr,
+                _running: self.ticker.running(),
             },
         );
         store.limiter(|state| &mut state.limits);
@@ -733,18 +739,73 @@ fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
 }
 
 /// Advances the engine's epoch every `tick`, for as long as the engine lives.
-fn start_ticker(engine: &Engine, tick: Duration) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("capgate-plugin-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(tick);
-            }
-        })
-        .expect("the epoch thread starts");
+/// The thread that advances the engine's epoch every tick, while any plugin call is running.
+///
+/// A gateway without plugin calls in flight should not wake up a thousand times a second: the
+/// thread parks while no store exists and is woken by the first one (`Ticker::running`).
+struct Ticker {
+    state: Arc<TickerState>,
+    thread: std::thread::Thread,
+}
+
+#[derive(Default)]
+struct TickerState {
+    /// Stores in existence.
+    running: AtomicUsize,
+    stopped: AtomicBool,
+    /// Epochs advanced so far.
+    ticks: AtomicU64,
+}
+
+impl Ticker {
+    fn start(engine: &Engine, tick: Duration) -> Ticker {
+        let weak = engine.weak();
+        let state = Arc::new(TickerState::default());
+        let shared = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("capgate-plugin-epoch".into())
+            .spawn(move || {
+                while !shared.stopped.load(Ordering::Acquire) {
+                    if shared.running.load(Ordering::Acquire) == 0 {
+                        // `running` and `drop` unpark; an unpark before this park is not lost.
+                        std::thread::park();
+                        continue;
+                    }
+                    std::thread::sleep(tick);
+                    let Some(engine) = weak.upgrade() else { break };
+                    engine.increment_epoch();
+                    shared.ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .expect("the epoch thread starts")
+            .thread()
+            .clone();
+        Ticker { state, thread }
+    }
+
+    /// Keeps the epoch advancing until the returned guard is dropped.
+    fn running(&self) -> Running {
+        if self.state.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.thread.unpark();
+        }
+        Running(self.state.clone())
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// One plugin store in existence (see `Ticker`).
+struct Running(Arc<TickerState>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Turns a wasmtime error into a failure, with what the plugin wrote to stderr (a Rust panic
@@ -966,6 +1027,40 @@ mod tests {
             moved >= Duration::from_millis(20),
             "lost the used time: {moved:?}"
         );
+    }
+
+    #[test]
+    fn the_epoch_ticks_only_while_a_store_exists() {
+        let engine = Engine::default();
+        let ticker = Ticker::start(&engine, Duration::from_millis(1));
+        let ticks = || ticker.state.ticks.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(ticks(), 0, "ticked with no store");
+        let running = ticker.running();
+        let waited = Instant::now();
+        while ticks() < 5 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "never ticked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(running);
+        // The tick under way when the last store went may still land; then it parks.
+        let mut parked = ticks();
+        let mut same = 0;
+        while same < 3 {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = ticks();
+            same = if now == parked { same + 1 } else { 0 };
+            parked = now;
+            assert!(waited.elapsed() < Duration::from_secs(10), "never parked");
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(ticks(), parked, "kept ticking after the last store");
+        // And it wakes again for the next one.
+        let _running = ticker.running();
+        while ticks() == parked {
+            assert!(waited.elapsed() < Duration::from_secs(10), "did not wake");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]
