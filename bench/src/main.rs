@@ -5,6 +5,7 @@
 //! different runs are not comparable, ratios from one run are.
 
 mod load;
+mod null_proxy;
 mod procs;
 mod scenarios;
 
@@ -36,6 +37,14 @@ enum Scenario {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// A minimal hyper reverse proxy (started by `rest` as a process of its own).
+    #[command(hide = true)]
+    NullProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
     },
     /// MCP tools/call versus the REST route versus the stand-in directly.
     Mcp {
@@ -106,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
+        Scenario::NullProxy { listen, upstream } => null_proxy::run(listen, upstream).await,
         Scenario::Mcp {
             rate,
             concurrency,
@@ -211,8 +221,20 @@ async fn rest(
 ) -> anyhow::Result<()> {
     let setup = scenarios::setup(scenarios::unverified_stand_in(&load::client()).await?).await?;
     let client = load::client();
-    // Warm up connections and caches on both paths.
-    for target in [&setup.direct, &setup.through] {
+    let (_proxy, proxy_addr) = procs::null_proxy(setup.sim.addr)?;
+    let mut proxied = setup.direct.clone();
+    proxied.name = "through a minimal hyper proxy".into();
+    proxied.uri = format!(
+        "http://{proxy_addr}{}",
+        setup.direct.uri.path_and_query().expect("a path")
+    )
+    .parse()?;
+    anyhow::ensure!(
+        load::once(&client, &proxied).await?.0 == 200,
+        "the minimal proxy does not answer"
+    );
+    // Warm up connections and caches on every path.
+    for target in [&setup.direct, &proxied, &setup.through] {
         load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
     }
     let mut rate_direct = Series::new(&setup.direct.name);
@@ -223,6 +245,10 @@ async fn rest(
     // does to both (and the stand-in carries twice the load, so this is the harsher setting).
     let mut side_direct = Series::new(&setup.direct.name);
     let mut side_through = Series::new(&setup.through.name);
+    // And capgate against the minimal proxy, the same way.
+    let mut rate_proxied = Series::new(&proxied.name);
+    let mut side_proxied = Series::new(&proxied.name);
+    let mut side_through_vs_proxied = Series::new(&setup.through.name);
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // Alternate which goes first, so drift in machine load hits both alike.
@@ -245,6 +271,15 @@ async fn rest(
         );
         side_direct.runs.push(direct);
         side_through.runs.push(through);
+        rate_proxied
+            .runs
+            .push(load::fixed_rate(&client, &proxied, rate, duration).await);
+        let (proxy, through) = tokio::join!(
+            load::fixed_rate(&client, &proxied, rate, duration),
+            load::fixed_rate(&client, &setup.through, rate, duration)
+        );
+        side_proxied.runs.push(proxy);
+        side_through_vs_proxied.runs.push(through);
         for (target, is_direct) in order {
             let stats = load::fixed_concurrency(&client, target, concurrency, duration).await;
             if is_direct {
@@ -275,6 +310,24 @@ async fn rest(
         "\ncapgate adds {:.3} ms at p50 and {:.3} ms at p99 in the same seconds (targets: <= 0.3 ms, <= 1 ms)",
         side_through.p50() - side_direct.p50(),
         side_through.p99() - side_direct.p99()
+    );
+    table(
+        &format!("A minimal hyper proxy (one more hop, nothing else) at {rate} requests/s"),
+        &[&rate_direct, &rate_proxied, &rate_through],
+    );
+    println!(
+        "\nthe minimal proxy adds {:.3} ms at p50 and {:.3} ms at p99 over the stand-in (one after the other)",
+        rate_proxied.p50() - rate_direct.p50(),
+        rate_proxied.p99() - rate_direct.p99()
+    );
+    table(
+        &format!("Side by side: the minimal proxy and capgate, both at {rate} requests/s"),
+        &[&side_proxied, &side_through_vs_proxied],
+    );
+    println!(
+        "\ncapgate adds {:.3} ms at p50 and {:.3} ms at p99 over the minimal proxy in the same seconds",
+        side_through_vs_proxied.p50() - side_proxied.p50(),
+        side_through_vs_proxied.p99() - side_proxied.p99()
     );
     table(
         &format!("Fixed concurrency: {concurrency} (closed loop)"),

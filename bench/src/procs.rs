@@ -92,6 +92,20 @@ pub fn stripe_sim(port: u16) -> anyhow::Result<Proc> {
     Ok(proc)
 }
 
+/// Starts the minimal hyper proxy (`capgate-bench null-proxy`) in front of `upstream`.
+pub fn null_proxy(upstream: SocketAddr) -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(std::env::current_exe()?)
+        .args(["null-proxy", "--listen", &addr.to_string()])
+        .args(["--upstream", &upstream.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let proc = Proc { child };
+    wait_for_port(addr, Duration::from_secs(10))?;
+    Ok((proc, addr))
+}
+
 /// Starts the gateway on `specs`, every upstream pointed at `sim`, declared ports remapped.
 pub fn gateway(
     specs: &Path,
