@@ -213,6 +213,17 @@ pub(crate) fn table(title: &str, series: &[&Series]) {
     }
 }
 
+/// Prints `rows` as a table, then what the second row adds to the first at p50 and p99.
+fn difference(title: &str, rows: &[&Series], subject: &str, context: &str) {
+    table(title, rows);
+    let (base, other) = (rows[0], rows[1]);
+    println!(
+        "\n{subject} {:.3} ms at p50 and {:.3} ms at p99 {context}",
+        other.p50() - base.p50(),
+        other.p99() - base.p99()
+    );
+}
+
 async fn rest(
     rate: u64,
     concurrency: usize,
@@ -293,41 +304,29 @@ async fn rest(
         "## REST: GET a VerificationSession ({rounds} rounds of {}s, medians)",
         duration.as_secs()
     );
-    table(
+    difference(
         &format!("Fixed rate: {rate} requests/s (open loop)"),
         &[&rate_direct, &rate_through],
+        "capgate adds",
+        "(targets: <= 0.3 ms, <= 1 ms)",
     );
-    println!(
-        "\ncapgate adds {:.3} ms at p50 and {:.3} ms at p99 (targets: <= 0.3 ms, <= 1 ms)",
-        rate_through.p50() - rate_direct.p50(),
-        rate_through.p99() - rate_direct.p99()
-    );
-    table(
+    difference(
         &format!("Side by side: both at {rate} requests/s, at the same time"),
         &[&side_direct, &side_through],
+        "capgate adds",
+        "in the same seconds (targets: <= 0.3 ms, <= 1 ms)",
     );
-    println!(
-        "\ncapgate adds {:.3} ms at p50 and {:.3} ms at p99 in the same seconds (targets: <= 0.3 ms, <= 1 ms)",
-        side_through.p50() - side_direct.p50(),
-        side_through.p99() - side_direct.p99()
-    );
-    table(
+    difference(
         &format!("A minimal hyper proxy (one more hop, nothing else) at {rate} requests/s"),
         &[&rate_direct, &rate_proxied, &rate_through],
+        "the minimal proxy adds",
+        "over the stand-in (one after the other)",
     );
-    println!(
-        "\nthe minimal proxy adds {:.3} ms at p50 and {:.3} ms at p99 over the stand-in (one after the other)",
-        rate_proxied.p50() - rate_direct.p50(),
-        rate_proxied.p99() - rate_direct.p99()
-    );
-    table(
+    difference(
         &format!("Side by side: the minimal proxy and capgate, both at {rate} requests/s"),
         &[&side_proxied, &side_through_vs_proxied],
-    );
-    println!(
-        "\ncapgate adds {:.3} ms at p50 and {:.3} ms at p99 over the minimal proxy in the same seconds",
-        side_through_vs_proxied.p50() - side_proxied.p50(),
-        side_through_vs_proxied.p99() - side_proxied.p99()
+        "capgate adds",
+        "over the minimal proxy in the same seconds",
     );
     table(
         &format!("Fixed concurrency: {concurrency} (closed loop)"),
