@@ -738,7 +738,6 @@ fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Advances the engine's epoch every `tick`, for as long as the engine lives.
 /// The thread that advances the engine's epoch every tick, while any plugin call is running.
 ///
 /// A gateway without plugin calls in flight should not wake up a thousand times a second: the
