@@ -32,6 +32,17 @@ impl Proc {
     pub fn rss_kib(&self) -> Option<u64> {
         status_field(self.pid(), "VmRSS:")
     }
+
+    /// CPU time (user + system, all threads) used so far, in clock-tick resolution.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // /proc counts in USER_HZ, which Linux fixes at 100 on every architecture we run on.
+        Some(Duration::from_millis(ticks * 10))
+    }
 }
 
 fn status_field(pid: u32, field: &str) -> Option<u64> {

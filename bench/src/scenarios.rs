@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::Method;
 
@@ -23,7 +24,7 @@ pub fn seed_text() -> String {
 
 /// A stand-in with one session.
 pub struct Stand {
-    _proc: Proc,
+    pub proc: Proc,
     pub addr: SocketAddr,
     pub session: String,
 }
@@ -69,7 +70,7 @@ pub async fn unverified_stand_in(client: &HttpClient) -> anyhow::Result<Stand> {
     let session: serde_json::Value = serde_json::from_slice(&body)?;
     let id = session["id"].as_str().expect("an id").to_owned();
     Ok(Stand {
-        _proc: proc,
+        proc,
         addr,
         session: id,
     })
@@ -765,7 +766,7 @@ async fn rest_with_and_without_plugin(
             bound.file(),
         ),
     )?;
-    let _gateway = procs::gateway_with_config(&config, stand.addr)?;
+    let gateway = procs::gateway_with_config(&config, stand.addr)?;
     procs::wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], rest_port)),
         Duration::from_secs(10),
@@ -793,14 +794,22 @@ async fn rest_with_and_without_plugin(
         load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
     }
     let mut series = [Series::new(&without.name), Series::new(&with.name)];
+    // Per target, the CPU time per request of the gateway and of the stand-in in each round (us):
+    // far steadier than throughput on a shared machine, and it says where the time goes.
+    let mut gateway_cpu = [Vec::new(), Vec::new()];
+    let mut stand_in_cpu = [Vec::new(), Vec::new()];
+    let cpu = |proc: &Proc| proc.cpu_time().context("reading a process's CPU time");
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let target = if i == 0 { &without } else { &with };
-            series[i]
-                .runs
-                .push(load::fixed_concurrency(&client, target, concurrency, duration).await);
+            let before = (cpu(&gateway)?, cpu(&stand.proc)?);
+            let run = load::fixed_concurrency(&client, target, concurrency, duration).await;
+            let per_request = |used: Duration| used.as_secs_f64() * 1e6 / run.ok.max(1) as f64;
+            gateway_cpu[i].push(per_request(cpu(&gateway)? - before.0));
+            stand_in_cpu[i].push(per_request(cpu(&stand.proc)? - before.1));
+            series[i].runs.push(run);
         }
     }
     table(
@@ -813,6 +822,13 @@ async fn rest_with_and_without_plugin(
         "\nthroughput with {} / without: {:.2} (target for redact-pii >= 0.90)",
         bound.name(),
         series[1].rps() / series[0].rps()
+    );
+    let [gateway_without, gateway_with] = gateway_cpu.map(crate::median);
+    let [stand_in_without, stand_in_with] = stand_in_cpu.map(crate::median);
+    println!(
+        "CPU per request (median of rounds): gateway {gateway_without:.0} us without, {gateway_with:.0} us with {} (+{:.0}); stand-in {stand_in_without:.0} / {stand_in_with:.0} us",
+        bound.name(),
+        gateway_with - gateway_without,
     );
     Ok(())
 }
