@@ -232,7 +232,7 @@ async fn rest(
 ) -> anyhow::Result<()> {
     let setup = scenarios::setup(scenarios::unverified_stand_in(&load::client()).await?).await?;
     let client = load::client();
-    let (_proxy, proxy_addr) = procs::null_proxy(setup.sim.addr)?;
+    let (proxy, proxy_addr) = procs::null_proxy(setup.sim.addr)?;
     let mut proxied = setup.direct.clone();
     proxied.name = "through a minimal hyper proxy".into();
     proxied.uri = format!(
@@ -260,6 +260,10 @@ async fn rest(
     let mut rate_proxied = Series::new(&proxied.name);
     let mut side_proxied = Series::new(&proxied.name);
     let mut side_through_vs_proxied = Series::new(&setup.through.name);
+    // CPU time per request (us) of capgate and of the minimal proxy in the one-after-the-other
+    // runs: unlike latency, hardly moved by what else the machine is doing.
+    let mut cpu_through = Vec::new();
+    let mut cpu_proxied = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // Alternate which goes first, so drift in machine load hits both alike.
@@ -269,10 +273,12 @@ async fn rest(
             [(&setup.through, false), (&setup.direct, true)]
         };
         for (target, is_direct) in order {
+            let before = setup.gateway.cpu_time();
             let stats = load::fixed_rate(&client, target, rate, duration).await;
             if is_direct {
                 rate_direct.runs.push(stats)
             } else {
+                cpu_through.extend(setup.gateway.cpu_per_request(before, stats.ok));
                 rate_through.runs.push(stats)
             }
         }
@@ -282,9 +288,10 @@ async fn rest(
         );
         side_direct.runs.push(direct);
         side_through.runs.push(through);
-        rate_proxied
-            .runs
-            .push(load::fixed_rate(&client, &proxied, rate, duration).await);
+        let before = proxy.cpu_time();
+        let stats = load::fixed_rate(&client, &proxied, rate, duration).await;
+        cpu_proxied.extend(proxy.cpu_per_request(before, stats.ok));
+        rate_proxied.runs.push(stats);
         let (proxy, through) = tokio::join!(
             load::fixed_rate(&client, &proxied, rate, duration),
             load::fixed_rate(&client, &setup.through, rate, duration)
@@ -328,6 +335,13 @@ async fn rest(
         "capgate adds",
         "over the minimal proxy in the same seconds",
     );
+    if !cpu_through.is_empty() && !cpu_proxied.is_empty() {
+        println!(
+            "\nCPU per request at {rate} requests/s (median of rounds): capgate {:.0} us, the minimal proxy {:.0} us",
+            median(cpu_through),
+            median(cpu_proxied)
+        );
+    }
     table(
         &format!("Fixed concurrency: {concurrency} (closed loop)"),
         &[&conc_direct, &conc_through],

@@ -43,6 +43,12 @@ impl Proc {
         // /proc counts in USER_HZ, which Linux fixes at 100 on every architecture we run on.
         Some(Duration::from_millis(ticks * 10))
     }
+
+    /// The CPU time used since `before` (a `cpu_time` reading) per request, in microseconds.
+    pub fn cpu_per_request(&self, before: Option<Duration>, requests: u64) -> Option<f64> {
+        let used = self.cpu_time()?.checked_sub(before?)?;
+        Some(used.as_secs_f64() * 1e6 / requests.max(1) as f64)
+    }
 }
 
 fn status_field(pid: u32, field: &str) -> Option<u64> {

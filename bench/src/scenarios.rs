@@ -798,17 +798,16 @@ async fn rest_with_and_without_plugin(
     // far steadier than throughput on a shared machine, and it says where the time goes.
     let mut gateway_cpu = [Vec::new(), Vec::new()];
     let mut stand_in_cpu = [Vec::new(), Vec::new()];
-    let cpu = |proc: &Proc| proc.cpu_time().context("reading a process's CPU time");
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let target = if i == 0 { &without } else { &with };
-            let before = (cpu(&gateway)?, cpu(&stand.proc)?);
+            let before = (gateway.cpu_time(), stand.proc.cpu_time());
             let run = load::fixed_concurrency(&client, target, concurrency, duration).await;
-            let per_request = |used: Duration| used.as_secs_f64() * 1e6 / run.ok.max(1) as f64;
-            gateway_cpu[i].push(per_request(cpu(&gateway)? - before.0));
-            stand_in_cpu[i].push(per_request(cpu(&stand.proc)? - before.1));
+            let read = "reading a process's CPU time";
+            gateway_cpu[i].push(gateway.cpu_per_request(before.0, run.ok).context(read)?);
+            stand_in_cpu[i].push(stand.proc.cpu_per_request(before.1, run.ok).context(read)?);
             series[i].runs.push(run);
         }
     }
