@@ -3,6 +3,8 @@
 //! Each plugin generates the `capgate:transform` bindings itself, with
 //! `wit_bindgen::generate!({ path: "<relative path to>/wit", world: "transform" })`.
 
+pub mod redact;
+
 use serde_json::Value;
 
 /// The binding's config (JSON text) as JSON; `{}` when it is empty or not JSON.
