@@ -268,6 +268,9 @@ pub struct UpstreamAdapter {
     pub base_uri: String,
     /// `scheme://host:port` of `base_uri`: the key of the per-origin connection bound.
     pub origin: String,
+    /// `base_uri` parsed once, when it is a plain base (no query or fragment): request URLs are
+    /// then built from it instead of being parsed whole on every call.
+    pub base_url: Option<url::Url>,
     pub profile: ProfileName,
     pub auth: Option<Auth>,
     /// Bound variables of the declaring file.

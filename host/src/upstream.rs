@@ -574,12 +574,13 @@ fn encode(adapter: &UpstreamAdapter, request: &UpstreamRequest) -> Result<Encode
             Some(bytes.clone())
         }
     };
-    let mut url = format!("{}{}", adapter.base_uri, request.path);
-    if !query.is_empty() {
-        url.push(if url.contains('?') { '&' } else { '?' });
-        url.push_str(&query);
-    }
-    let url = url::Url::parse(&url).map_err(|e| GatewayError::UpstreamInvalid {
+    let url = request_url(
+        &adapter.base_uri,
+        adapter.base_url.as_ref(),
+        &request.path,
+        &query,
+    )
+    .map_err(|e| GatewayError::UpstreamInvalid {
         upstream: adapter.namespace.clone(),
         detail: format!("cannot build the upstream URL: {e}"),
     })?;
@@ -644,6 +645,45 @@ pub(crate) fn origin_of(base_uri: &str) -> String {
         ),
         Err(_) => base_uri.to_owned(),
     }
+}
+
+/// The URL of an upstream request: `base_uri` + `path` + `?query`. With the base already
+/// parsed (`plain_base`), only the path and query are parsed, not the scheme and host again.
+fn request_url(
+    base_uri: &str,
+    base: Option<&url::Url>,
+    path: &str,
+    query: &str,
+) -> Result<url::Url, url::ParseError> {
+    match base {
+        Some(base) if !path.contains(['?', '#']) => {
+            let mut url = base.clone();
+            let mut full = String::with_capacity(base.path().len() + path.len());
+            full.push_str(base.path().trim_end_matches('/'));
+            full.push_str(path);
+            url.set_path(&full);
+            if !query.is_empty() {
+                url.set_query(Some(query));
+            }
+            Ok(url)
+        }
+        _ => {
+            let mut url = format!("{base_uri}{path}");
+            if !query.is_empty() {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(query);
+            }
+            url::Url::parse(&url)
+        }
+    }
+}
+
+/// A base URI parsed, when it is one request URLs can be built from by setting the path and
+/// query (it parses and has neither query nor fragment).
+pub(crate) fn plain_base(base_uri: &str) -> Option<url::Url> {
+    url::Url::parse(base_uri)
+        .ok()
+        .filter(|u| !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
 }
 
 /// A random identifier of 24 lowercase alphanumerics.
@@ -734,6 +774,42 @@ mod tests {
         assert!(!should_retry(&response(400, None)));
         assert!(retry_allowed(ProfileName::Stripe, &Method::POST));
         assert!(!retry_allowed(ProfileName::Default, &Method::POST));
+    }
+
+    #[test]
+    fn request_urls_built_from_a_parsed_base_are_the_urls_parsed_whole() {
+        for base in [
+            "http://127.0.0.1:12111",
+            "https://api.stripe.com",
+            "https://h.example/base",
+            "https://H.Example:443/b%20ase",
+            "http://[::1]:8080/v",
+        ] {
+            let parsed = plain_base(base).expect("a plain base");
+            for path in [
+                "/v1/identity/verification_sessions/vs_1",
+                "/v1/identity/verification_sessions/vs_1%2F..%2Fx",
+                "/v1/x/%2e%2e/y",
+                "/v1/../../charges",
+                "/a b/ü/%7E",
+                "",
+                "/",
+            ] {
+                for query in ["", "expand[0]=verified_outputs&created[gte]=1", "a=%20b c"] {
+                    let fast = request_url(base, Some(&parsed), path, query).unwrap();
+                    let whole = request_url(base, None, path, query).unwrap();
+                    assert_eq!(fast.as_str(), whole.as_str(), "{base} {path} {query}");
+                }
+            }
+        }
+        for not_plain in [
+            "https://h.example/?key=1",
+            "https://h.example/#f",
+            "mailto:a@b",
+            "{{env.BASE}}",
+        ] {
+            assert!(plain_base(not_plain).is_none(), "{not_plain}");
+        }
     }
 
     #[test]

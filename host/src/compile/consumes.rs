@@ -168,6 +168,7 @@ fn adapter(
     Ok(UpstreamAdapter {
         namespace: http.namespace.value.clone(),
         origin: crate::upstream::origin_of(&base_uri),
+        base_url: crate::upstream::plain_base(&base_uri),
         base_uri,
         profile,
         auth,
