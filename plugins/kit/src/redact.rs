@@ -136,17 +136,11 @@ fn is_stripe_list(body: &[u8]) -> bool {
     }
     scan.pos += 1;
     let (mut list, mut data) = (false, false);
+    scan.space();
     loop {
-        scan.space();
-        let Some(key) = scan.string() else {
+        let Some(key) = scan.member() else {
             return false;
         };
-        scan.space();
-        if scan.peek() != Some(b':') {
-            return false;
-        }
-        scan.pos += 1;
-        scan.space();
         match &body[key] {
             b"object" => {
                 let Some(value) = scan.string() else {
@@ -169,10 +163,8 @@ fn is_stripe_list(body: &[u8]) -> bool {
         if list && data {
             return true;
         }
-        scan.space();
-        match scan.peek() {
-            Some(b',') => scan.pos += 1,
-            _ => return false,
+        if scan.more(b'}') != Some(true) {
+            return false;
         }
     }
 }
@@ -238,22 +230,13 @@ impl<'a> Walk<'a, '_> {
         let masked = relevant && self.redaction.masks(path);
         let start = self.pos;
         match self.peek()? {
-            b'{' => self.object(
-                path,
-                depth,
-                relevant && (masked || self.redaction.leads_somewhere(path)),
-            ),
-            b'[' => {
-                let relevant = relevant && (masked || self.redaction.leads_somewhere(path));
-                self.array(
-                    path,
-                    depth,
-                    if relevant {
-                        Items::Relevant
-                    } else {
-                        Items::Skipped
-                    },
-                )
+            open @ (b'{' | b'[') => {
+                let below = relevant && (masked || self.redaction.leads_somewhere(path));
+                match (open, below) {
+                    (b'{', _) => self.object(path, depth, below),
+                    (_, true) => self.array(path, depth, Items::Relevant),
+                    (_, false) => self.array(path, depth, Items::Skipped),
+                }
             }
             b'"' => {
                 let content = self.string()?;
@@ -293,11 +276,7 @@ impl<'a> Walk<'a, '_> {
             return Some(());
         }
         loop {
-            let key = self.string()?;
-            self.space();
-            (self.peek()? == b':').then_some(())?;
-            self.pos += 1;
-            self.space();
+            let key = self.member()?;
             if root_list && &self.input[key.clone()] == b"data" {
                 // Each item of a list is a document of its own.
                 self.array(&mut Vec::new(), depth, Items::Documents)?;
@@ -308,17 +287,8 @@ impl<'a> Walk<'a, '_> {
             } else {
                 self.value(path, depth + 1, false)?;
             }
-            self.space();
-            match self.peek()? {
-                b',' => {
-                    self.pos += 1;
-                    self.space();
-                }
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
         }
     }
@@ -339,23 +309,38 @@ impl<'a> Walk<'a, '_> {
                 Items::Documents => self.value(&mut Vec::new(), depth + 1, true)?,
                 _ => self.value(path, depth + 1, items == Items::Relevant)?,
             }
-            self.space();
-            match self.peek()? {
-                b',' => {
-                    self.pos += 1;
-                    self.space();
-                }
-                b']' => {
-                    self.pos += 1;
-                    break;
-                }
-                _ => return None,
+            if !self.more(b']')? {
+                break;
             }
         }
         if items == Items::Relevant {
             path.pop();
         }
         Some(())
+    }
+
+    /// An object member's key and colon; returns the key's content range, and leaves the
+    /// position at the value.
+    fn member(&mut self) -> Option<std::ops::Range<usize>> {
+        let key = self.string()?;
+        self.space();
+        (self.peek()? == b':').then_some(())?;
+        self.pos += 1;
+        self.space();
+        Some(key)
+    }
+
+    /// After a member or item: `true` past a comma (another follows), `false` past `close`.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.space();
+        let next = self.peek()?;
+        self.pos += 1;
+        if next == b',' {
+            self.space();
+            Some(true)
+        } else {
+            (next == close).then_some(false)
+        }
     }
 
     /// A string; returns the range of its content (between the quotes, still escaped).
