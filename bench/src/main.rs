@@ -274,7 +274,7 @@ async fn rest(
         };
         for (target, is_direct) in order {
             let before = setup.gateway.cpu_time();
-            let stats = load::fixed_rate(&client, target, rate, duration).await;
+            let stats = load::fixed_rate(target, rate, duration).await;
             if is_direct {
                 rate_direct.runs.push(stats)
             } else {
@@ -283,18 +283,18 @@ async fn rest(
             }
         }
         let (direct, through) = tokio::join!(
-            load::fixed_rate(&client, &setup.direct, rate, duration),
-            load::fixed_rate(&client, &setup.through, rate, duration)
+            load::fixed_rate(&setup.direct, rate, duration),
+            load::fixed_rate(&setup.through, rate, duration)
         );
         side_direct.runs.push(direct);
         side_through.runs.push(through);
         let before = proxy.cpu_time();
-        let stats = load::fixed_rate(&client, &proxied, rate, duration).await;
+        let stats = load::fixed_rate(&proxied, rate, duration).await;
         cpu_proxied.extend(proxy.cpu_per_request(before, stats.ok));
         rate_proxied.runs.push(stats);
         let (proxy, through) = tokio::join!(
-            load::fixed_rate(&client, &proxied, rate, duration),
-            load::fixed_rate(&client, &setup.through, rate, duration)
+            load::fixed_rate(&proxied, rate, duration),
+            load::fixed_rate(&setup.through, rate, duration)
         );
         side_proxied.runs.push(proxy);
         side_through_vs_proxied.runs.push(through);

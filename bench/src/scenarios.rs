@@ -200,11 +200,11 @@ pub async fn mcp(
         for &i in &order {
             by_rate[i]
                 .runs
-                .push(load::fixed_rate(&client, targets[i], rate, duration).await);
+                .push(load::fixed_rate(targets[i], rate, duration).await);
         }
         let (r, m) = tokio::join!(
-            load::fixed_rate(&client, rest, rate / 2, duration),
-            load::fixed_rate(&client, &mcp, rate / 2, duration)
+            load::fixed_rate(rest, rate / 2, duration),
+            load::fixed_rate(&mcp, rate / 2, duration)
         );
         side_by_side[0].runs.push(r);
         side_by_side[1].runs.push(m);
@@ -450,8 +450,8 @@ pub async fn soak(soak: Soak) -> anyhow::Result<()> {
     load::fixed_concurrency(&client, &rest, 8, Duration::from_secs(1)).await;
     let load = || async {
         tokio::join!(
-            load::fixed_rate(&client, &rest, rest_rate, phase),
-            load::fixed_rate(&client, &mcp, mcp_rate, phase)
+            load::fixed_rate(&rest, rest_rate, phase),
+            load::fixed_rate(&mcp, mcp_rate, phase)
         )
     };
     let [mut quiet_rest, mut quiet_mcp, mut busy_rest, mut busy_mcp] =
