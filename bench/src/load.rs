@@ -190,6 +190,16 @@ pub async fn fixed_rate(target: &Target, rate: u64, duration: Duration) -> Stats
 
 async fn paced(target: Target, rate: u64, duration: Duration) -> Stats {
     let client = client();
+    // Open the connections the rate needs before the clock starts, as a long-running client has.
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move { send(&client, &target).await })
+        })
+        .collect();
+    for w in warm {
+        let _ = w.await;
+    }
     let latency = Arc::new(std::sync::Mutex::new(histogram()));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

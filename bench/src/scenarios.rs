@@ -215,7 +215,7 @@ pub async fn mcp(
         }
     }
     println!(
-        "## MCP: tools/call vs REST vs the stand-in, retrieving one session ({rounds} rounds of {}s, medians)",
+        "## MCP: tools/call vs REST vs the stand-in, retrieving one session ({rounds} rounds of {}s; req/s: median of rounds; latency: all requests)",
         duration.as_secs()
     );
     table(
