@@ -3,8 +3,6 @@
 //! Open-loop latency is measured from the moment a request was *scheduled*, not sent, so a
 //! stalled server cannot hide its stall (no coordinated omission).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Mutex;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -79,6 +76,17 @@ impl Stats {
         }
     }
 
+    /// Counts one request: its latency if it succeeded, `None` if it failed.
+    fn count(&mut self, latency: Option<Duration>) {
+        match latency {
+            Some(latency) => {
+                self.latency.record(latency.as_micros().max(1) as u64).ok();
+                self.ok += 1;
+            }
+            None => self.errors += 1,
+        }
+    }
+
     /// Adds another run's counts and latencies to this one.
     pub fn merge(&mut self, other: &Stats) {
         self.ok += other.ok;
@@ -123,46 +131,27 @@ pub async fn fixed_concurrency(
     concurrency: usize,
     duration: Duration,
 ) -> Stats {
-    let latency = Arc::new(Mutex::new(histogram()));
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, target, latency, ok, errors) = (
-            client.clone(),
-            target.clone(),
-            latency.clone(),
-            ok.clone(),
-            errors.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut local = histogram();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if send(&client, &target).await {
-                    local.record(t.elapsed().as_micros().max(1) as u64).ok();
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut stats = Stats::empty();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    stats.count(send(&client, &target).await.then(|| sent.elapsed()));
                 }
-            }
-            latency.lock().await.add(&local).ok();
-        }));
+                stats
+            })
+        })
+        .collect();
+    let mut stats = Stats::empty();
+    for worker in workers {
+        stats.merge(&worker.await.unwrap_or_else(|_| Stats::empty()));
     }
-    for w in workers {
-        let _ = w.await;
-    }
-    let latency = Arc::try_unwrap(latency)
-        .expect("workers are done")
-        .into_inner();
-    Stats {
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-        latency,
-    }
+    stats.elapsed = started.elapsed();
+    stats
 }
 
 /// Sends `rate` requests per second for `duration`, each timed from its scheduled start.
@@ -200,47 +189,25 @@ async fn paced(target: Target, rate: u64, duration: Duration) -> Stats {
     for w in warm {
         let _ = w.await;
     }
-    let latency = Arc::new(std::sync::Mutex::new(histogram()));
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut timer = Timer::new().expect("a timerfd");
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
+    let mut requests = Vec::with_capacity(total as usize);
     for i in 0..total {
         let scheduled = started + interval.mul_f64(i as f64);
         timer.sleep_until(scheduled).await;
-        let (client, target, latency, ok, errors) = (
-            client.clone(),
-            target.clone(),
-            latency.clone(),
-            ok.clone(),
-            errors.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            if send(&client, &target).await {
-                let micros = scheduled.elapsed().as_micros().max(1) as u64;
-                latency.lock().expect("not poisoned").record(micros).ok();
-                ok.fetch_add(1, Ordering::Relaxed);
-            } else {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
+        let (client, target) = (client.clone(), target.clone());
+        requests.push(tokio::spawn(async move {
+            send(&client, &target).await.then(|| scheduled.elapsed())
         }));
     }
-    for t in tasks {
-        let _ = t.await;
+    let mut stats = Stats::empty();
+    for request in requests {
+        stats.count(request.await.ok().flatten());
     }
-    let latency = Arc::try_unwrap(latency)
-        .expect("tasks are done")
-        .into_inner()
-        .expect("not poisoned");
-    Stats {
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-        latency,
-    }
+    stats.elapsed = started.elapsed();
+    stats
 }
 
 /// A one-shot `timerfd` awaited through the runtime's reactor: microsecond sleeps without a
