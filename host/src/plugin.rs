@@ -28,8 +28,8 @@ use sha2::Digest;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -58,7 +58,7 @@ const STDERR_CAPACITY: usize = 16 * 1024;
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     plugin: Arc<str>,
     request_id: Arc<str>,
     /// The plugin's stderr (panic messages, allocation failures), read after a trap.
@@ -102,6 +102,46 @@ impl bindings::capgate::transform::host::Host for State {
             Level::Warn => tracing::warn!(plugin, request_id, "{message}"),
             Level::Error => tracing::error!(plugin, request_id, "{message}"),
         }
+    }
+}
+
+/// A store's limits, remembering whether the memory cap refused to grow a memory.
+struct Limits {
+    store: StoreLimits,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let granted = self.store.memory_growing(current, desired, maximum)?;
+        self.memory_refused |= !granted;
+        Ok(granted)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.store.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.store.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.store.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.store.memories()
     }
 }
 
@@ -497,12 +537,15 @@ impl Plugins {
     ) -> Store<State> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory)
-            .instances(32)
-            .tables(16)
-            .memories(4)
-            .build();
+        let limits = Limits {
+            store: StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .instances(32)
+                .tables(16)
+                .memories(4)
+                .build(),
+            memory_refused: false,
+        };
         let mut store = Store::new(
             &self.engine,
             State {
@@ -823,7 +866,11 @@ fn classify(error: &wasmtime::Error, store: &mut Store<State>) -> Failure {
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout,
-        Some(Trap::UnreachableCodeReached) if stderr.contains("memory allocation of") => {
+        // A trap after the cap refused memory (whatever the plugin's runtime then did), or
+        // Rust std's allocation failure message.
+        Some(Trap::UnreachableCodeReached)
+            if state.limits.memory_refused || stderr.contains("memory allocation of") =>
+        {
             Failure::OutOfMemory
         }
         Some(trap) if first_line.is_empty() => Failure::Trap(trap.to_string()),
