@@ -2,9 +2,20 @@
 //!
 //! Each plugin generates the `capgate:transform` bindings itself, with
 //! `wit_bindgen::generate!({ path: "<relative path to>/wit", world: "transform" })`.
+//!
+//! The kit needs no `std`, so a plugin may go without it too: see `bare_plugin!` (in `bare`).
 
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+#[cfg(target_arch = "wasm32")]
+pub mod bare;
 pub mod redact;
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
 use serde_json::Value;
 
 /// The binding's config (JSON text) as JSON; `{}` when it is empty or not JSON.

@@ -17,7 +17,9 @@
 //! - A Stripe list (`{"object": "list", "data": [...]}`) has each of its `data` items masked as
 //!   a document of its own.
 
-use std::borrow::Cow;
+use alloc::borrow::{Cow, ToOwned};
+use alloc::string::String;
+use alloc::vec::Vec;
 
 /// What to mask: dotted paths of fields (`verified_outputs`, `metadata.email`), and paths at
 /// or under them to let through (`verified_outputs.first_name`).
@@ -48,7 +50,7 @@ impl Redaction {
     /// Masks `body`: the new body and how many values were masked, or `None` when `body` is
     /// not a JSON document.
     pub fn apply(&self, body: &[u8]) -> Option<(Vec<u8>, usize)> {
-        std::str::from_utf8(body).ok()?;
+        core::str::from_utf8(body).ok()?;
         let list = is_stripe_list(body);
         let mut walk = Walk {
             input: body,
@@ -321,7 +323,7 @@ impl<'a> Walk<'a, '_> {
 
     /// An object member's key and colon; returns the key's content range, and leaves the
     /// position at the value.
-    fn member(&mut self) -> Option<std::ops::Range<usize>> {
+    fn member(&mut self) -> Option<core::ops::Range<usize>> {
         let key = self.string()?;
         self.space();
         (self.peek()? == b':').then_some(())?;
@@ -344,7 +346,7 @@ impl<'a> Walk<'a, '_> {
     }
 
     /// A string; returns the range of its content (between the quotes, still escaped).
-    fn string(&mut self) -> Option<std::ops::Range<usize>> {
+    fn string(&mut self) -> Option<core::ops::Range<usize>> {
         (self.peek()? == b'"').then_some(())?;
         self.pos += 1;
         let start = self.pos;
@@ -418,7 +420,7 @@ impl<'a> Walk<'a, '_> {
 /// A string's content, unescaped (borrowed when it has no escapes). `None` for escapes that do
 /// not make a valid string (a lone surrogate).
 fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
-    let text = std::str::from_utf8(raw).ok()?;
+    let text = core::str::from_utf8(raw).ok()?;
     if !raw.contains(&b'\\') {
         return Some(Cow::Borrowed(text));
     }
@@ -454,7 +456,7 @@ fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 /// The four hex digits of a `\\u` escape.
-fn hex4(chars: &mut std::str::Chars) -> Option<u32> {
+fn hex4(chars: &mut core::str::Chars) -> Option<u32> {
     u32::from_str_radix(chars.as_str().get(..4)?, 16)
         .ok()
         .inspect(|_| {

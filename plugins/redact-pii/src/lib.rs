@@ -5,9 +5,19 @@
 //! through (`"allow": ["verified_outputs.first_name"]`). Lists (`{"object": "list", "data":
 //! [...]}`) are masked element by element. Strings become `"[redacted]"`, other scalars `null`.
 //! The response carries `capgate-redacted: <count>`.
+//!
+//! It runs without `std` (see `plugin_kit::bare`): no WASI imports, so its per-call instance is
+//! cheaper.
+
+#![no_std]
+
+extern crate alloc;
 
 wit_bindgen::generate!({ path: "../../wit", world: "transform" });
+plugin_kit::bare_plugin!();
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use plugin_kit::redact::Redaction;
 
 struct RedactPii;

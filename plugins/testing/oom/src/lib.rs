@@ -1,14 +1,26 @@
 //! `oom`: allocates until memory runs out, to prove the memory cap holds.
+//!
+//! Built without `std` (`plugin_kit::bare`): its allocation failure traps without the message
+//! Rust's `std` prints, so the gateway has to tell from the refused memory growth.
+
+#![no_std]
+
+extern crate alloc;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
+plugin_kit::bare_plugin!();
+
+use alloc::borrow::ToOwned;
+use alloc::vec;
+use alloc::vec::Vec;
 
 struct Oom;
 
 impl Guest for Oom {
     fn info() -> PluginInfo {
         PluginInfo {
-            name: "oom".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            name: "oom".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             handles_requests: true,
             handles_responses: false,
             needs_request_body: false,
@@ -20,7 +32,7 @@ impl Guest for Oom {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             hoard.push(vec![1u8; 1024 * 1024]);
-            if std::hint::black_box(hoard.len()) == usize::MAX {
+            if core::hint::black_box(hoard.len()) == usize::MAX {
                 return Ok(RequestAction::Forward(req));
             }
         }
