@@ -35,13 +35,7 @@ impl Proc {
 
     /// CPU time (user + system, all threads) used so far, in clock-tick resolution.
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // /proc counts in USER_HZ, which Linux fixes at 100 on every architecture we run on.
-        Some(Duration::from_millis(ticks * 10))
+        cpu_time(&self.pid().to_string())
     }
 
     /// The CPU time used since `before` (a `cpu_time` reading) per request, in microseconds.
@@ -49,6 +43,17 @@ impl Proc {
         let used = self.cpu_time()?.checked_sub(before?)?;
         Some(used.as_secs_f64() * 1e6 / requests.max(1) as f64)
     }
+}
+
+/// CPU time (user + system, all threads) a process (a pid, or `self`) used so far, in
+/// clock-tick resolution.
+pub fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // /proc counts in USER_HZ, which Linux fixes at 100 on every architecture we run on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn status_field(pid: u32, field: &str) -> Option<u64> {

@@ -695,7 +695,81 @@ pub async fn plugin(
         );
     }
     println!("\nTargets: the no-op hook adds at most 20 us at p50 and 80 us at p99.");
+    println!(
+        "\n## Plugin hooks back to back in process: CPU per call (1 s per row; the process's CPU time, epoch thread included)\n"
+    );
+    println!("| hook | tasks | calls/s | CPU us per call |");
+    println!("|---|---:|---:|---:|");
+    for (label, hook, size) in [hooks[0], hooks[2]] {
+        for tasks in [1, 2] {
+            let (calls, cpu) =
+                back_to_back(&plugins, hook, &context, &request, size, tasks).await?;
+            println!("| {label} | {tasks} | {calls:.0} | {cpu:.1} |");
+        }
+    }
     rest_with_and_without_plugin(bound, concurrency, duration, rounds).await
+}
+
+/// Calls a hook from `tasks` tasks for a second, back to back: calls per second and the
+/// process's CPU time per call (us). Says whether concurrent calls slow each other down, and
+/// what a call costs with nothing else running.
+async fn back_to_back(
+    plugins: &Arc<capgate::plugin::Plugins>,
+    hook: &capgate::snapshot::TransformRef,
+    context: &capgate::plugin::CallContext,
+    request: &capgate::upstream::UpstreamRequest,
+    size: usize,
+    tasks: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let period = Duration::from_secs(1);
+    let before = procs::cpu_time("self");
+    let started = Instant::now();
+    let workers: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (plugins, hook, context) = (plugins.clone(), hook.clone(), context.clone());
+            let request = request.clone();
+            let response = (size > 0).then(|| capgate::upstream::UpstreamResponse {
+                status: http::StatusCode::OK,
+                headers: http::HeaderMap::new(),
+                body: Bytes::from(session_body(size)),
+                from_plugins: http::HeaderMap::new(),
+            });
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while started.elapsed() < period {
+                    let ran = match &response {
+                        None => plugins
+                            .on_request(&hook, &context, request.clone())
+                            .await
+                            .is_ok(),
+                        Some(r) => plugins
+                            .on_response(&hook, &context, r.clone())
+                            .await
+                            .is_ok(),
+                    };
+                    anyhow::ensure!(ran, "the plugin failed");
+                    calls += 1;
+                    // Let the other tasks on this worker have their turn.
+                    if calls.is_multiple_of(8) {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Ok(calls)
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for worker in workers {
+        calls += worker.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = procs::cpu_time("self")
+        .zip(before)
+        .and_then(|(after, before)| after.checked_sub(before))
+        .map_or(f64::NAN, |used| {
+            used.as_secs_f64() * 1e6 / calls.max(1) as f64
+        });
+    Ok((calls as f64 / elapsed, cpu))
 }
 
 /// A VerificationSession-shaped JSON body of about `size` bytes.
