@@ -196,7 +196,10 @@ async fn paced(target: Target, rate: u64, duration: Duration) -> Stats {
     let mut requests = Vec::with_capacity(total as usize);
     for i in 0..total {
         let scheduled = started + interval.mul_f64(i as f64);
-        timer.sleep_until(scheduled).await;
+        timer
+            .sleep_until(scheduled)
+            .await
+            .expect("the pacing timer works");
         let (client, target) = (client.clone(), target.clone());
         requests.push(tokio::spawn(async move {
             send(&client, &target).await.then(|| scheduled.elapsed())
@@ -235,12 +238,13 @@ impl Timer {
         Ok(Timer(fd))
     }
 
-    /// Returns at `deadline` (at once if it has passed).
-    async fn sleep_until(&mut self, deadline: Instant) {
+    /// Returns at `deadline` (at once if it has passed). A timer that fails is an error: the
+    /// run's pacing, and so its figures, would be wrong.
+    async fn sleep_until(&mut self, deadline: Instant) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
-            return;
+            return Ok(());
         }
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
@@ -255,17 +259,15 @@ impl Timer {
         let fd = self.0.get_ref().as_raw_fd();
         // SAFETY: `spec` is a valid itimerspec and `fd` a timerfd this struct owns.
         if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } != 0 {
-            return;
+            return Err(std::io::Error::last_os_error());
         }
         loop {
-            let Ok(mut ready) = self.0.readable().await else {
-                return;
-            };
+            let mut ready = self.0.readable().await?;
             let mut expirations = [0u8; 8];
             // SAFETY: reads at most 8 bytes into a buffer of 8.
             let read = unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) };
             if read == 8 {
-                return;
+                return Ok(());
             }
             ready.clear_ready();
         }
