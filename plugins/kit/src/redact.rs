@@ -232,13 +232,18 @@ impl<'a> Walk<'a, '_> {
         let masked = relevant && self.redaction.masks(path);
         let start = self.pos;
         match self.peek()? {
-            open @ (b'{' | b'[') => {
+            b'{' => {
                 let below = relevant && (masked || self.redaction.leads_somewhere(path));
-                match (open, below) {
-                    (b'{', _) => self.object(path, depth, below),
-                    (_, true) => self.array(path, depth, Items::Relevant),
-                    (_, false) => self.array(path, depth, Items::Skipped),
-                }
+                self.object(path, depth, below)
+            }
+            b'[' => {
+                let below = relevant && (masked || self.redaction.leads_somewhere(path));
+                let items = if below {
+                    Items::Relevant
+                } else {
+                    Items::Skipped
+                };
+                self.array(path, depth, items)
             }
             b'"' => {
                 let content = self.string()?;
