@@ -128,6 +128,68 @@ async fn redact_pii_masks_personal_fields_through_rest_and_mcp() {
     assert_eq!(calls("on_response"), 1, "{metrics}");
 }
 
+/// redact-pii runs on 32 KiB of stack (`plugins/small-stack.rs`, to keep its memory, reset after
+/// every call, at one page): it still masks a document as deep as its masker reads (128 levels).
+#[tokio::test]
+async fn redact_pii_masks_the_deepest_documents_it_reads() {
+    use capgate::config::PluginsConfig;
+    use capgate::plugin::{CallContext, Plugins, ResponseOutcome};
+    use capgate::snapshot::TransformRef;
+    use capgate::upstream::UpstreamResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::plugin_wasm("redact_pii"),
+        dir.path().join("redact_pii.wasm"),
+    )
+    .unwrap();
+    let config = PluginsConfig {
+        dir: Some(dir.path().to_path_buf()),
+        cache_dir: None,
+        ..PluginsConfig::default()
+    };
+    let plugins = std::sync::Arc::new(Plugins::new(&config).unwrap());
+    let loader = plugins.clone();
+    let changed = tokio::task::spawn_blocking(move || loader.refresh())
+        .await
+        .unwrap();
+    assert_eq!(changed, ["redact_pii.wasm"]);
+    let levels = 126;
+    let mut deep = json!("Jenny");
+    for _ in 0..levels {
+        deep = json!({ "a": deep });
+    }
+    let body = json!({ "id": "vs_1", "verified_outputs": deep });
+    let transform = TransformRef {
+        plugin: "redact_pii.wasm".into(),
+        config: "{}".into(),
+        on_error: FailurePolicy::FailClosed,
+        timeout: Duration::from_millis(200),
+        memory: 16 * 1024 * 1024,
+    };
+    let context = CallContext {
+        capability: "identity-sessions".into(),
+        operation: RETRIEVE.into(),
+        request_id: "req_deep".into(),
+    };
+    let response = UpstreamResponse {
+        status: http::StatusCode::OK,
+        headers: http::HeaderMap::new(),
+        body: serde_json::to_vec(&body).unwrap().into(),
+        from_plugins: http::HeaderMap::new(),
+    };
+    let outcome = plugins.on_response(&transform, &context, response).await;
+    let Ok(ResponseOutcome::Forward(masked)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let masked: Value = serde_json::from_slice(&masked.body).unwrap();
+    let mut leaf = &masked["verified_outputs"];
+    for _ in 0..levels {
+        leaf = &leaf["a"];
+    }
+    assert_eq!(leaf, "[redacted]");
+}
+
 #[tokio::test]
 async fn require_metadata_refuses_and_stamps_defaults() {
     let config = json!({"required": ["order_id"], "defaults": {"source": "capgate"}});

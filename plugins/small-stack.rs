@@ -1,0 +1,7 @@
+//! The build script of the plugins that need little stack: `no_std` plugins without deep
+//! recursion (no serde_json documents), whose 32 KiB of stack keep the initial linear memory at
+//! one 64 KiB page. The gateway resets a plugin's memory after every call, so its initial size
+//! is part of what each call costs (the workspace default, `.cargo/config.toml`, is 128 KiB).
+fn main() {
+    println!("cargo::rustc-link-arg-cdylib=-zstack-size=32768");
+}
