@@ -129,9 +129,10 @@ async fn redact_pii_masks_personal_fields_through_rest_and_mcp() {
 }
 
 /// redact-pii runs on 32 KiB of stack (`plugins/small-stack.rs`, to keep its memory, reset after
-/// every call, at one page): it still masks a document as deep as its masker reads (128 levels).
+/// every call, at one page): it still masks a document as deep as its masker reads (128 levels),
+/// and refuses a deeper one rather than let it through unmasked.
 #[tokio::test]
-async fn redact_pii_masks_the_deepest_documents_it_reads() {
+async fn redact_pii_masks_the_deepest_documents_and_refuses_deeper_ones() {
     use capgate::config::PluginsConfig;
     use capgate::plugin::{CallContext, Plugins, ResponseOutcome};
     use capgate::snapshot::TransformRef;
@@ -154,12 +155,13 @@ async fn redact_pii_masks_the_deepest_documents_it_reads() {
         .await
         .unwrap();
     assert_eq!(changed, ["redact_pii.wasm"]);
-    let levels = 126;
-    let mut deep = json!("Jenny");
-    for _ in 0..levels {
-        deep = json!({ "a": deep });
-    }
-    let body = json!({ "id": "vs_1", "verified_outputs": deep });
+    let nested = |levels: usize| {
+        let mut deep = json!("Jenny");
+        for _ in 0..levels {
+            deep = json!({ "a": deep });
+        }
+        json!({ "id": "vs_1", "verified_outputs": deep })
+    };
     let transform = TransformRef {
         plugin: "redact_pii.wasm".into(),
         config: "{}".into(),
@@ -172,13 +174,18 @@ async fn redact_pii_masks_the_deepest_documents_it_reads() {
         operation: RETRIEVE.into(),
         request_id: "req_deep".into(),
     };
-    let response = UpstreamResponse {
+    let response = |body: Value| UpstreamResponse {
         status: http::StatusCode::OK,
         headers: http::HeaderMap::new(),
         body: serde_json::to_vec(&body).unwrap().into(),
         from_plugins: http::HeaderMap::new(),
     };
-    let outcome = plugins.on_response(&transform, &context, response).await;
+
+    // The document itself and `verified_outputs` are two of the 128 levels.
+    let levels = 126;
+    let outcome = plugins
+        .on_response(&transform, &context, response(nested(levels)))
+        .await;
     let Ok(ResponseOutcome::Forward(masked)) = outcome else {
         panic!("{outcome:?}");
     };
@@ -188,6 +195,15 @@ async fn redact_pii_masks_the_deepest_documents_it_reads() {
         leaf = &leaf["a"];
     }
     assert_eq!(leaf, "[redacted]");
+
+    let outcome = plugins
+        .on_response(&transform, &context, response(nested(levels + 8)))
+        .await;
+    let Ok(ResponseOutcome::Refused(refusal)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(refusal.status, 502);
+    assert_eq!(refusal.code, "response_unreadable");
 }
 
 #[tokio::test]

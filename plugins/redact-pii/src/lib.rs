@@ -4,7 +4,8 @@
 //! config adds fields (`"fields": ["client_reference_id", "metadata.email"]`) and lets some
 //! through (`"allow": ["verified_outputs.first_name"]`). Lists (`{"object": "list", "data":
 //! [...]}`) are masked element by element. Strings become `"[redacted]"`, other scalars `null`.
-//! The response carries `capgate-redacted: <count>`.
+//! The response carries `capgate-redacted: <count>`. A successful response it cannot read (not
+//! JSON, or nested deeper than 128 levels) is refused with a 502 rather than let through unmasked.
 //!
 //! It runs without `std` (see `plugin_kit::bare`): no WASI imports, so its per-call instance is
 //! cheaper.
@@ -50,8 +51,18 @@ impl Guest for RedactPii {
         let allow = plugin_kit::strings(&config, "allow");
         // One pass over the body, rewriting only the masked values: no document is built.
         let redaction = Redaction::new(&fields, &allow);
-        let Some((body, count)) = resp.body.as_deref().and_then(|b| redaction.apply(b)) else {
+        let Some(body) = resp.body.as_deref().filter(|b| !b.is_empty()) else {
             return Ok(resp);
+        };
+        // A body the masker cannot read may still hold personal data: it does not go through.
+        let Some((body, count)) = redaction.apply(body) else {
+            return Err(PluginError {
+                status: 502,
+                code: "response_unreadable".into(),
+                message: "redact-pii could not read the response to mask it (not a JSON document, \
+                          or nested deeper than 128 levels)"
+                    .into(),
+            });
         };
         resp.body = Some(body);
         resp.headers.retain(|(name, _)| name != "content-length");
