@@ -712,8 +712,8 @@ pub async fn plugin(
 }
 
 /// Calls a hook from `tasks` tasks for a second, back to back (`on-response` with `response`,
-/// else `on-request`): calls per second and the process's CPU time per call (us). Says whether concurrent calls slow each other down, and
-/// what a call costs with nothing else running.
+/// else `on-request`): calls per second and the process's CPU time per call (us). Says whether
+/// concurrent calls slow each other down, and what a call costs with nothing else running.
 async fn back_to_back(
     plugins: &Arc<capgate::plugin::Plugins>,
     hook: &capgate::snapshot::TransformRef,
