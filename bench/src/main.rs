@@ -91,6 +91,9 @@ enum Scenario {
         iterations: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Also compare at this fixed rate, below saturation (requests/s; 0: skip).
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         #[arg(long, default_value_t = 3)]
@@ -144,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
             bound,
             iterations,
             concurrency,
+            rate,
             seconds,
             rounds,
         } => {
@@ -151,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 bound,
                 iterations,
                 concurrency,
+                rate,
                 Duration::from_secs(seconds),
                 rounds,
             )

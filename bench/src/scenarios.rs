@@ -586,6 +586,7 @@ pub async fn plugin(
     bound: Bound,
     iterations: usize,
     concurrency: usize,
+    rate: u64,
     duration: Duration,
     rounds: usize,
 ) -> anyhow::Result<()> {
@@ -708,7 +709,7 @@ pub async fn plugin(
             println!("| {label} | {tasks} | {calls:.0} | {cpu:.1} |");
         }
     }
-    rest_with_and_without_plugin(bound, concurrency, duration, rounds).await
+    rest_with_and_without_plugin(bound, concurrency, rate, duration, rounds).await
 }
 
 /// Calls a hook from `tasks` tasks for a second, back to back (`on-response` with `response`,
@@ -814,6 +815,7 @@ impl Bound {
 async fn rest_with_and_without_plugin(
     bound: Bound,
     concurrency: usize,
+    rate: u64,
     duration: Duration,
     rounds: usize,
 ) -> anyhow::Result<()> {
@@ -899,12 +901,50 @@ async fn rest_with_and_without_plugin(
         bound.name(),
         series[1].rps() / series[0].rps()
     );
-    let [gateway_without, gateway_with] = gateway_cpu.map(crate::median);
-    let [stand_in_without, stand_in_with] = stand_in_cpu.map(crate::median);
+    print_cpu(bound, gateway_cpu, stand_in_cpu);
+    if rate == 0 {
+        return Ok(());
+    }
+    // The same comparison below saturation: what the plugin adds to latency, and to the
+    // gateway's CPU when it does not compete with the load generator and the stand-in for it.
+    let mut series = [Series::new(&without.name), Series::new(&with.name)];
+    let mut gateway_cpu = [Vec::new(), Vec::new()];
+    let mut stand_in_cpu = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        eprintln!("fixed rate, round {}/{rounds}", round + 1);
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let target = if i == 0 { &without } else { &with };
+            let before = (gateway.cpu_time(), stand.proc.cpu_time());
+            let run = load::fixed_rate(target, rate, duration).await;
+            let read = "reading a process's CPU time";
+            gateway_cpu[i].push(gateway.cpu_per_request(before.0, run.ok).context(read)?);
+            stand_in_cpu[i].push(stand.proc.cpu_per_request(before.1, run.ok).context(read)?);
+            series[i].runs.push(run);
+        }
+    }
+    table(
+        &format!("REST at a fixed rate of {rate} requests/s, the same retrieve"),
+        &series.iter().collect::<Vec<_>>(),
+    );
+    println!(
+        "\n{} adds {:.3} ms at p50 and {:.3} ms at p99",
+        bound.name(),
+        series[1].p50() - series[0].p50(),
+        series[1].p99() - series[0].p99()
+    );
+    print_cpu(bound, gateway_cpu, stand_in_cpu);
+    Ok(())
+}
+
+/// Prints the gateway's and the stand-in's CPU per request, without and with the plugin (the
+/// median of each's rounds, in us).
+fn print_cpu(bound: Bound, gateway: [Vec<f64>; 2], stand_in: [Vec<f64>; 2]) {
+    let [gateway_without, gateway_with] = gateway.map(crate::median);
+    let [stand_in_without, stand_in_with] = stand_in.map(crate::median);
     println!(
         "CPU per request (median of rounds): gateway {gateway_without:.0} us without, {gateway_with:.0} us with {} (+{:.0}); stand-in {stand_in_without:.0} / {stand_in_with:.0} us",
         bound.name(),
         gateway_with - gateway_without,
     );
-    Ok(())
 }
