@@ -781,14 +781,19 @@ fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// The thread that advances the engine's epoch every tick, while any plugin call is running.
+/// The thread that advances the engine's epoch every tick, while plugin calls are running.
 ///
-/// A gateway without plugin calls in flight should not wake up a thousand times a second: the
-/// thread parks while no store exists and is woken by the first one (`Ticker::running`).
+/// A gateway without plugin calls should not wake up a thousand times a second: the thread
+/// parks once no store has existed for `LINGER_TICKS` ticks in a row, and the next store wakes
+/// it (`Ticker::running`). The linger keeps a gateway with steady plugin traffic from waking the
+/// thread at each call: a store that finds the thread ticking costs no system call.
 struct Ticker {
     state: Arc<TickerState>,
     thread: std::thread::Thread,
 }
+
+/// Ticks in a row without a store after which the epoch thread parks.
+const LINGER_TICKS: u64 = 100;
 
 #[derive(Default)]
 struct TickerState {
@@ -807,11 +812,18 @@ impl Ticker {
         let thread = std::thread::Builder::new()
             .name("capgate-plugin-epoch".into())
             .spawn(move || {
+                // Starts parked: no store yet.
+                let mut idle = LINGER_TICKS;
                 while !shared.stopped.load(Ordering::Acquire) {
-                    if shared.running.load(Ordering::Acquire) == 0 {
+                    if shared.running.load(Ordering::Acquire) > 0 {
+                        idle = 0;
+                    } else if idle >= LINGER_TICKS {
                         // `running` and `drop` unpark; an unpark before this park is not lost.
                         std::thread::park();
+                        idle = 0;
                         continue;
+                    } else {
+                        idle += 1;
                     }
                     std::thread::sleep(tick);
                     let Some(engine) = weak.upgrade() else { break };
@@ -1076,7 +1088,7 @@ mod tests {
     }
 
     #[test]
-    fn the_epoch_ticks_only_while_a_store_exists() {
+    fn the_epoch_ticks_while_stores_exist_and_parks_when_idle() {
         let engine = Engine::default();
         let ticker = Ticker::start(&engine, Duration::from_millis(1));
         let ticks = || ticker.state.ticks.load(Ordering::Relaxed);
@@ -1089,8 +1101,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         drop(running);
-        // The tick under way when the last store went may still land; then it parks.
-        let mut parked = ticks();
+        let last_store = ticks();
+        let mut parked = last_store;
         let mut same = 0;
         while same < 3 {
             std::thread::sleep(Duration::from_millis(10));
@@ -1099,8 +1111,14 @@ mod tests {
             parked = now;
             assert!(waited.elapsed() < Duration::from_secs(10), "never parked");
         }
+        // It lingered for the next store, then parked.
+        assert!(
+            parked - last_store >= LINGER_TICKS,
+            "parked after {} idle ticks",
+            parked - last_store
+        );
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(ticks(), parked, "kept ticking after the last store");
+        assert_eq!(ticks(), parked, "kept ticking when idle");
         // And it wakes again for the next one.
         let _running = ticker.running();
         while ticks() == parked {
