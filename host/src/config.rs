@@ -336,7 +336,8 @@ pub struct PluginsConfig {
     pub max_concurrent_calls: usize,
     /// The largest memory any binding may give a plugin, in MiB.
     pub max_memory_mib: usize,
-    /// How often running plugins are interrupted to check their deadline and yield.
+    /// How often running plugins are interrupted to check their deadline (and, once they have
+    /// run that long, to yield).
     #[serde(with = "millis")]
     pub epoch_tick: Duration,
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! plugins/*.wasm --load (blocking pool; on-disk artifact cache)--> Component --> InstancePre
 //!   --> Arc<Plugin> in an ArcSwap map (a broken file keeps the previous version)
-//! per call: semaphore slot -> fresh Store (memory cap, epoch deadline that yields every tick)
+//! per call: semaphore slot -> fresh Store (memory cap, epoch deadline; yields after a tick of CPU)
 //!   -> instantiate from the pool -> on-request / on-response -> drop the store
 //! ```
 //!
@@ -560,15 +560,25 @@ impl Plugins {
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
-        // Every tick the plugin gives the thread back (fairness). Its deadline counts the CPU
-        // time it used, not wall time: neither waiting to be scheduled again after a yield nor
-        // the OS preempting the thread on a busy machine may turn a quick plugin into a timeout,
-        // while a plugin that loops still burns through its budget.
-        let budget = Arc::new(Mutex::new(CpuBudget::start(self.config.epoch_tick)));
+        // A plugin that has had a whole tick of CPU since it last gave the thread back gives it
+        // back at the next tick (fairness); a call that merely runs across a tick goes on, rather
+        // than queueing behind every other task for its last microseconds. Its deadline counts
+        // the CPU time it used, not wall time: neither waiting to be scheduled again after a
+        // yield nor the OS preempting the thread on a busy machine may turn a quick plugin into a
+        // timeout, while a plugin that loops still burns through its budget.
+        let tick = self.config.epoch_tick;
+        let budget = Arc::new(Mutex::new(CpuBudget::start(tick)));
         store.epoch_deadline_callback(move |_| {
-            if budget.lock().expect("not poisoned").used() >= timeout {
+            let mut clock = budget.lock().expect("not poisoned");
+            let used = clock.used();
+            if used >= timeout {
                 return Ok(UpdateDeadline::Interrupt);
             }
+            if used < clock.yielded_at + tick {
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            clock.yielded_at = used;
+            drop(clock);
             let budget = budget.clone();
             Ok(UpdateDeadline::YieldCustom(
                 1,
@@ -680,6 +690,8 @@ impl Plugins {
 /// one tick more.
 struct CpuBudget {
     used: Duration,
+    /// `used` when the call last gave its thread back (or zero).
+    yielded_at: Duration,
     /// The thread the current stretch runs on, and its CPU clock when the stretch began; `None`
     /// during the first, unclocked stretch.
     stretch: Option<(std::thread::ThreadId, Duration)>,
@@ -691,6 +703,7 @@ impl CpuBudget {
     fn start(tick: Duration) -> CpuBudget {
         CpuBudget {
             used: Duration::ZERO,
+            yielded_at: Duration::ZERO,
             stretch: None,
             started: Instant::now(),
             tick,

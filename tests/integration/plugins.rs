@@ -26,11 +26,8 @@ fn binding(plugin: &str, operation: &str, config: Value) -> TransformBinding {
     }
 }
 
-/// The seed with `bindings`, the named plugins copied into a plugins folder.
-async fn harness(
-    plugins: &[&str],
-    bindings: Vec<TransformBinding>,
-) -> (Harness, tempfile::TempDir) {
+/// A plugins folder holding copies of the named example plugins.
+fn plugins_folder(plugins: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for plugin in plugins {
         std::fs::copy(
@@ -39,6 +36,15 @@ async fn harness(
         )
         .unwrap();
     }
+    dir
+}
+
+/// The seed with `bindings`, the named plugins copied into a plugins folder.
+async fn harness(
+    plugins: &[&str],
+    bindings: Vec<TransformBinding>,
+) -> (Harness, tempfile::TempDir) {
+    let dir = plugins_folder(plugins);
     let seed =
         std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
     let plugins_dir = dir.path().to_path_buf();
@@ -128,33 +134,95 @@ async fn redact_pii_masks_personal_fields_through_rest_and_mcp() {
     assert_eq!(calls("on_response"), 1, "{metrics}");
 }
 
+/// A plugin host in this process, on a folder holding the named plugins.
+async fn in_process(
+    plugins: &[&str],
+) -> (std::sync::Arc<capgate::plugin::Plugins>, tempfile::TempDir) {
+    let dir = plugins_folder(plugins);
+    let config = capgate::config::PluginsConfig {
+        dir: Some(dir.path().to_path_buf()),
+        cache_dir: None,
+        ..capgate::config::PluginsConfig::default()
+    };
+    let host = std::sync::Arc::new(capgate::plugin::Plugins::new(&config).unwrap());
+    let loader = host.clone();
+    let loaded = tokio::task::spawn_blocking(move || loader.refresh())
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), plugins.len(), "{loaded:?}");
+    (host, dir)
+}
+
+fn transform(plugin: &str, timeout: Duration) -> capgate::snapshot::TransformRef {
+    capgate::snapshot::TransformRef {
+        plugin: format!("{plugin}.wasm"),
+        config: "{}".into(),
+        on_error: FailurePolicy::FailClosed,
+        timeout,
+        memory: 16 * 1024 * 1024,
+    }
+}
+
+fn context(operation: &str) -> capgate::plugin::CallContext {
+    capgate::plugin::CallContext {
+        capability: "identity-sessions".into(),
+        operation: operation.into(),
+        request_id: "req_in_process".into(),
+    }
+}
+
+/// A plugin stuck in a loop gives its thread back every tick or two until its deadline stops
+/// it: on a runtime with a single thread, another task keeps getting turns meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_plugin_gives_its_thread_back_until_its_deadline() {
+    use capgate::plugin::Failure;
+    use capgate::upstream::UpstreamRequest;
+
+    let (plugins, _dir) = in_process(&["spin"]).await;
+    let deadline = Duration::from_secs(1);
+    let spinning = tokio::spawn(async move {
+        let request = UpstreamRequest {
+            method: http::Method::GET,
+            path: "/v1/identity/verification_sessions".into(),
+            query: Vec::new(),
+            headers: http::HeaderMap::new(),
+            body: None,
+        };
+        let started = Instant::now();
+        let outcome = plugins
+            .on_request(&transform("spin", deadline), &context(LIST), request)
+            .await;
+        (outcome, started.elapsed())
+    });
+    let (mut turns, mut longest, mut last) = (0, Duration::ZERO, Instant::now());
+    while !spinning.is_finished() {
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        longest = longest.max(now - last);
+        last = now;
+        turns += 1;
+    }
+    let (outcome, took) = spinning.await.unwrap();
+    assert!(matches!(outcome, Err(Failure::Timeout)), "{outcome:?}");
+    assert!(took >= deadline, "stopped after {took:?}");
+    // It yields after each millisecond it runs; without yielding it would hold the thread for
+    // its whole second.
+    assert!(turns >= 10, "the other task ran {turns} times");
+    assert!(
+        longest < deadline / 4,
+        "the plugin held the only thread for {longest:?}"
+    );
+}
+
 /// redact-pii runs on 32 KiB of stack (`plugins/small-stack.rs`, to keep its memory, reset after
 /// every call, at one page): it still masks a document as deep as its masker reads (128 levels),
 /// and refuses a deeper one rather than let it through unmasked.
 #[tokio::test]
 async fn redact_pii_masks_the_deepest_documents_and_refuses_deeper_ones() {
-    use capgate::config::PluginsConfig;
-    use capgate::plugin::{CallContext, Plugins, ResponseOutcome};
-    use capgate::snapshot::TransformRef;
+    use capgate::plugin::ResponseOutcome;
     use capgate::upstream::UpstreamResponse;
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        common::plugin_wasm("redact_pii"),
-        dir.path().join("redact_pii.wasm"),
-    )
-    .unwrap();
-    let config = PluginsConfig {
-        dir: Some(dir.path().to_path_buf()),
-        cache_dir: None,
-        ..PluginsConfig::default()
-    };
-    let plugins = std::sync::Arc::new(Plugins::new(&config).unwrap());
-    let loader = plugins.clone();
-    let changed = tokio::task::spawn_blocking(move || loader.refresh())
-        .await
-        .unwrap();
-    assert_eq!(changed, ["redact_pii.wasm"]);
+    let (plugins, _dir) = in_process(&["redact_pii"]).await;
     let nested = |levels: usize| {
         let mut deep = json!("Jenny");
         for _ in 0..levels {
@@ -162,18 +230,8 @@ async fn redact_pii_masks_the_deepest_documents_and_refuses_deeper_ones() {
         }
         json!({ "id": "vs_1", "verified_outputs": deep })
     };
-    let transform = TransformRef {
-        plugin: "redact_pii.wasm".into(),
-        config: "{}".into(),
-        on_error: FailurePolicy::FailClosed,
-        timeout: Duration::from_millis(200),
-        memory: 16 * 1024 * 1024,
-    };
-    let context = CallContext {
-        capability: "identity-sessions".into(),
-        operation: RETRIEVE.into(),
-        request_id: "req_deep".into(),
-    };
+    let transform = transform("redact_pii", Duration::from_millis(200));
+    let context = context(RETRIEVE);
     let response = |body: Value| UpstreamResponse {
         status: http::StatusCode::OK,
         headers: http::HeaderMap::new(),
