@@ -815,6 +815,8 @@ struct TickerState {
     stopped: AtomicBool,
     /// Epochs advanced so far.
     ticks: AtomicU64,
+    /// Whether the thread is parked (or about to park).
+    parked: AtomicBool,
 }
 
 impl Ticker {
@@ -832,8 +834,9 @@ impl Ticker {
                         idle = 0;
                     } else if idle >= LINGER_TICKS {
                         // `running` and `drop` unpark; an unpark before this park is not lost.
+                        shared.parked.store(true, Ordering::Release);
                         std::thread::park();
-                        idle = 0;
+                        shared.parked.store(false, Ordering::Release);
                         continue;
                     } else {
                         idle += 1;
@@ -1115,16 +1118,12 @@ mod tests {
         }
         drop(running);
         let last_store = ticks();
-        let mut parked = last_store;
-        let mut same = 0;
-        while same < 3 {
-            std::thread::sleep(Duration::from_millis(10));
-            let now = ticks();
-            same = if now == parked { same + 1 } else { 0 };
-            parked = now;
+        while !ticker.state.parked.load(Ordering::Acquire) {
             assert!(waited.elapsed() < Duration::from_secs(10), "never parked");
+            std::thread::sleep(Duration::from_millis(1));
         }
         // It lingered for the next store, then parked.
+        let parked = ticks();
         assert!(
             parked - last_store >= LINGER_TICKS,
             "parked after {} idle ticks",
