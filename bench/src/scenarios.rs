@@ -872,57 +872,34 @@ async fn rest_with_and_without_plugin(
     for target in [&with, &without] {
         load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
     }
-    let mut series = [Series::new(&without.name), Series::new(&with.name)];
-    // Per target, the CPU time per request of the gateway and of the stand-in in each round (us):
-    // far steadier than throughput on a shared machine, and it says where the time goes.
-    let mut gateway_cpu = [Vec::new(), Vec::new()];
-    let mut stand_in_cpu = [Vec::new(), Vec::new()];
-    for round in 0..rounds {
-        eprintln!("round {}/{rounds}", round + 1);
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let target = if i == 0 { &without } else { &with };
-            let before = (gateway.cpu_time(), stand.proc.cpu_time());
-            let run = load::fixed_concurrency(&client, target, concurrency, duration).await;
-            let read = "reading a process's CPU time";
-            gateway_cpu[i].push(gateway.cpu_per_request(before.0, run.ok).context(read)?);
-            stand_in_cpu[i].push(stand.proc.cpu_per_request(before.1, run.ok).context(read)?);
-            series[i].runs.push(run);
-        }
-    }
+    let targets = [&without, &with];
+    let procs = [&gateway, &stand.proc];
+    let compared = alternate(targets, procs, rounds, "", |i| {
+        load::fixed_concurrency(&client, targets[i], concurrency, duration)
+    })
+    .await?;
     table(
         &format!(
             "REST at concurrency {concurrency}, a verified session retrieved with verified_outputs expanded"
         ),
-        &series.iter().collect::<Vec<_>>(),
+        &compared.series.iter().collect::<Vec<_>>(),
     );
     println!(
         "\nthroughput with {} / without: {:.2} (target for redact-pii >= 0.90)",
         bound.name(),
-        series[1].rps() / series[0].rps()
+        compared.series[1].rps() / compared.series[0].rps()
     );
-    print_cpu(bound, gateway_cpu, stand_in_cpu);
+    compared.print_cpu(bound);
     if rate == 0 {
         return Ok(());
     }
     // The same comparison below saturation: what the plugin adds to latency, and to the
     // gateway's CPU when it does not compete with the load generator and the stand-in for it.
-    let mut series = [Series::new(&without.name), Series::new(&with.name)];
-    let mut gateway_cpu = [Vec::new(), Vec::new()];
-    let mut stand_in_cpu = [Vec::new(), Vec::new()];
-    for round in 0..rounds {
-        eprintln!("fixed rate, round {}/{rounds}", round + 1);
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let target = if i == 0 { &without } else { &with };
-            let before = (gateway.cpu_time(), stand.proc.cpu_time());
-            let run = load::fixed_rate(target, rate, duration).await;
-            let read = "reading a process's CPU time";
-            gateway_cpu[i].push(gateway.cpu_per_request(before.0, run.ok).context(read)?);
-            stand_in_cpu[i].push(stand.proc.cpu_per_request(before.1, run.ok).context(read)?);
-            series[i].runs.push(run);
-        }
-    }
+    let compared = alternate(targets, procs, rounds, "fixed rate, ", |i| {
+        load::fixed_rate(targets[i], rate, duration)
+    })
+    .await?;
+    let series = &compared.series;
     table(
         &format!("REST at a fixed rate of {rate} requests/s, the same retrieve"),
         &series.iter().collect::<Vec<_>>(),
@@ -933,18 +910,62 @@ async fn rest_with_and_without_plugin(
         series[1].p50() - series[0].p50(),
         series[1].p99() - series[0].p99()
     );
-    print_cpu(bound, gateway_cpu, stand_in_cpu);
+    compared.print_cpu(bound);
     Ok(())
 }
 
-/// Prints the gateway's and the stand-in's CPU per request, without and with the plugin (the
-/// median of each's rounds, in us).
-fn print_cpu(bound: Bound, gateway: [Vec<f64>; 2], stand_in: [Vec<f64>; 2]) {
-    let [gateway_without, gateway_with] = gateway.map(crate::median);
-    let [stand_in_without, stand_in_with] = stand_in.map(crate::median);
-    println!(
-        "CPU per request (median of rounds): gateway {gateway_without:.0} us without, {gateway_with:.0} us with {} (+{:.0}); stand-in {stand_in_without:.0} / {stand_in_with:.0} us",
-        bound.name(),
-        gateway_with - gateway_without,
-    );
+/// Runs of the route without the plugin and the route with it, and the CPU per request (us)
+/// the gateway and the stand-in spent in each run: far steadier than throughput on a shared
+/// machine, and it says where the time goes.
+struct Compared {
+    series: [Series; 2],
+    gateway_cpu: [Vec<f64>; 2],
+    stand_in_cpu: [Vec<f64>; 2],
+}
+
+/// Runs `targets` (without, with) alternately for `rounds` (the order flips every round; `run`
+/// is given the index of the target to load), reading the CPU time of `procs` (gateway,
+/// stand-in) around each run.
+async fn alternate<F: Future<Output = Stats>>(
+    targets: [&Target; 2],
+    procs: [&Proc; 2],
+    rounds: usize,
+    phase: &str,
+    mut run: impl FnMut(usize) -> F,
+) -> anyhow::Result<Compared> {
+    let mut compared = Compared {
+        series: targets.map(|t| Series::new(&t.name)),
+        gateway_cpu: [Vec::new(), Vec::new()],
+        stand_in_cpu: [Vec::new(), Vec::new()],
+    };
+    let [gateway, stand_in] = procs;
+    for round in 0..rounds {
+        eprintln!("{phase}round {}/{rounds}", round + 1);
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let before = (gateway.cpu_time(), stand_in.cpu_time());
+            let stats = run(i).await;
+            let read = "reading a process's CPU time";
+            let gateway_cpu = gateway.cpu_per_request(before.0, stats.ok).context(read)?;
+            let stand_in_cpu = stand_in.cpu_per_request(before.1, stats.ok).context(read)?;
+            compared.gateway_cpu[i].push(gateway_cpu);
+            compared.stand_in_cpu[i].push(stand_in_cpu);
+            compared.series[i].runs.push(stats);
+        }
+    }
+    Ok(compared)
+}
+
+impl Compared {
+    /// Prints the gateway's and the stand-in's CPU per request, without and with the plugin
+    /// (the median of each's rounds).
+    fn print_cpu(&self, bound: Bound) {
+        let [gateway_without, gateway_with] = self.gateway_cpu.clone().map(crate::median);
+        let [stand_in_without, stand_in_with] = self.stand_in_cpu.clone().map(crate::median);
+        println!(
+            "CPU per request (median of rounds): gateway {gateway_without:.0} us without, {gateway_with:.0} us with {} (+{:.0}); stand-in {stand_in_without:.0} / {stand_in_with:.0} us",
+            bound.name(),
+            gateway_with - gateway_without,
+        );
+    }
 }
