@@ -5,6 +5,7 @@
 //! percent-encoded. [`encode`] writes what the SDKs write; [`decode`] reads all of it into JSON.
 //! The byte-level percent-encoding is `form_urlencoded`'s; the bracket structure is here.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
@@ -88,7 +89,13 @@ pub fn scalar_text(value: &Value) -> String {
     }
 }
 
-/// A form body or query string that cannot be read as nested parameters.
+/// How deeply a decoded parameter may nest (`a[b][c]` is 3). Stripe's own objects nest a few
+/// levels; the limit keeps a hostile key of a million brackets from recursing the decoder (and
+/// the drop of what it built) off the end of the stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// A form body or query string that cannot be read as nested parameters. Each names the
+/// parameter, shortened to its first 100 characters (a name can be as long as the body).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
     #[error("invalid parameter name `{0}`: unbalanced brackets")]
@@ -97,12 +104,35 @@ pub enum FormError {
     Conflict(String),
     #[error("array index in `{0}` is too large")]
     Index(String),
+    #[error("parameter `{0}` nests deeper than {MAX_DEPTH} levels")]
+    Depth(String),
+}
+
+impl FormError {
+    /// The (shortened) parameter name the error is about.
+    pub fn name(&self) -> &str {
+        match self {
+            FormError::Brackets(name)
+            | FormError::Conflict(name)
+            | FormError::Index(name)
+            | FormError::Depth(name) => name,
+        }
+    }
+}
+
+/// A parameter name as errors show it.
+fn shown(key: &str) -> String {
+    const LIMIT: usize = 100;
+    match key.char_indices().nth(LIMIT) {
+        Some((end, _)) => format!("{}...", &key[..end]),
+        None => key.to_owned(),
+    }
 }
 
 /// Decodes `a=1&b[c]=2&d[]=x&d[]=y&e[0]=z` into a JSON object. Every scalar is a string. A
 /// plain key given more than once (`a=x&a=y`) becomes an array.
 pub fn decode(input: &[u8]) -> Result<Map<String, Value>, FormError> {
-    let mut root = Tree::Branch(Vec::new());
+    let mut root = Tree::Branch(Branch::default());
     for (key, value) in form_urlencoded::parse(input) {
         if key.is_empty() {
             continue;
@@ -117,7 +147,7 @@ pub fn decode(input: &[u8]) -> Result<Map<String, Value>, FormError> {
 }
 
 /// One step of a bracketed key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Segment {
     Name(String),
     Index(usize),
@@ -125,7 +155,7 @@ enum Segment {
 }
 
 fn split_key(key: &str) -> Result<Vec<Segment>, FormError> {
-    let bad = || FormError::Brackets(key.to_owned());
+    let bad = || FormError::Brackets(shown(key));
     let (base, mut rest) = match key.find('[') {
         Some(i) => (&key[..i], &key[i..]),
         None => (key, ""),
@@ -135,6 +165,9 @@ fn split_key(key: &str) -> Result<Vec<Segment>, FormError> {
     }
     let mut path = vec![Segment::Name(base.to_owned())];
     while !rest.is_empty() {
+        if path.len() == MAX_DEPTH {
+            return Err(FormError::Depth(shown(key)));
+        }
         let inner_end = rest.find(']').ok_or_else(bad)?;
         if !rest.starts_with('[') {
             return Err(bad());
@@ -146,13 +179,9 @@ fn split_key(key: &str) -> Result<Vec<Segment>, FormError> {
         path.push(if inner.is_empty() {
             Segment::Append
         } else if inner.bytes().all(|b| b.is_ascii_digit()) && inner.len() <= 4 {
-            Segment::Index(
-                inner
-                    .parse()
-                    .map_err(|_| FormError::Index(key.to_owned()))?,
-            )
+            Segment::Index(inner.parse().map_err(|_| FormError::Index(shown(key)))?)
         } else if inner.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(FormError::Index(key.to_owned()));
+            return Err(FormError::Index(shown(key)));
         } else {
             Segment::Name(inner.to_owned())
         });
@@ -165,56 +194,99 @@ fn split_key(key: &str) -> Result<Vec<Segment>, FormError> {
 #[derive(Debug)]
 enum Tree {
     Leaf(String),
-    Branch(Vec<(Segment, Tree)>),
+    Branch(Branch),
+}
+
+/// One level's children in the order given, with an index of the named and numbered ones, so
+/// a body of a hundred thousand parameters decodes in linear time, not quadratic.
+#[derive(Debug, Default)]
+struct Branch {
+    children: Vec<(Segment, Tree)>,
+    index: HashMap<Segment, usize>,
+    /// Whether some child is `[]` (an array element) or a name (an object field): a level
+    /// cannot be both.
+    appended: bool,
+    named: bool,
+}
+
+impl Branch {
+    fn get_mut(&mut self, segment: &Segment) -> Option<&mut Tree> {
+        let &i = self.index.get(segment)?;
+        Some(&mut self.children[i].1)
+    }
+
+    /// Adds a child; `None` if the level would then be both an array and an object.
+    fn push(&mut self, segment: Segment, tree: Tree) -> Option<&mut Tree> {
+        match &segment {
+            Segment::Append if self.named => return None,
+            Segment::Append => self.appended = true,
+            Segment::Name(_) if self.appended => return None,
+            Segment::Name(_) => self.named = true,
+            Segment::Index(_) => {}
+        }
+        if segment != Segment::Append {
+            self.index.insert(segment.clone(), self.children.len());
+        }
+        self.children.push((segment, tree));
+        Some(&mut self.children.last_mut().expect("just pushed").1)
+    }
+
+    /// Whether this level holds only the values of a repeated plain key (`a=x&a=y`).
+    fn is_repeated_values(&self) -> bool {
+        self.children
+            .iter()
+            .all(|(s, t)| *s == Segment::Append && matches!(t, Tree::Leaf(_)))
+    }
 }
 
 fn insert(node: &mut Tree, path: &[Segment], value: String, key: &str) -> Result<(), FormError> {
-    let Tree::Branch(children) = node else {
-        return Err(FormError::Conflict(key.to_owned()));
+    let Tree::Branch(branch) = node else {
+        return Err(FormError::Conflict(shown(key)));
     };
     let (first, rest) = path
         .split_first()
         .expect("a key has at least its base name");
     if rest.is_empty() {
-        match first {
-            Segment::Append => children.push((Segment::Append, Tree::Leaf(value))),
-            segment => match children.iter_mut().find(|(s, _)| s == segment) {
-                Some((_, Tree::Branch(_))) => return Err(FormError::Conflict(key.to_owned())),
-                // A plain name given twice collects its values in order.
-                Some((_, existing @ Tree::Leaf(_))) if matches!(segment, Segment::Name(_)) => {
-                    let Tree::Leaf(previous) =
-                        std::mem::replace(existing, Tree::Branch(Vec::new()))
-                    else {
-                        unreachable!()
-                    };
-                    *existing = Tree::Branch(vec![
-                        (Segment::Append, Tree::Leaf(previous)),
-                        (Segment::Append, Tree::Leaf(value)),
-                    ]);
-                }
-                Some((_, Tree::Leaf(existing))) => *existing = value,
-                None => children.push((segment.clone(), Tree::Leaf(value))),
-            },
+        let conflict = || FormError::Conflict(shown(key));
+        let repeatable = matches!(first, Segment::Name(_));
+        match branch.get_mut(first) {
+            None => {
+                branch
+                    .push(first.clone(), Tree::Leaf(value))
+                    .ok_or_else(conflict)?;
+            }
+            // A plain name given again collects its values in order.
+            Some(Tree::Branch(values)) if repeatable && values.is_repeated_values() => {
+                values.push(Segment::Append, Tree::Leaf(value));
+            }
+            Some(Tree::Branch(_)) => return Err(conflict()),
+            Some(existing @ Tree::Leaf(_)) if repeatable => {
+                let Tree::Leaf(previous) =
+                    std::mem::replace(existing, Tree::Branch(Branch::default()))
+                else {
+                    unreachable!("matched a leaf")
+                };
+                let Tree::Branch(values) = existing else {
+                    unreachable!("just replaced")
+                };
+                values.push(Segment::Append, Tree::Leaf(previous));
+                values.push(Segment::Append, Tree::Leaf(value));
+            }
+            Some(Tree::Leaf(existing)) => *existing = value,
         }
         return Ok(());
     }
-    let child = match first {
-        // `a[][b]=1` starts a new element; consecutive keys of one element are not recoverable
-        // from this notation, so each `[]` opens its own.
-        Segment::Append => {
-            children.push((Segment::Append, Tree::Branch(Vec::new())));
-            &mut children.last_mut().expect("just pushed").1
-        }
-        segment => match children.iter().position(|(s, _)| s == segment) {
-            Some(i) => &mut children[i].1,
-            None => {
-                children.push((segment.clone(), Tree::Branch(Vec::new())));
-                &mut children.last_mut().expect("just pushed").1
-            }
-        },
+    // `a[][b]=1` starts a new element; consecutive keys of one element are not recoverable
+    // from this notation, so each `[]` opens its own.
+    let child = if first == &Segment::Append || branch.get_mut(first).is_none() {
+        branch
+            .push(first.clone(), Tree::Branch(Branch::default()))
+            .ok_or_else(|| FormError::Conflict(shown(key)))?
+    } else {
+        branch.get_mut(first).expect("just checked")
     };
     match child {
-        Tree::Leaf(_) => Err(FormError::Conflict(key.to_owned())),
+        Tree::Leaf(_) => Err(FormError::Conflict(shown(key))),
         branch => insert(branch, rest, value, key),
     }
 }
@@ -222,7 +294,7 @@ fn insert(node: &mut Tree, path: &[Segment], value: String, key: &str) -> Result
 fn into_value(tree: Tree) -> Value {
     match tree {
         Tree::Leaf(text) => Value::String(text),
-        Tree::Branch(children) => {
+        Tree::Branch(Branch { children, .. }) => {
             let is_array = !children.is_empty()
                 && children
                     .iter()
@@ -348,6 +420,37 @@ mod tests {
             decode(b"a[99999999]=1").unwrap_err(),
             FormError::Index(_)
         ));
+    }
+
+    #[test]
+    fn a_key_repeated_many_times_keeps_every_value() {
+        let v = decode(b"status=a&status=b&status=c").unwrap();
+        assert_eq!(Value::Object(v), json!({"status": ["a", "b", "c"]}));
+        assert_eq!(
+            decode(b"a=x&a=y&a[b]=z").unwrap_err(),
+            FormError::Conflict("a[b]".into())
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_long_names_are_shortened_in_errors() {
+        let fine = format!("a{}=1", "[b]".repeat(MAX_DEPTH - 1));
+        assert!(decode(fine.as_bytes()).is_ok());
+        let deep = format!("a{}=1", "[b]".repeat(MAX_DEPTH));
+        assert!(matches!(decode(deep.as_bytes()), Err(FormError::Depth(_))));
+        // A million levels: refused before any recursion, naming the start of the key only.
+        let hostile = format!("a{}=1", "[b]".repeat(1_000_000));
+        let error = decode(hostile.as_bytes()).unwrap_err();
+        assert_eq!(error.name(), format!("a{}...", "[b]".repeat(33)));
+        assert!(error.to_string().len() < 200, "{error}");
+    }
+
+    #[test]
+    fn a_hundred_thousand_parameters_decode() {
+        let body: Vec<String> = (0..100_000).map(|i| format!("k{i}={i}")).collect();
+        let decoded = decode(body.join("&").as_bytes()).unwrap();
+        assert_eq!(decoded.len(), 100_000);
+        assert_eq!(decoded["k99999"], json!("99999"));
     }
 
     /// Values that the form notation can represent exactly: string leaves, non-empty

@@ -121,7 +121,7 @@ where
         GatewayError::bad_request(
             "parameter_invalid",
             format!("invalid query string: {e}"),
-            None,
+            Some(e.name()),
         )
     })?;
     let body = parse_body(&parts.headers, &bytes)?;
@@ -250,7 +250,7 @@ fn parse_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<Value>, Gatew
                 GatewayError::bad_request(
                     "parameter_invalid",
                     format!("invalid form body: {e}"),
-                    None,
+                    Some(e.name()),
                 )
             });
     }

@@ -271,9 +271,8 @@ fn describe(value: &Value) -> String {
         Value::Object(_) => "an object",
     };
     let mut text = value.to_string();
-    if text.len() > 60 {
-        text.truncate(57);
-        text.push_str("...");
+    if text.chars().count() > 60 {
+        text = text.chars().take(57).chain("...".chars()).collect();
     }
     format!("{kind} ({text})")
 }
@@ -312,6 +311,18 @@ mod tests {
                 .param,
             "bogus"
         );
+    }
+
+    #[test]
+    fn a_long_bad_value_is_shortened_at_a_character_boundary() {
+        let inputs = vec![spec("limit", "integer", false)];
+        // The 57th byte of the value's JSON text falls inside an `é`.
+        let value = format!("{}{}", "a".repeat(55), "\u{e9}".repeat(5));
+        let args = json!({ "limit": value }).as_object().unwrap().clone();
+        let err = validate_arguments(&inputs, args, Strictness::FromText).unwrap_err();
+        assert_eq!(err.param, "limit");
+        let shown = format!("\"{}{}...", "a".repeat(55), "\u{e9}");
+        assert!(err.message.contains(&shown), "{err}");
     }
 
     #[test]

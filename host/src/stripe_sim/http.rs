@@ -466,12 +466,7 @@ fn decode_form(input: &[u8]) -> Result<Map<String, Value>, ApiError> {
         }
     }
     crate::form::decode(input).map_err(|error| {
-        let param = match &error {
-            crate::form::FormError::Brackets(name)
-            | crate::form::FormError::Conflict(name)
-            | crate::form::FormError::Index(name) => name.clone(),
-        };
-        ApiError::invalid(param, format!("Invalid request: {error}"))
+        ApiError::invalid(error.name().to_owned(), format!("Invalid request: {error}"))
     })
 }
 
