@@ -123,12 +123,48 @@ impl CallerAuth {
     }
 }
 
-/// Compares without an early exit, so the time taken does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || b.is_empty() {
+impl CallerAuth {
+    /// Removes the caller's credentials from a request that passed [`CallerAuth::check`], so
+    /// nothing downstream (inputs, `forward`ed headers and query, logs) ever sees them: the
+    /// header the scheme reads, or the query parameter, and returns the query without it.
+    pub fn strip(&self, headers: &mut HeaderMap, query: Option<&str>) -> Option<String> {
+        match &self.scheme {
+            Scheme::Bearer(_) | Scheme::Basic { .. } => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+            Scheme::ApiKeyHeader { name, .. } => {
+                headers.remove(name);
+            }
+            Scheme::ApiKeyQuery { name, .. } => {
+                // Only the credential's pairs go: the others keep their exact encoding.
+                let kept: Vec<&str> = query?
+                    .split('&')
+                    .filter(|pair| {
+                        let key = pair.split('=').next().unwrap_or_default();
+                        form_urlencoded::parse(key.as_bytes())
+                            .next()
+                            .is_none_or(|(key, _)| key != name.as_str())
+                    })
+                    .collect();
+                return (!kept.is_empty()).then(|| kept.join("&"));
+            }
+        }
+        query.map(str::to_owned)
+    }
+}
+
+/// Compares without an early exit, so the time taken tells neither how much matched nor how
+/// long the expected value is: both sides are hashed to the same length first.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    if expected.is_empty() {
         return false;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -179,6 +215,39 @@ mod tests {
         let encoded = base64::engine::general_purpose::STANDARD.encode("u:pw");
         headers.insert("authorization", format!("Basic {encoded}").parse().unwrap());
         assert!(b.check(&headers, None).is_ok());
+    }
+
+    #[test]
+    fn credentials_are_stripped_after_the_check() {
+        let key = auth(
+            Scheme::ApiKeyQuery {
+                name: "api_key".into(),
+                value: Template::compile("{{TOKEN}}", bind),
+            },
+            Some("k 1"),
+        );
+        let mut headers = HeaderMap::new();
+        let query = "limit=2&api_key=k+1&expand%5B%5D=a&api%5Fkey=k%201";
+        assert!(key.check(&headers, Some(query)).is_ok());
+        assert_eq!(
+            key.strip(&mut headers, Some(query)).as_deref(),
+            Some("limit=2&expand%5B%5D=a"),
+            "every spelling of the parameter goes, the rest keeps its encoding"
+        );
+        assert_eq!(key.strip(&mut headers, Some("api_key=k+1")), None);
+
+        let bearer = auth(
+            Scheme::Bearer(Template::compile("{{TOKEN}}", bind)),
+            Some("t"),
+        );
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.insert("stripe-version", "v".parse().unwrap());
+        assert_eq!(
+            bearer.strip(&mut headers, Some("a=1")).as_deref(),
+            Some("a=1")
+        );
+        assert!(!headers.contains_key("authorization"));
+        assert!(headers.contains_key("stripe-version"));
     }
 
     #[test]

@@ -206,6 +206,10 @@ pub struct Limits {
     pub upstream_max_connections: usize,
     /// Idle connections kept per upstream origin.
     pub upstream_max_idle: usize,
+    /// How long a caller may take to send a request's headers (past it, the connection is
+    /// closed) and then its body (past it, 408).
+    #[serde(with = "millis")]
+    pub request_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -217,6 +221,7 @@ impl Default for Limits {
             upstream_timeout: Duration::from_secs(30),
             upstream_max_connections: 512,
             upstream_max_idle: 128,
+            request_read_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -41,6 +41,8 @@ pub enum GatewayError {
     Unauthorized { scheme: &'static str },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within {} ms", .after.as_millis())]
+    RequestTimeout { after: Duration },
     /// The operation cannot run as configured (a bound variable without a value, say).
     #[error("{message}")]
     NotConfigured { message: String },
@@ -92,6 +94,7 @@ impl GatewayError {
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamInvalid { .. }
@@ -108,7 +111,8 @@ impl GatewayError {
             | GatewayError::Unauthorized { .. }
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed { .. }
-            | GatewayError::PayloadTooLarge { .. } => Fault::Caller,
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RequestTimeout { .. } => Fault::Caller,
             GatewayError::NotConfigured { .. } => Fault::Spec,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamInvalid { .. }
@@ -139,6 +143,7 @@ impl GatewayError {
             GatewayError::NotFound { .. } => "resource_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",
+            GatewayError::RequestTimeout { .. } => "request_timeout",
             GatewayError::NotConfigured { .. } => "not_configured",
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
             GatewayError::UpstreamInvalid { .. } => "upstream_invalid_response",

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value};
 
 use crate::compile::{ArgumentError, Strictness, validate_arguments};
+use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::form;
 use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
@@ -21,7 +22,7 @@ use crate::spec::ParamIn;
 pub async fn handle<B>(
     invoker: &Invoker,
     listener: &Listener,
-    max_body: usize,
+    limits: &Limits,
     request: http::Request<B>,
 ) -> HttpResponse
 where
@@ -46,7 +47,7 @@ where
         } => {
             let params: Vec<(String, String)> =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            run(invoker, route, params, max_body, request).await
+            run(invoker, route, params, limits, request).await
         }
     };
     match result {
@@ -66,17 +67,23 @@ async fn run<B>(
     invoker: &Invoker,
     route: &RestRoute,
     params: Vec<(String, String)>,
-    max_body: usize,
+    limits: &Limits,
     request: http::Request<B>,
 ) -> Result<Outcome, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (parts, body) = request.into_parts();
-    if let Some(auth) = &route.auth {
-        auth.check(&parts.headers, parts.uri.query())?;
-    }
+    let max_body = limits.max_body_bytes;
+    let (mut parts, body) = request.into_parts();
+    // The caller's credentials end here: neither inputs nor a forwarded request carry them.
+    let query = match &route.auth {
+        Some(auth) => {
+            auth.check(&parts.headers, parts.uri.query())?;
+            auth.strip(&mut parts.headers, parts.uri.query())
+        }
+        None => parts.uri.query().map(str::to_owned),
+    };
     if let Some(length) = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -85,7 +92,15 @@ where
     {
         return Err(GatewayError::PayloadTooLarge { limit: max_body });
     }
-    let bytes = match Limited::new(body, max_body).collect().await {
+    let collected = tokio::time::timeout(
+        limits.request_read_timeout,
+        Limited::new(body, max_body).collect(),
+    )
+    .await
+    .map_err(|_| GatewayError::RequestTimeout {
+        after: limits.request_read_timeout,
+    })?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(error)
             if error
@@ -110,14 +125,14 @@ where
             forward: Some(ForwardInput {
                 method: parts.method,
                 rest,
-                query: parts.uri.query().map(str::to_owned),
+                query,
                 body: bytes,
             }),
             request_id: crate::invoke::request_id(),
         };
         return invoker.invoke(&route.operation, inputs).await;
     }
-    let query = form::decode(parts.uri.query().unwrap_or("").as_bytes()).map_err(|e| {
+    let query = form::decode(query.as_deref().unwrap_or("").as_bytes()).map_err(|e| {
         GatewayError::bad_request(
             "parameter_invalid",
             format!("invalid query string: {e}"),

@@ -353,3 +353,99 @@ async fn session_ids_can_never_reach_another_upstream_path() {
         "{paths:?}"
     );
 }
+
+#[tokio::test]
+async fn hostile_input_is_400_and_the_gateway_keeps_serving() {
+    let h = Harness::seed().await;
+    let url = h.sessions().await;
+    let form = |body: String| {
+        h.http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // A key nested ~300,000 levels deep (just under the 1 MiB body limit): refused by name,
+    // without recursing the decoder off the end of the stack.
+    let deep = format!("a{}=1", "[b]".repeat(300_000));
+    let (status, body) = error_of(form(deep).await.unwrap()).await;
+    assert_eq!(status, 400);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nests deeper than 32 levels"), "{body}");
+    assert!(message.len() < 300, "the key is shortened: {message}");
+    assert!(
+        body["error"]["param"]
+            .as_str()
+            .unwrap()
+            .starts_with("a[b][b]")
+    );
+
+    // A bad value whose text the error cuts inside a two-byte character.
+    let limit = format!("{}{}", "a".repeat(55), "%C3%A9".repeat(5));
+    let (status, body) = error_of(
+        h.http
+            .get(format!("{url}?limit={limit}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "limit");
+
+    assert!(h.sim.requests().is_empty(), "nothing reached the upstream");
+
+    // A hundred thousand parameters are read, passed on, and refused by the stand-in as unknown.
+    let many: Vec<String> = (0..100_000).map(|i| format!("p{i}=1")).collect();
+    let (status, body) = error_of(form(many.join("&")).await.unwrap()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "parameter_unknown", "{body}");
+
+    let response = h.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_caller_that_trickles_its_request_is_cut_off() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| {
+        c.limits.request_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let url = reqwest::Url::parse(&h.sessions().await).unwrap();
+    let address = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+
+    // Headers complete, body promised but never sent: 408 in Stripe's shape.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\ntype=doc",
+        url.path()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("answered within the read timeout")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+
+    // Headers never finished: the connection is closed.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(format!("GET {} HTTP/1.1\r\nhost: x\r\n", url.path()).as_bytes())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed within the read timeout");
+    assert!(
+        read.is_err() || !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "{rest:?}"
+    );
+
+    assert!(h.sim.requests().is_empty(), "nothing reached the upstream");
+    assert_eq!(h.http.get(url).send().await.unwrap().status(), 200);
+}
