@@ -626,6 +626,7 @@ pub async fn plugin(
         query: vec![("expand".into(), serde_json::json!(["verified_outputs"]))],
         headers: http::HeaderMap::new(),
         body: None,
+        sealed: Default::default(),
     };
     let response_of = |size: usize| {
         let body = crate::scenarios::session_body(size);

@@ -1009,6 +1009,7 @@ fn from_wit_request(
         query,
         headers,
         body,
+        sealed: original.sealed,
     })
 }
 
@@ -1147,6 +1148,7 @@ mod tests {
             query: vec![],
             headers: HeaderMap::new(),
             body: Some(Payload::Structured(serde_json::json!({"a": 1}))),
+            sealed: Default::default(),
         };
         let garbage = Request {
             method: "NOT A METHOD".into(),

@@ -134,6 +134,11 @@ impl Template {
         })
     }
 
+    /// Whether rendering reads a bound variable (so the result may hold a secret).
+    pub fn reads_binds(&self) -> bool {
+        self.refs().any(|r| matches!(r, Ref::Bind(_)))
+    }
+
     /// The template is exactly one placeholder (so it can render to a non-string value).
     pub fn single_ref(&self) -> Option<&Ref> {
         match self.parts.as_slice() {
@@ -225,6 +230,16 @@ impl ValueTemplate {
         let mut out = Vec::new();
         self.collect_refs(&mut out);
         out
+    }
+
+    /// Whether rendering reads a bound variable (so the result may hold a secret).
+    pub fn reads_binds(&self) -> bool {
+        match self {
+            ValueTemplate::Constant(_) => false,
+            ValueTemplate::Template(t) => t.reads_binds(),
+            ValueTemplate::Array(items) => items.iter().any(ValueTemplate::reads_binds),
+            ValueTemplate::Object(entries) => entries.iter().any(|(_, v)| v.reads_binds()),
+        }
     }
 
     fn collect_refs<'a>(&'a self, out: &mut Vec<&'a Ref>) {

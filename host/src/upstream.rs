@@ -40,7 +40,8 @@ pub const PASSED_BACK_HEADERS: [&str; 5] = [
     "retry-after",
 ];
 
-/// An upstream request before encoding and before auth: what request transforms see.
+/// An upstream request before encoding and before auth: what request transforms see (all but
+/// `sealed`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamRequest {
     pub method: Method,
@@ -50,6 +51,30 @@ pub struct UpstreamRequest {
     pub query: Vec<(String, Value)>,
     pub headers: HeaderMap,
     pub body: Option<Payload>,
+    pub sealed: Sealed,
+}
+
+/// Header, query and body parameters whose values come from bound variables (secrets, like
+/// the adapter's auth): transforms never see them; they join the request when it is encoded.
+/// A body field of the same name as one a transform set wins over it.
+#[derive(Clone, Default, PartialEq)]
+pub struct Sealed {
+    pub headers: HeaderMap,
+    pub query: Vec<(String, Value)>,
+    pub body: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field(
+                "query",
+                &self.query.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("body", &self.body.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A request body before encoding.
@@ -119,6 +144,8 @@ pub fn prepare(
     let upstream = &call.upstream;
     let empty = Map::new();
     let mut args = Map::new();
+    // Arguments rendered from bound variables: their parameters are sealed.
+    let mut bound_args: Vec<&str> = Vec::new();
     {
         let scope = ArgumentScope {
             args: &empty,
@@ -128,7 +155,12 @@ pub fn prepare(
         for (name, source) in &call.with {
             let value = match source {
                 crate::snapshot::Source::Input(input) => inputs.get(input).cloned(),
-                crate::snapshot::Source::Template(t) => t.render_value(&scope),
+                crate::snapshot::Source::Template(t) => {
+                    if t.reads_binds() {
+                        bound_args.push(name.as_str());
+                    }
+                    t.render_value(&scope)
+                }
                 crate::snapshot::Source::Constant(v) => Some(v.clone()),
             };
             if let Some(value) = value {
@@ -155,10 +187,15 @@ pub fn prepare(
     let mut headers = HeaderMap::new();
     let mut body_fields = Map::new();
     let mut whole_body: Option<Value> = None;
+    let mut sealed = Sealed::default();
     for param in &upstream.params {
         let value = match &param.value {
             Some(template) => template.render(&scope),
             None => args.get(&param.name).cloned(),
+        };
+        let secret = match &param.value {
+            Some(template) => template.reads_binds(),
+            None => bound_args.contains(&param.name.as_str()),
         };
         let value = match value {
             Some(Value::Null) | None => {
@@ -168,6 +205,15 @@ pub fn prepare(
                         format!("Missing required param: {}.", param.name),
                         Some(&param.name),
                     ));
+                }
+                // A body field given as `null` is sent (Stripe's "unset": an empty value),
+                // unlike one not given at all.
+                if value.is_some()
+                    && sends_body
+                    && param.location == ParamIn::Body
+                    && param.name != "body"
+                {
+                    body_fields.insert(param.name.clone(), Value::Null);
                 }
                 continue;
             }
@@ -185,8 +231,14 @@ pub fn prepare(
                 }
                 path_values.insert(&param.name, text);
             }
+            ParamIn::Query if secret => sealed.query.push((param.name.clone(), value)),
             ParamIn::Query => query.push((param.name.clone(), value)),
             ParamIn::Header => {
+                let headers = if secret {
+                    &mut sealed.headers
+                } else {
+                    &mut headers
+                };
                 let text = crate::template::value_text(&value);
                 match (
                     HeaderName::try_from(param.name.as_str()),
@@ -205,10 +257,24 @@ pub fn prepare(
                 }
             }
             ParamIn::Cookie => {
+                // Only RFC 6265's cookie octets: a `;` would add a cookie of the caller's own.
                 let text = crate::template::value_text(&value);
-                let cookie = format!("{}={}", param.name, text);
-                if let Ok(value) = HeaderValue::try_from(cookie) {
-                    headers.append(http::header::COOKIE, value);
+                let octet = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\');
+                match HeaderValue::try_from(format!("{}={text}", param.name)) {
+                    Ok(cookie) if text.chars().all(octet) => {
+                        headers.append(http::header::COOKIE, cookie);
+                    }
+                    _ => {
+                        return Err(GatewayError::bad_request(
+                            "parameter_invalid",
+                            format!(
+                                "Invalid value for cookie parameter {}: only visible ASCII \
+                                 characters other than '\"', ',', ';' and '\\' are allowed",
+                                param.name
+                            ),
+                            Some(&param.name),
+                        ));
+                    }
                 }
             }
             ParamIn::Body if !sends_body => {}
@@ -217,6 +283,9 @@ pub fn prepare(
                     && (value.is_object() || whole_body.is_none() && !value.is_object()) =>
             {
                 whole_body = Some(value);
+            }
+            ParamIn::Body if secret => {
+                sealed.body.insert(param.name.clone(), value);
             }
             ParamIn::Body => {
                 body_fields.insert(param.name.clone(), value);
@@ -276,6 +345,7 @@ pub fn prepare(
         query,
         headers,
         body,
+        sealed,
     })
 }
 
@@ -514,11 +584,38 @@ fn encode(adapter: &UpstreamAdapter, request: &UpstreamRequest) -> Result<Encode
         ProfileName::Stripe => ArrayStyle::Indexed,
         ProfileName::Default => ArrayStyle::Repeated,
     };
+    let sealed = &request.sealed;
     let mut query = String::new();
-    for (name, value) in &request.query {
+    for (name, value) in request.query.iter().chain(&sealed.query) {
         form::append_pair(&mut query, name, value, style);
     }
     let mut headers = request.headers.clone();
+    for (name, value) in &sealed.headers {
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        headers.append(name.clone(), value);
+    }
+    let with_sealed_fields = |value: &Value| -> Option<Value> {
+        let Value::Object(object) = value else {
+            return None;
+        };
+        let mut object = object.clone();
+        object.extend(sealed.body.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Some(Value::Object(object))
+    };
+    let merged = if sealed.body.is_empty() {
+        None
+    } else {
+        match &request.body {
+            None if !matches!(request.method, Method::GET | Method::DELETE | Method::HEAD) => {
+                Some(Payload::Structured(Value::Object(sealed.body.clone())))
+            }
+            Some(Payload::Structured(value)) => with_sealed_fields(value).map(Payload::Structured),
+            Some(Payload::Form(value)) => with_sealed_fields(value).map(Payload::Form),
+            _ => None,
+        }
+    };
+    let request_body = merged.as_ref().or(request.body.as_ref());
     let mut basic = None;
     let scope = BindScope(&adapter.binds);
     match &adapter.auth {
@@ -554,7 +651,7 @@ fn encode(adapter: &UpstreamAdapter, request: &UpstreamRequest) -> Result<Encode
             ));
         }
     }
-    let body = match &request.body {
+    let body = match request_body {
         None => None,
         Some(Payload::Structured(value)) => match adapter.profile {
             ProfileName::Stripe => Some(form_body(value, &mut headers)?),
@@ -698,7 +795,7 @@ pub fn random_id() -> String {
 
 /// The request of a forward route: the rest of the caller's path (each segment checked and
 /// re-encoded, so it can never climb out of the base URI), its query string as it is, the
-/// trusted headers and the body.
+/// trusted headers and the body (never on GET, DELETE or HEAD).
 pub fn forward_request(
     method: &Method,
     rest: &str,
@@ -735,7 +832,8 @@ pub fn forward_request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let body = (!body.is_empty()).then_some(Payload::Raw {
+    let sends_body = !matches!(*method, Method::GET | Method::DELETE | Method::HEAD);
+    let body = (sends_body && !body.is_empty()).then_some(Payload::Raw {
         bytes: body,
         content_type,
     });
@@ -745,6 +843,7 @@ pub fn forward_request(
         query: Vec::new(),
         headers,
         body,
+        sealed: Sealed::default(),
     })
 }
 
@@ -831,5 +930,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.path, "/a/b%20c?x=1");
+        // A body goes on with POST, never with GET or DELETE.
+        let body = || Bytes::from_static(b"a=1");
+        for (method, sent) in [
+            (Method::POST, true),
+            (Method::GET, false),
+            (Method::DELETE, false),
+        ] {
+            let req = forward_request(&method, "a", None, &headers, &[], body()).unwrap();
+            assert_eq!(req.body.is_some(), sent, "{method}");
+        }
     }
 }

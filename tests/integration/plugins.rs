@@ -44,11 +44,20 @@ async fn harness(
     plugins: &[&str],
     bindings: Vec<TransformBinding>,
 ) -> (Harness, tempfile::TempDir) {
-    let dir = plugins_folder(plugins);
     let seed =
         std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    harness_of(&seed, plugins, bindings).await
+}
+
+/// `spec` with `bindings`, the named plugins copied into a plugins folder.
+async fn harness_of(
+    spec: &str,
+    plugins: &[&str],
+    bindings: Vec<TransformBinding>,
+) -> (Harness, tempfile::TempDir) {
+    let dir = plugins_folder(plugins);
     let plugins_dir = dir.path().to_path_buf();
-    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], move |c| {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", spec)], move |c| {
         c.plugins.dir = Some(plugins_dir);
         c.plugins.bindings = bindings;
         c.plugins.max_concurrent_calls = 32;
@@ -187,6 +196,7 @@ async fn a_looping_plugin_gives_its_thread_back_until_its_deadline() {
             query: Vec::new(),
             headers: http::HeaderMap::new(),
             body: None,
+            sealed: Default::default(),
         };
         let started = Instant::now();
         let outcome = plugins
@@ -413,6 +423,37 @@ async fn a_chain_runs_in_order_and_never_sees_credentials() {
         sent.header("authorization"),
         Some(format!("Bearer {}", common::KEY).as_str()),
         "credentials are added after"
+    );
+}
+
+#[tokio::test]
+async fn parameters_built_from_bound_values_are_added_after_plugins() {
+    // The list operation also sends the bound key in a header and a query parameter of its own.
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let list_inputs = "        inputParameters:\n        - name: created\n";
+    assert!(seed.contains(list_inputs));
+    let spec = seed.replacen(
+        list_inputs,
+        &format!(
+            "        inputParameters:\n        - {{name: X-Upstream-Token, in: header, value: '{{{{env.STRIPE_API_KEY}}}}'}}\n{}",
+            &list_inputs["        inputParameters:\n".len()..]
+        ),
+        1,
+    );
+    let (h, _dir) = harness_of(&spec, &["stamp"], vec![binding("stamp", LIST, json!({}))]).await;
+    let response = h.http.get(h.sessions().await).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let sent = h.sim.requests().pop().unwrap();
+    let saw = sent.header("x-capgate-stamp-saw").unwrap();
+    assert!(
+        !saw.contains("x-upstream-token"),
+        "the plugin saw a secret: {saw}"
+    );
+    assert_eq!(
+        sent.header("x-upstream-token"),
+        Some(common::KEY),
+        "it is still sent"
     );
 }
 

@@ -279,3 +279,141 @@ async fn bodies_in_both_array_styles_arrive_identically() {
         "type=document&options[document][allowed_types][0]=passport&options[document][allowed_types][1]=driving_license"
     );
 }
+
+/// A capability whose REST adapter takes the caller's key in the query, with a called route, a
+/// forward route and a cookie parameter.
+const CALLER_KEY_SPEC: &str = r#"naftiko: 1.0.0-alpha2
+info: {label: Caller keys in the query}
+binds:
+- namespace: env
+  keys: {STRIPE_API_KEY: STRIPE_API_KEY, CALLER_KEY: CALLER_KEY, HINT: HINT}
+capability:
+  consumes:
+  - type: http
+    namespace: stripe
+    baseUri: https://api.stripe.com
+    authentication: {type: bearer, token: '{{env.STRIPE_API_KEY}}'}
+    resources:
+    - name: sessions
+      path: /v1/identity/verification_sessions
+      operations:
+      - name: list
+        method: GET
+        inputParameters:
+        - {name: limit, in: query, type: integer}
+        - {name: hint, in: cookie, type: string}
+        - {name: Stripe-Context, in: header, value: '{{env.HINT}}'}
+  exposes:
+  - type: rest
+    namespace: api
+    port: 8080
+    authentication: {type: apikey, key: api_key, placement: query, value: '{{env.CALLER_KEY}}'}
+    resources:
+    - path: /sessions
+      name: sessions
+      operations:
+      - {method: GET, name: list, call: stripe.list}
+    - path: /raw/{{path}}
+      name: raw
+      forward: {targetNamespace: stripe}
+"#;
+
+#[tokio::test]
+async fn a_caller_key_in_the_query_is_checked_and_never_sent_on() {
+    let h = Harness::with_specs(&[("keys.yaml", CALLER_KEY_SPEC)], |c| {
+        c.env.insert("CALLER_KEY".into(), "ck_caller_secret".into());
+        c.env.insert("HINT".into(), "ctx_1".into());
+    })
+    .await;
+    let base = h.base(8080).await;
+    let get = |path: &str| h.http.get(format!("{base}{path}")).send();
+
+    assert_eq!(get("/sessions?limit=2").await.unwrap().status(), 401);
+    assert_eq!(
+        get("/sessions?api_key=wrong&limit=2")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let response = get("/sessions?api_key=ck_caller_secret&limit=2")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let response = get("/raw/v1/identity/verification_sessions?limit=1&api_key=ck_caller_secret")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    let received = h.sim.requests();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].query.as_deref(), Some("limit=2"));
+    assert_eq!(received[1].query.as_deref(), Some("limit=1"));
+    for r in &received {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+        assert!(!format!("{r:?}").contains("ck_caller_secret"), "{r:?}");
+    }
+    // A header built from a bound variable still goes out (after transforms would have run).
+    assert_eq!(received[0].header("stripe-context"), Some("ctx_1"));
+
+    // A cookie value cannot carry a second cookie.
+    let (status, body) = {
+        let r = get("/sessions?api_key=ck_caller_secret&hint=a%3B%20admin%3D1")
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "hint");
+    assert_eq!(h.sim.requests().len(), 2, "the bad cookie was not sent");
+}
+
+#[tokio::test]
+async fn a_body_field_given_as_null_is_sent_as_stripes_unset() {
+    let spec = r#"naftiko: 1.0.0-alpha2
+info: {label: Declared body fields}
+binds:
+- namespace: env
+  keys: {STRIPE_API_KEY: STRIPE_API_KEY}
+capability:
+  consumes:
+  - type: http
+    namespace: stripe
+    baseUri: https://api.stripe.com
+    authentication: {type: bearer, token: '{{env.STRIPE_API_KEY}}'}
+    resources:
+    - name: session
+      path: /v1/identity/verification_sessions/{{session}}
+      operations:
+      - name: update
+        method: POST
+        inputParameters:
+        - {name: session, in: path, type: string, required: true}
+        - {name: metadata, in: body, type: object}
+        - {name: type, in: body, type: string}
+  exposes:
+  - type: rest
+    namespace: api
+    port: 8080
+    resources:
+    - path: /sessions/{{session}}
+      name: session
+      operations:
+      - {method: POST, name: update, call: stripe.update}
+"#;
+    let h = Harness::with_specs(&[("update.yaml", spec)], |_| {}).await;
+    let id = common::create_session_directly(&h.sim).await;
+    let response = h
+        .http
+        .post(format!("{}/sessions/{id}", h.base(8080).await))
+        .json(&json!({"metadata": null, "type": "id_number"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let sent = h.sim.requests().pop().unwrap();
+    assert_eq!(sent.body, "metadata=&type=id_number");
+}
