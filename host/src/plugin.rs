@@ -53,6 +53,19 @@ use bindings::{Context, PluginError, Request, RequestAction, Response, Transform
 
 /// How much of a plugin's stderr is kept for the log.
 const STDERR_CAPACITY: usize = 16 * 1024;
+/// The longest message one `log` call writes; the rest is cut.
+const LOG_MESSAGE_LIMIT: usize = 2048;
+/// What one call may write through `log` in all; past it, its messages are dropped (and
+/// counted), so a plugin cannot flood the gateway's log, or block its thread on a full one.
+const LOG_CALL_BUDGET: usize = 16 * 1024;
+/// The most headers a plugin may return; more is a malformed result.
+const MAX_HEADERS: usize = 100;
+/// What one plugin instance may hold. The pool has this much for every call slot, so a call
+/// that has its slot never fails for want of pool capacity, whatever other plugins hold; a
+/// component that needs more does not load.
+const MAX_CORE_INSTANCES: usize = 8;
+const MAX_MEMORIES: usize = 2;
+const MAX_TABLES: usize = 8;
 
 /// What a store holds during one call.
 struct State {
@@ -63,6 +76,10 @@ struct State {
     request_id: Arc<str>,
     /// The plugin's stderr (panic messages, allocation failures), read after a trap.
     stderr: MemoryOutputPipe,
+    /// What is left of the call's `log` budget, in bytes.
+    log_left: usize,
+    /// Messages dropped once the budget ran out.
+    log_dropped: u32,
     /// Keeps the epoch ticking while this store exists.
     _running: Running,
 }
@@ -86,15 +103,21 @@ impl bindings::capgate::transform::types::Host for State {}
 
 impl bindings::capgate::transform::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
-        let mut message = message;
-        if message.len() > 2048 {
-            let mut cut = 2048;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
         let (plugin, request_id) = (&*self.plugin, &*self.request_id);
+        if self.log_left == 0 {
+            self.log_dropped += 1;
+            if self.log_dropped == 1 {
+                tracing::warn!(
+                    plugin,
+                    request_id,
+                    limit_bytes = LOG_CALL_BUDGET,
+                    "plugin log budget of this call used up; its further messages are dropped"
+                );
+            }
+            return;
+        }
+        let message = printable(&message, LOG_MESSAGE_LIMIT.min(self.log_left));
+        self.log_left = self.log_left.saturating_sub(message.len().max(1));
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
             Level::Debug => tracing::debug!(plugin, request_id, "{message}"),
@@ -105,9 +128,53 @@ impl bindings::capgate::transform::host::Host for State {
     }
 }
 
-/// A store's limits, remembering whether the memory cap refused to grow a memory.
+/// The `.wasm` files of the plugins folder (not hidden ones), by name.
+fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut present = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if name.starts_with('.') || path.extension().is_none_or(|e| e != "wasm") {
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => present.push((name, path)),
+            Ok(_) => {}
+            // Deleted between listing and looking: absent.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(present)
+}
+
+/// A plugin's text as one log line: at most `limit` bytes (cut at a character), control
+/// characters escaped, so a plugin cannot forge lines of its own.
+fn printable(text: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(limit));
+    for c in text.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > limit {
+            out.truncate(before);
+            break;
+        }
+    }
+    out
+}
+
+/// A store's limits: the memory cap counts all of the instance's memories together, and
+/// remembers whether it refused to grow one.
 struct Limits {
     store: StoreLimits,
+    memory_cap: usize,
+    memory_used: usize,
     memory_refused: bool,
 }
 
@@ -118,7 +185,12 @@ impl ResourceLimiter for Limits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let granted = self.store.memory_growing(current, desired, maximum)?;
+        let total = (self.memory_used - current.min(self.memory_used)).saturating_add(desired);
+        let granted =
+            total <= self.memory_cap && self.store.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.memory_used = total;
+        }
         self.memory_refused |= !granted;
         Ok(granted)
     }
@@ -288,15 +360,16 @@ impl Plugins {
     pub fn new(config: &PluginsConfig) -> Result<Plugins, HostError> {
         let slots = config.max_concurrent_calls.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(slots as u32)
-            .total_core_instances(slots as u32 * 4)
-            .total_memories(slots as u32 * 2)
-            .total_tables(slots as u32 * 4)
-            .total_stacks(slots as u32)
+        let per_slot = |n: usize| (slots * n) as u32;
+        pool.total_component_instances(per_slot(1))
+            .total_core_instances(per_slot(MAX_CORE_INSTANCES))
+            .total_memories(per_slot(MAX_MEMORIES))
+            .total_tables(per_slot(MAX_TABLES))
+            .total_stacks(per_slot(1))
             .max_memory_size(config.max_memory_mib * 1024 * 1024)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
-            .max_core_instances_per_component(32)
+            .max_memories_per_component(MAX_MEMORIES as u32)
+            .max_tables_per_component(MAX_TABLES as u32)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
             .max_component_instance_size(1024 * 1024)
             .max_core_instance_size(1024 * 1024)
             .linear_memory_keep_resident(512 * 1024)
@@ -348,19 +421,16 @@ impl Plugins {
         let Some(dir) = &self.config.dir else {
             return Vec::new();
         };
-        let mut present = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with('.')
-                    && path.extension().is_some_and(|e| e == "wasm")
-                    && path.is_file()
-                {
-                    present.push((name, path));
-                }
+        let mut present = match wasm_files(dir) {
+            Ok(present) => present,
+            // A folder that is gone has no plugins; one that cannot be read now (out of file
+            // descriptors, a network file system's hiccup) keeps the plugins it had.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot read the plugins folder; the loaded plugins stay");
+                return Vec::new();
             }
-        }
+        };
         present.sort();
         let mut changed = Vec::new();
         let mut loaded = (**self.loaded.load()).clone();
@@ -439,6 +509,7 @@ impl Plugins {
             .build()
             .map_err(|e| e.to_string())?;
         let info = runtime.block_on(async {
+            let _slot = self.slots.acquire().await.expect("never closed");
             let mut store = self.store(
                 Arc::from(file),
                 Arc::from("load"),
@@ -477,7 +548,7 @@ impl Plugins {
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
         let artifact = cache.join(format!("{:016x}-{digest}.cwasm", engine_hash.finish()));
-        if artifact.is_file() {
+        if artifact.exists() {
             match deserialize(&self.engine, &artifact) {
                 Ok(component) => return Ok(component),
                 Err(error) => {
@@ -488,7 +559,9 @@ impl Plugins {
         let component = Component::from_binary(&self.engine, bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
         match component.serialize() {
-            Ok(serialized) => {
+            Ok(mut serialized) => {
+                let checksum = sha2::Sha256::digest(&serialized);
+                serialized.extend_from_slice(&checksum);
                 let temp = cache.join(format!(".{digest}.{}.tmp", std::process::id()));
                 if std::fs::write(&temp, serialized)
                     .and_then(|()| std::fs::rename(&temp, &artifact))
@@ -509,21 +582,23 @@ impl Plugins {
         if std::fs::create_dir_all(&dir).is_err() {
             return None;
         }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-            let meta = std::fs::metadata(&dir).ok()?;
-            let probe = dir.join(format!(".owner-probe-{}", std::process::id()));
-            let mine = std::fs::write(&probe, b"")
-                .ok()
-                .and_then(|()| std::fs::metadata(&probe).ok())
-                .map(|m| m.uid());
-            let _ = std::fs::remove_file(&probe);
-            if mine != Some(meta.uid()) || meta.mode() & 0o022 != 0 {
-                tracing::warn!(dir = %dir.display(), "the plugin artifact cache is writable by others; not used");
-                return None;
+        // Looked at without following links: whoever owns a link could point it elsewhere
+        // after this check.
+        let private = |meta: &std::fs::Metadata| {
+            meta.file_type().is_dir() && owned_by_me(meta) && !writable_by_others(meta)
+        };
+        let mut meta = std::fs::symlink_metadata(&dir).ok()?;
+        if meta.file_type().is_dir() && owned_by_me(&meta) && !private(&meta) {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
             }
+            meta = std::fs::symlink_metadata(&dir).ok()?;
+        }
+        if !private(&meta) {
+            tracing::warn!(dir = %dir.display(), "the plugin artifact cache is not a directory of this user's that only it can write; not used");
+            return None;
         }
         Some(dir)
     }
@@ -540,10 +615,12 @@ impl Plugins {
         let limits = Limits {
             store: StoreLimitsBuilder::new()
                 .memory_size(memory)
-                .instances(32)
-                .tables(16)
-                .memories(4)
+                .instances(MAX_CORE_INSTANCES)
+                .tables(MAX_TABLES)
+                .memories(MAX_MEMORIES)
                 .build(),
+            memory_cap: memory,
+            memory_used: 0,
             memory_refused: false,
         };
         let mut store = Store::new(
@@ -555,6 +632,8 @@ impl Plugins {
                 plugin,
                 request_id,
                 stderr,
+                log_left: LOG_CALL_BUDGET,
+                log_dropped: 0,
                 _running: self.ticker.running(),
             },
         );
@@ -632,6 +711,7 @@ impl Plugins {
             .call_on_request(&mut store, &wit_context(transform, context), &wit_request)
             .await
             .map_err(|e| classify(&e, &mut store))?;
+        log_stderr(store.data());
         match result {
             Ok(RequestAction::Forward(changed)) => Ok(RequestOutcome::Forward(from_wit_request(
                 changed,
@@ -666,6 +746,7 @@ impl Plugins {
             .call_on_response(&mut store, &wit_context(transform, context), &wit_response)
             .await
             .map_err(|e| classify(&e, &mut store))?;
+        log_stderr(store.data());
         match result {
             Ok(changed) => {
                 let original = (!plugin.needs_response_body).then(|| response.body.clone());
@@ -763,13 +844,57 @@ fn wall_clock() -> Duration {
 }
 
 /// Deserializes an artifact this gateway compiled and wrote itself.
+/// Reads a cached artifact back: a regular file (not a link) of this user's, whose trailing
+/// SHA-256 matches its contents, so a file cut short by a crash is never run.
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: `Component::deserialize_file` runs native code from the file. The file comes from
-    // the artifact cache, which `cache_dir` only uses when it is owned by this user and not
-    // writable by anyone else, and which only `compile` writes (from `Component::serialize`).
-    // wasmtime also checks that the artifact was made by a compatible engine.
-    unsafe { Component::deserialize_file(engine, artifact) }
+fn deserialize(engine: &Engine, artifact: &Path) -> Result<Component, String> {
+    let meta = std::fs::symlink_metadata(artifact).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() || !owned_by_me(&meta) {
+        return Err("not a regular file of this user's".into());
+    }
+    let bytes = std::fs::read(artifact).map_err(|e| e.to_string())?;
+    let Some((code, digest)) = bytes.split_last_chunk::<32>() else {
+        return Err("too short".into());
+    };
+    if sha2::Sha256::digest(code).as_slice() != digest {
+        return Err("its checksum does not match".into());
+    }
+    // SAFETY: `Component::deserialize` runs native code from these bytes. They come from the
+    // artifact cache, which `cache_dir` only uses when it is a directory (not a link) owned by
+    // this user and not writable by anyone else, and which only `compile` writes (from
+    // `Component::serialize`, with its checksum). wasmtime also checks that the artifact was
+    // made by a compatible engine.
+    unsafe { Component::deserialize(engine, code) }.map_err(|e| format!("{e:#}"))
+}
+
+/// Whether users other than the owner may write a file or directory.
+fn writable_by_others(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.mode() & 0o022 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
+}
+
+/// Whether a file or directory belongs to the user this process runs as.
+#[allow(unsafe_code)]
+fn owned_by_me(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        meta.uid() == unsafe { libc::geteuid() }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        true
+    }
 }
 
 /// Minimal WASI (streams and CLI only) and the `host` interface.
@@ -878,20 +1003,27 @@ impl Drop for Running {
     }
 }
 
+/// Logs what a call wrote to stderr, if anything, and returns it.
+fn log_stderr(state: &State) -> String {
+    let stderr = String::from_utf8_lossy(&state.stderr.contents()).into_owned();
+    if !stderr.trim().is_empty() {
+        let text = printable(stderr.trim_end(), STDERR_CAPACITY);
+        tracing::warn!(plugin = %state.plugin, request_id = %state.request_id, stderr = %text, "plugin stderr");
+    }
+    stderr
+}
+
 /// Turns a wasmtime error into a failure, with what the plugin wrote to stderr (a Rust panic
 /// message, an allocation failure), and logs that text.
 fn classify(error: &wasmtime::Error, store: &mut Store<State>) -> Failure {
     let state = store.data();
-    let stderr = String::from_utf8_lossy(&state.stderr.contents()).into_owned();
+    let stderr = log_stderr(state);
     let first_line = stderr
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .trim()
         .to_owned();
-    if !stderr.is_empty() {
-        tracing::warn!(plugin = %state.plugin, request_id = %state.request_id, stderr = %stderr.trim_end(), "plugin stderr");
-    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout,
         // A trap after the cap refused memory (whatever the plugin's runtime then did), or
@@ -930,6 +1062,12 @@ fn headers_to_wit(headers: &HeaderMap) -> Vec<(String, String)> {
 }
 
 fn headers_from_wit(headers: Vec<(String, String)>) -> Result<HeaderMap, Failure> {
+    if headers.len() > MAX_HEADERS {
+        return Err(Failure::Malformed(format!(
+            "{} headers returned; at most {MAX_HEADERS} are accepted",
+            headers.len()
+        )));
+    }
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = HeaderName::try_from(name.as_str())
@@ -972,11 +1110,7 @@ fn from_wit_request(
 ) -> Result<UpstreamRequest, Failure> {
     let method = Method::from_bytes(changed.method.as_bytes())
         .map_err(|_| Failure::Malformed(format!("invalid method {:?}", changed.method)))?;
-    if !changed.path.starts_with('/')
-        || changed.path.contains(['#', ' '])
-        || changed.path.contains("/../")
-        || changed.path.ends_with("/..")
-    {
+    if !stays_on_its_path(&changed.path) {
         return Err(Failure::Malformed(format!(
             "invalid path {:?}",
             changed.path
@@ -1013,6 +1147,18 @@ fn from_wit_request(
     })
 }
 
+/// Whether a path a plugin returned is one the upstream URL takes as it is: absolute, no
+/// query, fragment or backslash, and no segment that is (or decodes to) `.` or `..` (URL
+/// parsers read `%2e%2e` as `..` and a backslash as `/`).
+fn stays_on_its_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains(['?', '#', '\\', ' '])
+        && path[1..].split('/').all(|segment| {
+            let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+            decoded != "." && decoded != ".."
+        })
+}
+
 fn parse_json_body(bytes: &[u8]) -> Result<Value, Failure> {
     serde_json::from_slice(bytes)
         .map_err(|e| Failure::Malformed(format!("the request body is not JSON: {e}")))
@@ -1033,10 +1179,14 @@ fn from_wit_response(
         (None, Some(original)) => original,
         (None, None) => Bytes::new(),
     };
-    let mut from_plugins = before.map(|b| b.from_plugins.clone()).unwrap_or_default();
+    // What an earlier plugin added stays only if this one kept it: a later plugin can remove it.
+    let mut from_plugins = HeaderMap::new();
     for (name, value) in &headers {
-        let known = before.is_some_and(|b| b.headers.get_all(name).iter().any(|v| v == value));
-        if !known && name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING
+        let has = |map: &HeaderMap| map.get_all(name).iter().any(|v| v == value);
+        let from_upstream = before.is_some_and(|b| has(&b.headers) && !has(&b.from_plugins));
+        if !from_upstream
+            && name != http::header::CONTENT_LENGTH
+            && name != http::header::TRANSFER_ENCODING
         {
             from_plugins.append(name.clone(), value.clone());
         }
@@ -1141,6 +1291,67 @@ mod tests {
     }
 
     #[test]
+    fn a_later_plugin_can_remove_a_header_an_earlier_one_added() {
+        let upstream = UpstreamResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::from_iter([(
+                HeaderName::from_static("request-id"),
+                HeaderValue::from_static("req_1"),
+            )]),
+            body: Bytes::new(),
+            from_plugins: HeaderMap::new(),
+        };
+        let wit = |headers: &[(&str, &str)]| Response {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: None,
+        };
+        let first = from_wit_response(
+            wit(&[("request-id", "req_1"), ("x-a", "1"), ("x-b", "2")]),
+            Some(Bytes::new()),
+            Some(&upstream),
+        )
+        .unwrap();
+        let names = |r: &UpstreamResponse| r.from_plugins.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&first), ["x-a", "x-b"]);
+        let second = from_wit_response(
+            wit(&[("request-id", "req_1"), ("x-b", "2"), ("x-c", "3")]),
+            Some(Bytes::new()),
+            Some(&first),
+        )
+        .unwrap();
+        assert_eq!(names(&second), ["x-b", "x-c"]);
+    }
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_the_instance() {
+        let mib = 1024 * 1024;
+        let mut limits = Limits {
+            store: StoreLimitsBuilder::new().memory_size(16 * mib).build(),
+            memory_cap: 16 * mib,
+            memory_used: 0,
+            memory_refused: false,
+        };
+        assert!(limits.memory_growing(0, 10 * mib, None).unwrap());
+        assert!(limits.memory_growing(0, 4 * mib, None).unwrap());
+        // Each memory is under 16 MiB, but together they would not be.
+        assert!(!limits.memory_growing(4 * mib, 8 * mib, None).unwrap());
+        assert!(limits.memory_refused);
+        assert!(limits.memory_growing(4 * mib, 6 * mib, None).unwrap());
+        assert_eq!(limits.memory_used, 16 * mib);
+    }
+
+    #[test]
+    fn plugin_text_is_one_bounded_log_line() {
+        assert_eq!(printable("a\nforged line", 100), "a\\nforged line");
+        assert_eq!(printable("ééé", 5), "éé");
+        assert_eq!(printable(&"x".repeat(5000), LOG_MESSAGE_LIMIT).len(), 2048);
+    }
+
+    #[test]
     fn plugin_results_are_validated() {
         let original = UpstreamRequest {
             method: Method::POST,
@@ -1161,15 +1372,42 @@ mod tests {
             from_wit_request(garbage, original.clone(), true),
             Err(Failure::Malformed(_))
         ));
-        let climbing = Request {
+        for path in [
+            "/v1/x/../../admin",
+            "/v1/x/%2e%2e/admin",
+            "/v1/x/%2E./admin",
+            "/v1/x/..",
+            "/v1/x\\..\\admin",
+            "/v1/x?y=..",
+            "v1/x",
+        ] {
+            let climbing = Request {
+                method: "GET".into(),
+                path: path.into(),
+                query: vec![],
+                headers: vec![],
+                body: None,
+            };
+            assert!(
+                matches!(
+                    from_wit_request(climbing, original.clone(), true),
+                    Err(Failure::Malformed(_))
+                ),
+                "{path}"
+            );
+        }
+        assert!(stays_on_its_path("/v1/sessions/vs_1%2F..%2Fx"));
+        let too_many = Request {
             method: "GET".into(),
-            path: "/v1/x/../../admin".into(),
+            path: "/v1/x".into(),
             query: vec![],
-            headers: vec![],
+            headers: (0..=MAX_HEADERS)
+                .map(|i| (format!("x-{i}"), "1".into()))
+                .collect(),
             body: None,
         };
         assert!(matches!(
-            from_wit_request(climbing, original.clone(), true),
+            from_wit_request(too_many, original.clone(), true),
             Err(Failure::Malformed(_))
         ));
         let fine = Request {
