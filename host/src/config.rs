@@ -265,6 +265,10 @@ pub struct McpConfig {
     /// Idle time after which a legacy (2025-era) session is closed.
     #[serde(with = "millis")]
     pub session_idle_timeout: Duration,
+    /// Most legacy sessions one MCP endpoint keeps open; past it, an `initialize` gets 503
+    /// (open sessions and stateless requests are still served). Concurrent `initialize`s may
+    /// pass it by a few.
+    pub max_sessions: usize,
     /// Answer plain stateless `tools/call` requests (2026-07-28 era) without rmcp's per-request
     /// service; every other message still goes through rmcp. Off only to rule it out when
     /// debugging: the answers are the same, byte for byte.
@@ -283,6 +287,7 @@ impl Default for McpConfig {
             trust_forwarded_host: false,
             max_body_bytes: 1024 * 1024,
             session_idle_timeout: Duration::from_secs(3600),
+            max_sessions: 10_000,
             direct_tool_calls: true,
         }
     }

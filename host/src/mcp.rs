@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter,
@@ -47,6 +48,8 @@ struct Endpoint {
     registry: Arc<Registry>,
     handler: Handler,
     service: StreamableHttpService<Handler, LocalSessionManager>,
+    /// The legacy sessions `service` keeps, to count them.
+    sessions: Arc<LocalSessionManager>,
     stop: CancellationToken,
 }
 
@@ -145,14 +148,16 @@ impl Hub {
             .with_max_request_body_bytes(self.config.max_body_bytes)
             .with_json_response(true)
             .with_cancellation_token(stop.clone());
+        let sessions = Arc::new(sessions);
         let service = {
             let handler = handler.clone();
-            StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(sessions), config)
+            StreamableHttpService::new(move || Ok(handler.clone()), sessions.clone(), config)
         };
         Arc::new(Endpoint {
             registry,
             handler,
             service,
+            sessions,
             stop,
         })
     }
@@ -265,6 +270,13 @@ impl Hub {
             .expect("not poisoned")
             .get(&(key, adapter.namespace.clone()))
             .cloned();
+        if let Some(endpoint) = &endpoint
+            && request.method() == http::Method::POST
+            && !request.headers().contains_key("mcp-session-id")
+            && endpoint.sessions.sessions.read().await.len() >= self.config.max_sessions
+        {
+            return endpoint.serve_when_full(request, &self.config).await;
+        }
         match endpoint {
             Some(endpoint) if self.config.direct_tool_calls => {
                 endpoint.serve(request, self.config.max_body_bytes).await
@@ -326,6 +338,69 @@ fn host_without_port(host: &str) -> &str {
             name
         }
         _ => host,
+    }
+}
+
+impl Endpoint {
+    /// Answers a request that may open a legacy session while the endpoint has as many as it
+    /// keeps: an `initialize` gets 503 (the sessions there are served on, and so are stateless
+    /// requests); anything else goes on as usual.
+    async fn serve_when_full<B>(
+        &self,
+        request: http::Request<B>,
+        config: &McpConfig,
+    ) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, body) = request.into_parts();
+        let mut body = Box::pin(body);
+        let mut read = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return jsonrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    -32700,
+                    "the request body could not be read",
+                );
+            };
+            if let Ok(data) = frame.into_data() {
+                if read.len() + data.len() > config.max_body_bytes {
+                    return jsonrpc_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        -32600,
+                        "the request body is too large",
+                    );
+                }
+                read.extend_from_slice(&data);
+            }
+        }
+        let body = read.freeze();
+        let method = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|message| Some(message.get("method")?.as_str()?.to_owned()));
+        if method.as_deref() == Some("initialize") {
+            tracing::warn!(
+                limit = config.max_sessions,
+                "refused a new MCP session: the endpoint has as many as it keeps"
+            );
+            let mut response = jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32000,
+                "too many open MCP sessions on this endpoint; try again later",
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+            return response;
+        }
+        let request = http::Request::from_parts(parts, Full::new(body));
+        if config.direct_tool_calls {
+            self.serve(request, config.max_body_bytes).await
+        } else {
+            self.service.handle(request).await
+        }
     }
 }
 

@@ -763,3 +763,60 @@ async fn a_dropped_direct_call_aborts_its_upstream_request() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn legacy_sessions_are_capped_per_endpoint() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| c.mcp.max_sessions = 2).await;
+    let url = mcp_url(&h).await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let open = || {
+        h.http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(initialize.to_string())
+            .send()
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let response = open().await.unwrap();
+        assert_eq!(response.status(), 200);
+        sessions.push(response.headers()["mcp-session-id"].clone());
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many open MCP sessions"),
+        "{body}"
+    );
+
+    // The open sessions are served on; closing one makes room.
+    let initialized = h
+        .http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", sessions[1].clone())
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initialized.status(), 202);
+    let closed = h
+        .http
+        .delete(&url)
+        .header("mcp-session-id", sessions[0].clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    assert_eq!(open().await.unwrap().status(), 200);
+}
