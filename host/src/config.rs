@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Everything the gateway needs to run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The folder of capability files.
@@ -37,6 +37,27 @@ pub struct Config {
     /// Command-line settings applied on top of the file, again each time it is re-read.
     #[serde(skip)]
     pub overrides: Overrides,
+}
+
+/// Like a derived `Debug`, but bind values show their names only.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("specs", &self.specs)
+            .field("listen", &self.listen)
+            .field("admin", &self.admin)
+            .field("upstreams", &self.upstreams)
+            .field("limits", &self.limits)
+            .field("retry", &self.retry)
+            .field("mcp", &self.mcp)
+            .field("env", &crate::secret::RedactedValues(&self.env))
+            .field("log", &self.log)
+            .field("reload", &self.reload)
+            .field("plugins", &self.plugins)
+            .field("source", &self.source)
+            .field("overrides", &self.overrides)
+            .finish()
+    }
 }
 
 /// Settings given on the command line (or its environment variables). They win over the config
@@ -137,8 +158,10 @@ pub struct UpstreamOverride {
 impl UpstreamOverride {
     /// Parses the command-line form `NAMESPACE=URL[,profile=stripe|default]`.
     pub fn parse(text: &str) -> Result<UpstreamOverride, String> {
+        // Errors name the namespace, never the URL: it may carry a proxy's credentials.
         let (namespace, rest) = text.split_once('=').ok_or_else(|| {
-            format!("invalid upstream override \"{text}\": expected NAMESPACE=URL[,profile=NAME]")
+            "invalid upstream override: expected NAMESPACE=URL[,profile=NAME], found no `=`"
+                .to_owned()
         })?;
         let mut base_uri = None;
         let mut profile = None;
@@ -148,16 +171,14 @@ impl UpstreamOverride {
             } else if !part.is_empty() {
                 if base_uri.is_some() {
                     return Err(format!(
-                        "invalid upstream override \"{text}\": more than one URL"
+                        "invalid upstream override for namespace \"{namespace}\": more than one URL"
                     ));
                 }
                 base_uri = Some(part.to_owned());
             }
         }
         if namespace.is_empty() {
-            return Err(format!(
-                "invalid upstream override \"{text}\": empty namespace"
-            ));
+            return Err("invalid upstream override: empty namespace".to_owned());
         }
         Ok(UpstreamOverride {
             namespace: namespace.to_owned(),
@@ -510,6 +531,21 @@ mod tests {
                 .unwrap_err()
                 .contains("soap")
         );
+        // A proxy's credentials in the URL never show in an error.
+        let error =
+            UpstreamOverride::parse("a=https://u:pw@egress,https://u:pw@other").unwrap_err();
+        assert!(error.contains("\"a\"") && !error.contains("pw"), "{error}");
+    }
+
+    #[test]
+    fn debug_shows_bind_names_not_values() {
+        let mut config = Config::default();
+        config
+            .env
+            .insert("STRIPE_API_KEY".into(), "sk_test_hidden".into());
+        let shown = format!("{config:?}");
+        assert!(shown.contains("STRIPE_API_KEY"), "{shown}");
+        assert!(!shown.contains("sk_test_hidden"), "{shown}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -74,6 +74,8 @@ pub struct Gateway {
 
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
+    /// Locked past a poisoning: a reload that panicked (a bug) must not take the admin
+    /// endpoints and every later reload down with it.
     catalog: Arc<Mutex<Catalog>>,
     listeners: tokio::sync::Mutex<Listeners>,
     /// Reloads run one at a time, in order.
@@ -176,15 +178,24 @@ impl Gateway {
         let previous = self.inner.shared.snapshot.load_full();
         let catalog = self.inner.catalog.clone();
         let plugins = self.inner.shared.invoker.plugins().cloned();
-        let (plugins_changed, refreshed) = self
+        let Some((plugins_changed, refreshed)) = self
             .inner
             .reload_thread
             .run(move || {
                 let plugins_changed = plugins.map(|p| p.refresh()).unwrap_or_default();
-                let refreshed = catalog.lock().expect("not poisoned").refresh(&previous);
+                let refreshed = catalog
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .refresh(&previous);
                 (plugins_changed, refreshed)
             })
-            .await;
+            .await
+        else {
+            tracing::error!(
+                "reloading panicked (a bug); the running capabilities and plugins stay"
+            );
+            return None;
+        };
         let published = match refreshed {
             Some((snapshot, mut report)) => {
                 report.plugins_changed = plugins_changed;
@@ -286,7 +297,7 @@ impl Gateway {
         self.inner
             .catalog
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .set_listen_failures(failures);
     }
 
@@ -326,14 +337,18 @@ impl Gateway {
     }
 
     pub fn status(&self) -> Vec<FileStatus> {
-        self.inner.catalog.lock().expect("not poisoned").status()
+        self.inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status()
     }
 
     pub fn generation(&self) -> u64 {
         self.inner
             .catalog
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .generation()
     }
 
@@ -410,14 +425,15 @@ impl ReloadThread {
         ReloadThread { jobs }
     }
 
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> T {
+    /// Runs a job on the thread; `None` if it panicked (a bug: the caller keeps what it had).
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
                 let _ = done.send(job());
             }))
             .expect("the reload thread outlives the gateway");
-        result.await.expect("reloading does not panic")
+        result.await.ok()
     }
 }
 
@@ -440,7 +456,11 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
     let config = gateway.config();
     let mut current = config.clone();
     let watched = |gateway: &Gateway| -> Vec<PathBuf> {
-        let catalog = gateway.inner.catalog.lock().expect("not poisoned");
+        let catalog = gateway
+            .inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut files: Vec<PathBuf> = catalog.watched_files().into_iter().collect();
         files.extend(gateway.config().source.clone());
         files
@@ -502,7 +522,7 @@ impl Gateway {
             self.inner
                 .catalog
                 .lock()
-                .expect("not poisoned")
+                .unwrap_or_else(PoisonError::into_inner)
                 .reconfigure(env_of(&next), options);
         }
         let rest = |c: &Config| {

@@ -5,6 +5,7 @@
 //! a log line, a diagnostic, a metric or an admin response by accident; `upstream` is the one
 //! place that calls [`Secret::expose`] to put it on the wire.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,9 +29,27 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Bind values by name (the gateway config's `env`) as `Debug` shows them: names only.
+pub struct RedactedValues<'a>(pub &'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedValues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, format_args!("<redacted>"))))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_values_show_their_names_only() {
+        let values = BTreeMap::from([("STRIPE_API_KEY".to_owned(), "sk_test_123".to_owned())]);
+        let shown = format!("{:?}", RedactedValues(&values));
+        assert_eq!(shown, r#"{"STRIPE_API_KEY": <redacted>}"#);
+    }
 
     #[test]
     fn debug_never_shows_the_value() {

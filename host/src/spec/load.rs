@@ -45,11 +45,20 @@ pub struct ImportedAdapter {
 
 /// Where bind variables without a `location` come from: explicit values first (the gateway
 /// config's `env`), then, unless isolated, the process environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Env {
     pub overrides: BTreeMap<String, String>,
     /// Read the process environment after the overrides.
     pub process: bool,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("overrides", &crate::secret::RedactedValues(&self.overrides))
+            .field("process", &self.process)
+            .finish()
+    }
 }
 
 impl Default for Env {
