@@ -228,7 +228,8 @@ pub struct Limits {
     /// Idle connections kept per upstream origin.
     pub upstream_max_idle: usize,
     /// How long a caller may take to send a request's headers (past it, the connection is
-    /// closed) and then its body (past it, 408).
+    /// closed; an HTTP/1 connection idle that long between requests is closed too) and then
+    /// its body (past it, 408). 0 turns it off.
     #[serde(with = "millis")]
     pub request_read_timeout: Duration,
 }

@@ -27,7 +27,7 @@ use crate::mcp::Hub;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::plugin::Plugins;
 use crate::reload::{Catalog, FileStatus, Report, Watcher};
-use crate::server::{HttpResponse, Listeners};
+use crate::server::{HttpResponse, Listeners, ReadDeadline};
 use crate::snapshot::{ListenKey, Snapshot};
 use crate::spec::Env;
 use crate::upstream::Client;
@@ -45,6 +45,8 @@ pub struct Shared {
 impl Shared {
     /// Answers one request that arrived on the listener `key`.
     pub async fn handle(&self, key: ListenKey, request: http::Request<Incoming>) -> HttpResponse {
+        let limit = self.config.limits.request_read_timeout;
+        let request = request.map(|body| ReadDeadline::new(body, limit));
         let snapshot = self.snapshot.load_full();
         let Some(listener) = snapshot.listener(&key) else {
             // The listener is closing: nothing is served on it any more.

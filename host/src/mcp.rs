@@ -229,7 +229,7 @@ impl Hub {
     ) -> HttpResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::fmt::Display + 'static,
     {
         let path = request.uri().path().trim_end_matches('/');
         let adapter = match path.strip_prefix("/mcp/") {
@@ -352,18 +352,21 @@ impl Endpoint {
     ) -> HttpResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::fmt::Display + 'static,
     {
         let (parts, body) = request.into_parts();
         let mut body = Box::pin(body);
         let mut read = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else {
-                return jsonrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    -32700,
-                    "the request body could not be read",
-                );
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => {
+                    let status = match (&error as &dyn std::any::Any).downcast_ref() {
+                        Some(crate::server::ReadError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    return jsonrpc_error(status, -32700, &format!("{error}"));
+                }
             };
             if let Ok(data) = frame.into_data() {
                 if read.len() + data.len() > config.max_body_bytes {

@@ -14,7 +14,7 @@ use crate::error::GatewayError;
 use crate::form;
 use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
 use crate::route::Match;
-use crate::server::{HttpResponse, full};
+use crate::server::{HttpResponse, ReadError, full};
 use crate::snapshot::{Action, ExposedParam, Listener, RestInputs, RestRoute};
 use crate::spec::ParamIn;
 
@@ -92,15 +92,7 @@ where
     {
         return Err(GatewayError::PayloadTooLarge { limit: max_body });
     }
-    let collected = tokio::time::timeout(
-        limits.request_read_timeout,
-        Limited::new(body, max_body).collect(),
-    )
-    .await
-    .map_err(|_| GatewayError::RequestTimeout {
-        after: limits.request_read_timeout,
-    })?;
-    let bytes = match collected {
+    let bytes = match Limited::new(body, max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error)
             if error
@@ -109,7 +101,11 @@ where
         {
             return Err(GatewayError::PayloadTooLarge { limit: max_body });
         }
-        Err(_) => {
+        Err(error) => {
+            // The listener's deadline for the whole body (`server::ReadDeadline`).
+            if let Some(ReadError::TimedOut(after)) = error.downcast_ref::<ReadError>() {
+                return Err(GatewayError::RequestTimeout { after: *after });
+            }
             return Err(GatewayError::bad_request(
                 "body_unreadable",
                 "the request body could not be read",

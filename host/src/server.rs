@@ -6,8 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +34,72 @@ pub type HttpResponse = http::Response<HttpBody>;
 
 pub fn full(bytes: impl Into<Bytes>) -> HttpBody {
     Full::new(bytes.into()).boxed()
+}
+
+/// A request body that must arrive in full within a time limit, counted from when it is first
+/// read: past it, reading fails with [`ReadError::TimedOut`]. A body that is already complete
+/// (a GET's) costs no timer.
+pub struct ReadDeadline<B> {
+    body: B,
+    limit: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> ReadDeadline<B> {
+    pub fn new(body: B, limit: Duration) -> Self {
+        ReadDeadline {
+            body,
+            limit,
+            deadline: None,
+        }
+    }
+}
+
+/// Why a [`ReadDeadline`] body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the request body could not be read: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request body did not arrive within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+}
+
+impl<B> http_body::Body for ReadDeadline<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = ReadError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, ReadError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(|e| ReadError::Body(e.into()))));
+        }
+        if this.limit.is_zero() {
+            return Poll::Pending;
+        }
+        let limit = this.limit;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(ReadError::TimedOut(limit)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The listeners currently open.
@@ -145,22 +215,48 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let read_timeout = shared.config.limits.request_read_timeout;
+        let read_timeout = Some(shared.config.limits.request_read_timeout).filter(|t| !t.is_zero());
+        let asked = Arc::new(AtomicBool::new(false));
         let shared = shared.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.handle(key, request).await) }
-        });
+        let service = {
+            let asked = asked.clone();
+            hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                asked.store(true, Ordering::Relaxed);
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(shared.handle(key, request).await) }
+            })
+        };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            // A caller that trickles its headers is disconnected, rather than holding a task.
+            // A caller that trickles its headers is disconnected (and so is an HTTP/1
+            // connection idle that long between requests), rather than holding a task.
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(read_timeout);
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
+            let connection = watcher.watch(connection.into_owned());
+            tokio::pin!(connection);
+            // Until its first request, a connection gets the read timeout too: one that sends
+            // nothing, or stalls before HTTP/1 headers or in HTTP/2's preface, is closed.
+            if let Some(limit) = read_timeout {
+                tokio::select! {
+                    result = &mut connection => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(limit) => {
+                        if !asked.load(Ordering::Relaxed) {
+                            tracing::debug!("no request within the read timeout; closing the connection");
+                            return;
+                        }
+                    }
+                }
+            }
+            if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

@@ -446,6 +446,39 @@ async fn a_caller_that_trickles_its_request_is_cut_off() {
         "{rest:?}"
     );
 
+    // The MCP surface: a body that never finishes is not waited for either.
+    let mcp = reqwest::Url::parse(&h.base(9090).await).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(format!(
+        "{}:{}",
+        mcp.host_str().unwrap(),
+        mcp.port().unwrap()
+    ))
+    .await
+    .unwrap();
+    let head = "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: application/json, text/event-stream\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"jsonrpc\"";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("answered within the read timeout")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 5") || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
+    assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
+
+    // Nothing sent at all (nor an HTTP/2 preface finished): closed too.
+    for opening in ["", "PRI * HTTP/2.0\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream.write_all(opening.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("closed within the read timeout");
+        assert!(read.is_err() || rest.is_empty(), "{opening:?}: {rest:?}");
+    }
+
     assert!(h.sim.requests().is_empty(), "nothing reached the upstream");
     assert_eq!(h.http.get(url).send().await.unwrap().status(), 200);
 }

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{Endpoint, Progress, json_response};
-use crate::server::{HttpResponse, full};
+use crate::server::{HttpResponse, ReadError, full};
 
 /// The only protocol version served here: the one whose requests carry everything in `_meta`.
 const VERSION: &str = "2026-07-28";
@@ -38,7 +38,7 @@ impl Endpoint {
     ) -> HttpResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::fmt::Display + 'static,
     {
         if request.method() != http::Method::POST
             || !plain_headers(request.headers(), max_body_bytes)
@@ -49,10 +49,14 @@ impl Endpoint {
         let body = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(error) => {
-                // What rmcp answers when a body cannot be read.
+                // What rmcp answers when a body cannot be read; but a caller too slow to send
+                // it is told so (the listener's `ReadDeadline`).
                 let mut response =
                     http::Response::new(full(format!("Failed to read request body: {error}")));
-                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                *response.status_mut() = match (&error as &dyn std::any::Any).downcast_ref() {
+                    Some(ReadError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
                 return response;
             }
         };
