@@ -58,8 +58,10 @@ const LOG_MESSAGE_LIMIT: usize = 2048;
 /// What one call may write through `log` in all; past it, its messages are dropped (and
 /// counted), so a plugin cannot flood the gateway's log, or block its thread on a full one.
 const LOG_CALL_BUDGET: usize = 16 * 1024;
-/// The most headers a plugin may return; more is a malformed result.
+/// How many more headers a plugin may return than it was shown; more is a malformed result.
 const MAX_HEADERS: usize = 100;
+/// What each `log` line costs from the budget besides its text (the line's own fields).
+const LOG_LINE_COST: usize = 64;
 /// What one plugin instance may hold. The pool has this much for every call slot, so a call
 /// that has its slot never fails for want of pool capacity, whatever other plugins hold; a
 /// component that needs more does not load.
@@ -117,7 +119,7 @@ impl bindings::capgate::transform::host::Host for State {
             return;
         }
         let message = printable(&message, LOG_MESSAGE_LIMIT.min(self.log_left));
-        self.log_left = self.log_left.saturating_sub(message.len().max(1));
+        self.log_left = self.log_left.saturating_sub(message.len() + LOG_LINE_COST);
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
             Level::Debug => tracing::debug!(plugin, request_id, "{message}"),
@@ -128,9 +130,13 @@ impl bindings::capgate::transform::host::Host for State {
     }
 }
 
-/// The `.wasm` files of the plugins folder (not hidden ones), by name.
-fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut present = Vec::new();
+/// A look at the plugins folder.
+type Scan = (Vec<(String, PathBuf)>, Vec<String>);
+
+/// The `.wasm` files of the plugins folder (not hidden ones), by name, and the names of those
+/// that could not be looked at now (a link to nowhere readable, say): those keep their state.
+fn wasm_files(dir: &Path) -> std::io::Result<Scan> {
+    let (mut present, mut unreadable) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -144,10 +150,13 @@ fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
             Ok(_) => {}
             // Deleted between listing and looking: absent.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
+            Err(error) => {
+                tracing::warn!(plugin = %name, %error, "cannot look at a plugin file; it keeps its state");
+                unreadable.push(name);
+            }
         }
     }
-    Ok(present)
+    Ok((present, unreadable))
 }
 
 /// A plugin's text as one log line: at most `limit` bytes (cut at a character), control
@@ -175,6 +184,8 @@ struct Limits {
     store: StoreLimits,
     memory_cap: usize,
     memory_used: usize,
+    /// What the last grant added to `memory_used`, taken back if the growth then failed.
+    memory_granted: usize,
     memory_refused: bool,
 }
 
@@ -189,10 +200,16 @@ impl ResourceLimiter for Limits {
         let granted =
             total <= self.memory_cap && self.store.memory_growing(current, desired, maximum)?;
         if granted {
+            self.memory_granted = total.saturating_sub(self.memory_used);
             self.memory_used = total;
         }
         self.memory_refused |= !granted;
         Ok(granted)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_used -= std::mem::take(&mut self.memory_granted);
+        Ok(())
     }
 
     fn table_growing(
@@ -421,11 +438,11 @@ impl Plugins {
         let Some(dir) = &self.config.dir else {
             return Vec::new();
         };
-        let mut present = match wasm_files(dir) {
-            Ok(present) => present,
+        let (mut present, unreadable) = match wasm_files(dir) {
+            Ok(scan) => scan,
             // A folder that is gone has no plugins; one that cannot be read now (out of file
             // descriptors, a network file system's hiccup) keeps the plugins it had.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), Vec::new()),
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "cannot read the plugins folder; the loaded plugins stay");
                 return Vec::new();
@@ -436,7 +453,7 @@ impl Plugins {
         let mut loaded = (**self.loaded.load()).clone();
         let mut files = self.files.lock().expect("not poisoned");
         files.retain(|name, _| {
-            let keep = present.iter().any(|(n, _)| n == name);
+            let keep = present.iter().any(|(n, _)| n == name) || unreadable.contains(name);
             if !keep {
                 loaded.remove(name);
                 changed.push(name.clone());
@@ -621,6 +638,7 @@ impl Plugins {
                 .build(),
             memory_cap: memory,
             memory_used: 0,
+            memory_granted: 0,
             memory_refused: false,
         };
         let mut store = Store::new(
@@ -1061,10 +1079,11 @@ fn headers_to_wit(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-fn headers_from_wit(headers: Vec<(String, String)>) -> Result<HeaderMap, Failure> {
-    if headers.len() > MAX_HEADERS {
+/// A plugin's headers, of which there may be at most [`MAX_HEADERS`] more than it was `shown`.
+fn headers_from_wit(headers: Vec<(String, String)>, shown: usize) -> Result<HeaderMap, Failure> {
+    if headers.len() > shown + MAX_HEADERS {
         return Err(Failure::Malformed(format!(
-            "{} headers returned; at most {MAX_HEADERS} are accepted",
+            "{} headers returned for {shown}; at most {MAX_HEADERS} more are accepted",
             headers.len()
         )));
     }
@@ -1080,6 +1099,8 @@ fn headers_from_wit(headers: Vec<(String, String)>) -> Result<HeaderMap, Failure
 }
 
 fn to_wit_request(request: &UpstreamRequest, with_body: bool) -> Request {
+    // A body rendered from bound variables is never shown (and so never changed).
+    let with_body = with_body && !request.sealed.hides_body;
     let body = if with_body {
         request.body.as_ref().map(|payload| match payload {
             Payload::Structured(value) | Payload::Form(value) => {
@@ -1123,8 +1144,8 @@ fn from_wit_request(
         })?;
         query.push((name, value));
     }
-    let headers = headers_from_wit(changed.headers)?;
-    let body = if !with_body {
+    let headers = headers_from_wit(changed.headers, original.headers.len())?;
+    let body = if !with_body || original.sealed.hides_body {
         original.body
     } else {
         match (changed.body, original.body) {
@@ -1173,7 +1194,7 @@ fn from_wit_response(
 ) -> Result<UpstreamResponse, Failure> {
     let status = StatusCode::from_u16(response.status)
         .map_err(|_| Failure::Malformed(format!("invalid status {}", response.status)))?;
-    let headers = headers_from_wit(response.headers)?;
+    let headers = headers_from_wit(response.headers, before.map_or(0, |b| b.headers.len()))?;
     let body = match (response.body, original_body) {
         (Some(bytes), _) => Bytes::from(bytes),
         (None, Some(original)) => original,
@@ -1333,6 +1354,7 @@ mod tests {
             store: StoreLimitsBuilder::new().memory_size(16 * mib).build(),
             memory_cap: 16 * mib,
             memory_used: 0,
+            memory_granted: 0,
             memory_refused: false,
         };
         assert!(limits.memory_growing(0, 10 * mib, None).unwrap());
@@ -1342,6 +1364,14 @@ mod tests {
         assert!(limits.memory_refused);
         assert!(limits.memory_growing(4 * mib, 6 * mib, None).unwrap());
         assert_eq!(limits.memory_used, 16 * mib);
+        // A growth granted here that wasmtime then fails (the host could not map it, say) is
+        // taken back.
+        limits.memory_used = 10 * mib;
+        assert!(limits.memory_growing(6 * mib, 9 * mib, None).unwrap());
+        limits
+            .memory_grow_failed(wasmtime::Error::msg("cannot map"))
+            .unwrap();
+        assert_eq!(limits.memory_used, 10 * mib);
     }
 
     #[test]

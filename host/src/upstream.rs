@@ -54,14 +54,17 @@ pub struct UpstreamRequest {
     pub sealed: Sealed,
 }
 
-/// Header, query and body parameters whose values come from bound variables (secrets, like
-/// the adapter's auth): transforms never see them; they join the request when it is encoded.
-/// A body field of the same name as one a transform set wins over it.
+/// Header, cookie, query and body parameters whose values come from bound variables (secrets,
+/// like the adapter's auth): transforms never see them; they join the request when it is
+/// encoded. A body field of the same name as one a transform set wins over it. A body rendered
+/// from a template that reads bound variables is not shown to transforms at all (`hides_body`),
+/// and they cannot change it.
 #[derive(Clone, Default, PartialEq)]
 pub struct Sealed {
     pub headers: HeaderMap,
     pub query: Vec<(String, Value)>,
     pub body: Map<String, Value>,
+    pub hides_body: bool,
 }
 
 impl std::fmt::Debug for Sealed {
@@ -73,6 +76,7 @@ impl std::fmt::Debug for Sealed {
                 &self.query.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
             .field("body", &self.body.keys().collect::<Vec<_>>())
+            .field("hides_body", &self.hides_body)
             .finish()
     }
 }
@@ -193,8 +197,12 @@ pub fn prepare(
             Some(template) => template.render(&scope),
             None => args.get(&param.name).cloned(),
         };
+        let from_bound_arg = |r: &&crate::template::Ref| matches!(r, crate::template::Ref::Input(name) if bound_args.contains(&name.as_str()));
         let secret = match &param.value {
-            Some(template) => template.reads_binds(),
+            Some(template) => {
+                template.reads_binds()
+                    || !bound_args.is_empty() && template.refs().iter().any(from_bound_arg)
+            }
             None => bound_args.contains(&param.name.as_str()),
         };
         let value = match value {
@@ -206,9 +214,10 @@ pub fn prepare(
                         Some(&param.name),
                     ));
                 }
-                // A body field given as `null` is sent (Stripe's "unset": an empty value),
-                // unlike one not given at all.
+                // To Stripe, a body field given as `null` is sent (its "unset": an empty
+                // value), unlike one not given at all.
                 if value.is_some()
+                    && upstream.adapter.profile == ProfileName::Stripe
                     && sends_body
                     && param.location == ParamIn::Body
                     && param.name != "body"
@@ -257,6 +266,11 @@ pub fn prepare(
                 }
             }
             ParamIn::Cookie => {
+                let headers = if secret {
+                    &mut sealed.headers
+                } else {
+                    &mut headers
+                };
                 // Only RFC 6265's cookie octets: a `;` would add a cookie of the caller's own.
                 let text = crate::template::value_text(&value);
                 let octet = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\');
@@ -282,9 +296,11 @@ pub fn prepare(
                 if param.name == "body"
                     && (value.is_object() || whole_body.is_none() && !value.is_object()) =>
             {
+                sealed.hides_body |= secret;
                 whole_body = Some(value);
             }
-            ParamIn::Body if secret => {
+            // Body parameters are sent only when they build the body.
+            ParamIn::Body if secret && matches!(upstream.body, BodyPlan::FromParams) => {
                 sealed.body.insert(param.name.clone(), value);
             }
             ParamIn::Body => {
@@ -328,15 +344,24 @@ pub fn prepare(
                 }
                 (Some(other), _) => Some(Payload::Structured(other)),
             },
-            BodyPlan::Structured(template) => template.render(&scope).map(Payload::Structured),
-            BodyPlan::Form(template) => template.render(&scope).map(Payload::Form),
+            BodyPlan::Structured(template) => {
+                sealed.hides_body |= template.reads_binds();
+                template.render(&scope).map(Payload::Structured)
+            }
+            BodyPlan::Form(template) => {
+                sealed.hides_body |= template.reads_binds();
+                template.render(&scope).map(Payload::Form)
+            }
             BodyPlan::Text {
                 template,
                 content_type,
-            } => template.render_text(&scope).map(|text| Payload::Raw {
-                bytes: Bytes::from(text.into_owned()),
-                content_type: (*content_type).to_owned(),
-            }),
+            } => {
+                sealed.hides_body |= template.reads_binds();
+                template.render_text(&scope).map(|text| Payload::Raw {
+                    bytes: Bytes::from(text.into_owned()),
+                    content_type: (*content_type).to_owned(),
+                })
+            }
         }
     };
     Ok(UpstreamRequest {
@@ -611,7 +636,6 @@ fn encode(adapter: &UpstreamAdapter, request: &UpstreamRequest) -> Result<Encode
                 Some(Payload::Structured(Value::Object(sealed.body.clone())))
             }
             Some(Payload::Structured(value)) => with_sealed_fields(value).map(Payload::Structured),
-            Some(Payload::Form(value)) => with_sealed_fields(value).map(Payload::Form),
             _ => None,
         }
     };
@@ -795,7 +819,7 @@ pub fn random_id() -> String {
 
 /// The request of a forward route: the rest of the caller's path (each segment checked and
 /// re-encoded, so it can never climb out of the base URI), its query string as it is, the
-/// trusted headers and the body (never on GET, DELETE or HEAD).
+/// trusted headers and the body (never on GET or HEAD).
 pub fn forward_request(
     method: &Method,
     rest: &str,
@@ -832,7 +856,7 @@ pub fn forward_request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let sends_body = !matches!(*method, Method::GET | Method::DELETE | Method::HEAD);
+    let sends_body = !matches!(*method, Method::GET | Method::HEAD);
     let body = (sends_body && !body.is_empty()).then_some(Payload::Raw {
         bytes: body,
         content_type,
@@ -930,12 +954,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.path, "/a/b%20c?x=1");
-        // A body goes on with POST, never with GET or DELETE.
+        // A body goes on with POST and DELETE, never with GET or HEAD.
         let body = || Bytes::from_static(b"a=1");
         for (method, sent) in [
             (Method::POST, true),
+            (Method::DELETE, true),
             (Method::GET, false),
-            (Method::DELETE, false),
+            (Method::HEAD, false),
         ] {
             let req = forward_request(&method, "a", None, &headers, &[], body()).unwrap();
             assert_eq!(req.body.is_some(), sent, "{method}");

@@ -428,7 +428,7 @@ async fn a_chain_runs_in_order_and_never_sees_credentials() {
 
 #[tokio::test]
 async fn parameters_built_from_bound_values_are_added_after_plugins() {
-    // The list operation also sends the bound key in a header and a query parameter of its own.
+    // The list operation also sends the bound key in a header and a cookie of its own.
     let seed =
         std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
     let list_inputs = "        inputParameters:\n        - name: created\n";
@@ -436,7 +436,7 @@ async fn parameters_built_from_bound_values_are_added_after_plugins() {
     let spec = seed.replacen(
         list_inputs,
         &format!(
-            "        inputParameters:\n        - {{name: X-Upstream-Token, in: header, value: '{{{{env.STRIPE_API_KEY}}}}'}}\n{}",
+            "        inputParameters:\n        - {{name: X-Upstream-Token, in: header, value: '{{{{env.STRIPE_API_KEY}}}}'}}\n        - {{name: token, in: cookie, value: 'k={{{{env.STRIPE_API_KEY}}}}'}}\n{}",
             &list_inputs["        inputParameters:\n".len()..]
         ),
         1,
@@ -450,10 +450,15 @@ async fn parameters_built_from_bound_values_are_added_after_plugins() {
         !saw.contains("x-upstream-token"),
         "the plugin saw a secret: {saw}"
     );
+    assert!(!saw.contains("cookie"), "the plugin saw a secret: {saw}");
     assert_eq!(
         sent.header("x-upstream-token"),
         Some(common::KEY),
         "it is still sent"
+    );
+    assert_eq!(
+        sent.header("cookie"),
+        Some(format!("token=k={}", common::KEY).as_str())
     );
 }
 
