@@ -71,7 +71,9 @@ const MAX_TABLES: usize = 8;
 
 /// What a store holds during one call.
 struct State {
-    wasi: WasiCtx,
+    /// Made when the plugin first calls WASI: a plugin without `std` never does, and a call
+    /// that does not need one is spared building it (seeding its random generators and all).
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     limits: Limits,
     plugin: Arc<str>,
@@ -88,8 +90,11 @@ struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = &self.stderr;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| WasiCtx::builder().stderr(stderr.clone()).build()),
             table: &mut self.table,
         }
     }
@@ -628,7 +633,6 @@ impl Plugins {
         timeout: Duration,
     ) -> Store<State> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         let limits = Limits {
             store: StoreLimitsBuilder::new()
                 .memory_size(memory)
@@ -644,7 +648,7 @@ impl Plugins {
         let mut store = Store::new(
             &self.engine,
             State {
-                wasi,
+                wasi: None,
                 table: ResourceTable::new(),
                 limits,
                 plugin,
