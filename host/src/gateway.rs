@@ -61,8 +61,13 @@ impl Shared {
             self.metrics.request("mcp", response.status());
             return response;
         }
-        let response =
-            crate::rest::handle(&self.invoker, listener, &self.config.limits, request).await;
+        let response = crate::rest::handle(
+            &self.invoker,
+            listener,
+            self.config.limits.max_body_bytes,
+            request,
+        )
+        .await;
         self.metrics.request("rest", response.status());
         response
     }

@@ -3,13 +3,14 @@
 //! Inputs come from the path, the query string (Stripe-style brackets too), headers and the
 //! body (JSON, or form-encoded with brackets). Everything after input collection is `invoke`.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value};
 
 use crate::compile::{ArgumentError, Strictness, validate_arguments};
-use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::form;
 use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
@@ -22,7 +23,7 @@ use crate::spec::ParamIn;
 pub async fn handle<B>(
     invoker: &Invoker,
     listener: &Listener,
-    limits: &Limits,
+    max_body: usize,
     request: http::Request<B>,
 ) -> HttpResponse
 where
@@ -47,7 +48,7 @@ where
         } => {
             let params: Vec<(String, String)> =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            run(invoker, route, params, limits, request).await
+            run(invoker, route, params, max_body, request).await
         }
     };
     match result {
@@ -67,22 +68,22 @@ async fn run<B>(
     invoker: &Invoker,
     route: &RestRoute,
     params: Vec<(String, String)>,
-    limits: &Limits,
+    max_body: usize,
     request: http::Request<B>,
 ) -> Result<Outcome, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let max_body = limits.max_body_bytes;
     let (mut parts, body) = request.into_parts();
     // The caller's credentials end here: neither inputs nor a forwarded request carry them.
-    let query = match &route.auth {
+    let query: Option<Cow<str>> = match &route.auth {
         Some(auth) => {
             auth.check(&parts.headers, parts.uri.query())?;
             auth.strip(&mut parts.headers, parts.uri.query())
+                .map(Cow::Owned)
         }
-        None => parts.uri.query().map(str::to_owned),
+        None => parts.uri.query().map(Cow::Borrowed),
     };
     if let Some(length) = parts
         .headers
@@ -121,7 +122,7 @@ where
             forward: Some(ForwardInput {
                 method: parts.method,
                 rest,
-                query,
+                query: query.map(Cow::into_owned),
                 body: bytes,
             }),
             request_id: crate::invoke::request_id(),

@@ -18,7 +18,7 @@ use crate::jsonpath::Selector;
 use crate::route::Router;
 use crate::secret::Secret;
 use crate::spec::ParamIn;
-use crate::template::{Template, ValueTemplate};
+use crate::template::{Ref, Template, ValueTemplate};
 
 /// Everything the gateway serves at one moment.
 #[derive(Debug, Default)]
@@ -214,6 +214,45 @@ pub struct Call {
     pub upstream: Arc<UpstreamOperation>,
     /// Consumed parameter name to where its value comes from.
     pub with: Vec<(String, Source)>,
+    /// For each of `upstream.params`, whether this call builds its value from bound variables
+    /// (its own template reads one, or reads a `with` argument that does): such a value is a
+    /// secret, sealed from transforms (`upstream::Sealed`).
+    pub sealed: Vec<bool>,
+    /// Whether the operation's body template reads bound variables (so the body is a secret).
+    pub hides_body: bool,
+}
+
+impl Call {
+    pub fn new(upstream: Arc<UpstreamOperation>, with: Vec<(String, Source)>) -> Call {
+        let bound_args: Vec<&str> = with
+            .iter()
+            .filter(|(_, source)| matches!(source, Source::Template(t) if t.reads_binds()))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let secret = |r: &Ref| match r {
+            Ref::Bind(_) => true,
+            Ref::Input(name) => bound_args.contains(&name.as_str()),
+        };
+        let sealed = upstream
+            .params
+            .iter()
+            .map(|param| match &param.value {
+                Some(template) => template.refs().into_iter().any(secret),
+                None => bound_args.contains(&param.name.as_str()),
+            })
+            .collect();
+        let hides_body = match &upstream.body {
+            BodyPlan::Structured(t) | BodyPlan::Form(t) => t.refs().into_iter().any(secret),
+            BodyPlan::Text { template, .. } => template.refs().any(secret),
+            BodyPlan::None | BodyPlan::FromParams => false,
+        };
+        Call {
+            upstream,
+            with,
+            sealed,
+            hides_body,
+        }
+    }
 }
 
 /// Where one argument of a call comes from.

@@ -232,16 +232,6 @@ impl ValueTemplate {
         out
     }
 
-    /// Whether rendering reads a bound variable (so the result may hold a secret).
-    pub fn reads_binds(&self) -> bool {
-        match self {
-            ValueTemplate::Constant(_) => false,
-            ValueTemplate::Template(t) => t.reads_binds(),
-            ValueTemplate::Array(items) => items.iter().any(ValueTemplate::reads_binds),
-            ValueTemplate::Object(entries) => entries.iter().any(|(_, v)| v.reads_binds()),
-        }
-    }
-
     fn collect_refs<'a>(&'a self, out: &mut Vec<&'a Ref>) {
         match self {
             ValueTemplate::Constant(_) => {}

@@ -148,8 +148,6 @@ pub fn prepare(
     let upstream = &call.upstream;
     let empty = Map::new();
     let mut args = Map::new();
-    // Arguments rendered from bound variables: their parameters are sealed.
-    let mut bound_args: Vec<&str> = Vec::new();
     {
         let scope = ArgumentScope {
             args: &empty,
@@ -159,12 +157,7 @@ pub fn prepare(
         for (name, source) in &call.with {
             let value = match source {
                 crate::snapshot::Source::Input(input) => inputs.get(input).cloned(),
-                crate::snapshot::Source::Template(t) => {
-                    if t.reads_binds() {
-                        bound_args.push(name.as_str());
-                    }
-                    t.render_value(&scope)
-                }
+                crate::snapshot::Source::Template(t) => t.render_value(&scope),
                 crate::snapshot::Source::Constant(v) => Some(v.clone()),
             };
             if let Some(value) = value {
@@ -191,19 +184,14 @@ pub fn prepare(
     let mut headers = HeaderMap::new();
     let mut body_fields = Map::new();
     let mut whole_body: Option<Value> = None;
-    let mut sealed = Sealed::default();
-    for param in &upstream.params {
+    let mut sealed = Sealed {
+        hides_body: call.hides_body,
+        ..Sealed::default()
+    };
+    for (param, &secret) in upstream.params.iter().zip(&call.sealed) {
         let value = match &param.value {
             Some(template) => template.render(&scope),
             None => args.get(&param.name).cloned(),
-        };
-        let from_bound_arg = |r: &&crate::template::Ref| matches!(r, crate::template::Ref::Input(name) if bound_args.contains(&name.as_str()));
-        let secret = match &param.value {
-            Some(template) => {
-                template.reads_binds()
-                    || !bound_args.is_empty() && template.refs().iter().any(from_bound_arg)
-            }
-            None => bound_args.contains(&param.name.as_str()),
         };
         let value = match value {
             Some(Value::Null) | None => {
@@ -344,24 +332,15 @@ pub fn prepare(
                 }
                 (Some(other), _) => Some(Payload::Structured(other)),
             },
-            BodyPlan::Structured(template) => {
-                sealed.hides_body |= template.reads_binds();
-                template.render(&scope).map(Payload::Structured)
-            }
-            BodyPlan::Form(template) => {
-                sealed.hides_body |= template.reads_binds();
-                template.render(&scope).map(Payload::Form)
-            }
+            BodyPlan::Structured(template) => template.render(&scope).map(Payload::Structured),
+            BodyPlan::Form(template) => template.render(&scope).map(Payload::Form),
             BodyPlan::Text {
                 template,
                 content_type,
-            } => {
-                sealed.hides_body |= template.reads_binds();
-                template.render_text(&scope).map(|text| Payload::Raw {
-                    bytes: Bytes::from(text.into_owned()),
-                    content_type: (*content_type).to_owned(),
-                })
-            }
+            } => template.render_text(&scope).map(|text| Payload::Raw {
+                bytes: Bytes::from(text.into_owned()),
+                content_type: (*content_type).to_owned(),
+            }),
         }
     };
     Ok(UpstreamRequest {

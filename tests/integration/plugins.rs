@@ -428,7 +428,8 @@ async fn a_chain_runs_in_order_and_never_sees_credentials() {
 
 #[tokio::test]
 async fn parameters_built_from_bound_values_are_added_after_plugins() {
-    // The list operation also sends the bound key in a header and a cookie of its own.
+    // The list operation also sends the bound key in a header and a cookie of its own, and in a
+    // header the REST route's `with:` fills from it.
     let seed =
         std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
     let list_inputs = "        inputParameters:\n        - name: created\n";
@@ -436,9 +437,16 @@ async fn parameters_built_from_bound_values_are_added_after_plugins() {
     let spec = seed.replacen(
         list_inputs,
         &format!(
-            "        inputParameters:\n        - {{name: X-Upstream-Token, in: header, value: '{{{{env.STRIPE_API_KEY}}}}'}}\n        - {{name: token, in: cookie, value: 'k={{{{env.STRIPE_API_KEY}}}}'}}\n{}",
+            "        inputParameters:\n        - {{name: X-Upstream-Token, in: header, value: '{{{{env.STRIPE_API_KEY}}}}'}}\n        - {{name: token, in: cookie, value: 'k={{{{env.STRIPE_API_KEY}}}}'}}\n        - {{name: X-From-With, in: header}}\n{}",
             &list_inputs["        inputParameters:\n".len()..]
         ),
+        1,
+    );
+    let list_with = "        with:\n          created: rest.created\n";
+    assert!(spec.contains(list_with));
+    let spec = spec.replacen(
+        list_with,
+        "        with:\n          X-From-With: 'w {{env.STRIPE_API_KEY}}'\n          created: rest.created\n",
         1,
     );
     let (h, _dir) = harness_of(&spec, &["stamp"], vec![binding("stamp", LIST, json!({}))]).await;
@@ -451,6 +459,14 @@ async fn parameters_built_from_bound_values_are_added_after_plugins() {
         "the plugin saw a secret: {saw}"
     );
     assert!(!saw.contains("cookie"), "the plugin saw a secret: {saw}");
+    assert!(
+        !saw.contains("x-from-with"),
+        "the plugin saw a secret: {saw}"
+    );
+    assert_eq!(
+        sent.header("x-from-with"),
+        Some(format!("w {}", common::KEY).as_str())
+    );
     assert_eq!(
         sent.header("x-upstream-token"),
         Some(common::KEY),

@@ -603,10 +603,7 @@ fn operation(cx: &mut Context<'_>, parts: OperationParts<'_>) -> Option<Compiled
     };
     let with = compile_with(cx, parts.with, &upstream, parts.at, parts.namespaces);
     let action = if upstream.missing_binds.is_empty() {
-        Action::Call(Call {
-            upstream: upstream.clone(),
-            with: with.clone(),
-        })
+        Action::Call(Call::new(upstream.clone(), with.clone()))
     } else {
         let missing = upstream.missing_binds.clone();
         unavailable(cx, &missing, parts.at)
