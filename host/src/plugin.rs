@@ -55,8 +55,8 @@ use bindings::{Context, PluginError, Request, RequestAction, Response, Transform
 const STDERR_CAPACITY: usize = 16 * 1024;
 /// The longest message one `log` call writes; the rest is cut.
 const LOG_MESSAGE_LIMIT: usize = 2048;
-/// What one call may write through `log` in all; past it, its messages are dropped (and
-/// counted), so a plugin cannot flood the gateway's log, or block its thread on a full one.
+/// What one call may write through `log` in all; past it, its messages are dropped (with one
+/// warning), so a plugin cannot flood the gateway's log, or block its thread on a full one.
 const LOG_CALL_BUDGET: usize = 16 * 1024;
 /// How many more headers a plugin may return than it was shown; more is a malformed result.
 const MAX_HEADERS: usize = 100;
@@ -82,8 +82,8 @@ struct State {
     stderr: MemoryOutputPipe,
     /// What is left of the call's `log` budget, in bytes.
     log_left: usize,
-    /// Messages dropped once the budget ran out.
-    log_dropped: u32,
+    /// Whether the budget ran out (and that was said).
+    log_cut: bool,
     /// Keeps the epoch ticking while this store exists.
     _running: Running,
 }
@@ -112,8 +112,7 @@ impl bindings::capgate::transform::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
         let (plugin, request_id) = (&*self.plugin, &*self.request_id);
         if self.log_left == 0 {
-            self.log_dropped += 1;
-            if self.log_dropped == 1 {
+            if !std::mem::replace(&mut self.log_cut, true) {
                 tracing::warn!(
                     plugin,
                     request_id,
@@ -201,7 +200,10 @@ impl ResourceLimiter for Limits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = (self.memory_used - current.min(self.memory_used)).saturating_add(desired);
+        let total = self
+            .memory_used
+            .saturating_sub(current)
+            .saturating_add(desired);
         let granted =
             total <= self.memory_cap && self.store.memory_growing(current, desired, maximum)?;
         if granted {
@@ -655,7 +657,7 @@ impl Plugins {
                 request_id,
                 stderr,
                 log_left: LOG_CALL_BUDGET,
-                log_dropped: 0,
+                log_cut: false,
                 _running: self.ticker.running(),
             },
         );
@@ -1376,6 +1378,28 @@ mod tests {
             .memory_grow_failed(wasmtime::Error::msg("cannot map"))
             .unwrap();
         assert_eq!(limits.memory_used, 10 * mib);
+    }
+
+    #[test]
+    fn a_call_logs_within_its_budget() {
+        use bindings::capgate::transform::host::Host as _;
+        let plugins = Plugins::new(&PluginsConfig::default()).unwrap();
+        let mut store = plugins.store(
+            Arc::from("p"),
+            Arc::from("req_1"),
+            1 << 20,
+            Duration::from_millis(10),
+        );
+        let state = store.data_mut();
+        let mut lines = 0;
+        while !state.log_cut {
+            state.log(Level::Debug, String::new());
+            lines += 1;
+            assert!(lines < 1000, "empty messages must use the budget up too");
+        }
+        // Each line costs its text and LOG_LINE_COST: 16 KiB / 64 lines, plus the one refused.
+        assert_eq!(lines, LOG_CALL_BUDGET / LOG_LINE_COST + 1);
+        assert_eq!(state.log_left, 0);
     }
 
     #[test]
