@@ -718,3 +718,57 @@ async fn replacing_and_breaking_a_plugin_while_serving() {
         file.error
     );
 }
+
+/// The compiled-artifact cache: a damaged artifact is never run (the plugin is compiled again
+/// and the artifact rewritten), and a cache folder that is a link is not used at all.
+#[test]
+fn the_artifact_cache_runs_only_its_own_intact_files() {
+    let dir = plugins_folder(&["noop"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let load = |cache: std::path::PathBuf| {
+        let config = capgate::config::PluginsConfig {
+            dir: Some(dir.path().to_path_buf()),
+            cache_dir: Some(cache),
+            ..capgate::config::PluginsConfig::default()
+        };
+        let host = capgate::plugin::Plugins::new(&config).unwrap();
+        assert_eq!(host.refresh(), ["noop.wasm"]);
+        assert!(host.get("noop.wasm").is_some());
+    };
+    let artifacts = |cache: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let cache = scratch.path().join("cache");
+    load(cache.clone());
+    let [artifact] = artifacts(&cache).try_into().unwrap();
+    let intact = std::fs::read(&artifact).unwrap();
+
+    // Cut short, as a crash while writing would leave it, or one byte changed in the middle
+    // of its code: compiled again, written again.
+    let mut flipped = intact.clone();
+    flipped[intact.len() / 2] ^= 0x40;
+    for damaged in [intact[..intact.len() / 2].to_vec(), flipped] {
+        std::fs::write(&artifact, damaged).unwrap();
+        load(cache.clone());
+        assert!(
+            std::fs::read(&artifact).unwrap() == intact,
+            "a damaged artifact was used instead of compiled again"
+        );
+    }
+
+    // A link to a folder of this user's is refused all the same: nothing is written through it.
+    let elsewhere = scratch.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let link = scratch.path().join("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    load(link.clone());
+    assert!(artifacts(&elsewhere).is_empty());
+}
