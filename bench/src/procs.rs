@@ -73,7 +73,7 @@ pub fn capgate_binary() -> PathBuf {
     let path = me.parent().expect("a directory").join("capgate");
     assert!(
         path.exists(),
-        "{} not found: build it first (cargo build --release -p capgate)",
+        "{} not found: build it first (cargo build --release -p capgate-cli)",
         path.display()
     );
     path

@@ -590,10 +590,10 @@ pub async fn plugin(
     duration: Duration,
     rounds: usize,
 ) -> anyhow::Result<()> {
-    use capgate::config::{FailurePolicy, PluginsConfig};
-    use capgate::plugin::{CallContext, Plugins, RequestOutcome, ResponseOutcome};
-    use capgate::snapshot::TransformRef;
-    use capgate::upstream::{UpstreamRequest, UpstreamResponse};
+    use capgate_model::config::{FailurePolicy, PluginsConfig};
+    use capgate_model::exchange::{UpstreamRequest, UpstreamResponse};
+    use capgate_model::snapshot::TransformRef;
+    use capgate_plugin::{CallContext, Plugins, RequestOutcome, ResponseOutcome};
 
     let plugins_dir = repo().join("plugins/target/wasm32-wasip2/release");
     anyhow::ensure!(
@@ -717,11 +717,11 @@ pub async fn plugin(
 /// else `on-request`): calls per second and the process's CPU time per call (us). Says whether
 /// concurrent calls slow each other down, and what a call costs with nothing else running.
 async fn back_to_back(
-    plugins: &Arc<capgate::plugin::Plugins>,
-    hook: &capgate::snapshot::TransformRef,
-    context: &capgate::plugin::CallContext,
-    request: &capgate::upstream::UpstreamRequest,
-    response: Option<capgate::upstream::UpstreamResponse>,
+    plugins: &Arc<capgate_plugin::Plugins>,
+    hook: &capgate_model::snapshot::TransformRef,
+    context: &capgate_plugin::CallContext,
+    request: &capgate_model::exchange::UpstreamRequest,
+    response: Option<capgate_model::exchange::UpstreamResponse>,
     tasks: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let period = Duration::from_secs(1);

@@ -21,7 +21,7 @@ async fn the_official_conformance_suite_passes_but_for_its_baseline() {
         c.reload.debounce = Duration::from_millis(50);
         c.upstreams.insert(
             0,
-            capgate::config::UpstreamOverride {
+            capgate_model::config::UpstreamOverride {
                 namespace: "mutator".into(),
                 base_uri: Some(format!("http://{}", mutator.address)),
                 profile: None,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capgate::Gateway;
-use capgate::config::{Config, UpstreamOverride};
-use capgate::stripe_sim::{self, StripeSim};
+use capgate_model::config::{Config, UpstreamOverride};
+use stripe_sim::{self, StripeSim};
 
 /// The repository root.
 pub fn root() -> PathBuf {

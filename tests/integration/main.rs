@@ -4,7 +4,6 @@ mod clients;
 mod common;
 mod corpus;
 mod errors;
-mod fixtures;
 mod mcp;
 mod plugins;
 mod reload;

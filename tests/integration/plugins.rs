@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use capgate::config::{FailurePolicy, TransformBinding};
+use capgate_model::config::{FailurePolicy, TransformBinding};
 use serde_json::{Value, json};
 
 use crate::common::{self, Harness};
@@ -146,14 +146,14 @@ async fn redact_pii_masks_personal_fields_through_rest_and_mcp() {
 /// A plugin host in this process, on a folder holding the named plugins.
 async fn in_process(
     plugins: &[&str],
-) -> (std::sync::Arc<capgate::plugin::Plugins>, tempfile::TempDir) {
+) -> (std::sync::Arc<capgate_plugin::Plugins>, tempfile::TempDir) {
     let dir = plugins_folder(plugins);
-    let config = capgate::config::PluginsConfig {
+    let config = capgate_model::config::PluginsConfig {
         dir: Some(dir.path().to_path_buf()),
         cache_dir: None,
-        ..capgate::config::PluginsConfig::default()
+        ..capgate_model::config::PluginsConfig::default()
     };
-    let host = std::sync::Arc::new(capgate::plugin::Plugins::new(&config).unwrap());
+    let host = std::sync::Arc::new(capgate_plugin::Plugins::new(&config).unwrap());
     let loader = host.clone();
     let loaded = tokio::task::spawn_blocking(move || loader.refresh())
         .await
@@ -162,8 +162,8 @@ async fn in_process(
     (host, dir)
 }
 
-fn transform(plugin: &str, timeout: Duration) -> capgate::snapshot::TransformRef {
-    capgate::snapshot::TransformRef {
+fn transform(plugin: &str, timeout: Duration) -> capgate_model::snapshot::TransformRef {
+    capgate_model::snapshot::TransformRef {
         plugin: format!("{plugin}.wasm"),
         config: "{}".into(),
         on_error: FailurePolicy::FailClosed,
@@ -172,8 +172,8 @@ fn transform(plugin: &str, timeout: Duration) -> capgate::snapshot::TransformRef
     }
 }
 
-fn context(operation: &str) -> capgate::plugin::CallContext {
-    capgate::plugin::CallContext {
+fn context(operation: &str) -> capgate_plugin::CallContext {
+    capgate_plugin::CallContext {
         capability: "identity-sessions".into(),
         operation: operation.into(),
         request_id: "req_in_process".into(),
@@ -184,8 +184,8 @@ fn context(operation: &str) -> capgate::plugin::CallContext {
 /// it: on a runtime with a single thread, another task keeps getting turns meanwhile.
 #[tokio::test(flavor = "current_thread")]
 async fn a_looping_plugin_gives_its_thread_back_until_its_deadline() {
-    use capgate::plugin::Failure;
-    use capgate::upstream::UpstreamRequest;
+    use capgate_model::exchange::UpstreamRequest;
+    use capgate_plugin::Failure;
 
     let (plugins, _dir) = in_process(&["spin"]).await;
     let deadline = Duration::from_secs(1);
@@ -229,8 +229,8 @@ async fn a_looping_plugin_gives_its_thread_back_until_its_deadline() {
 /// and refuses a deeper one rather than let it through unmasked.
 #[tokio::test]
 async fn redact_pii_masks_the_deepest_documents_and_refuses_deeper_ones() {
-    use capgate::plugin::ResponseOutcome;
-    use capgate::upstream::UpstreamResponse;
+    use capgate_model::exchange::UpstreamResponse;
+    use capgate_plugin::ResponseOutcome;
 
     let (plugins, _dir) = in_process(&["redact_pii"]).await;
     let nested = |levels: usize| {
@@ -726,12 +726,12 @@ fn the_artifact_cache_runs_only_its_own_intact_files() {
     let dir = plugins_folder(&["noop"]);
     let scratch = tempfile::tempdir().unwrap();
     let load = |cache: std::path::PathBuf| {
-        let config = capgate::config::PluginsConfig {
+        let config = capgate_model::config::PluginsConfig {
             dir: Some(dir.path().to_path_buf()),
             cache_dir: Some(cache),
-            ..capgate::config::PluginsConfig::default()
+            ..capgate_model::config::PluginsConfig::default()
         };
-        let host = capgate::plugin::Plugins::new(&config).unwrap();
+        let host = capgate_plugin::Plugins::new(&config).unwrap();
         assert_eq!(host.refresh(), ["noop.wasm"]);
         assert!(host.get("noop.wasm").is_some());
     };

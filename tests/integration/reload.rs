@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use capgate::config::{Config, Overrides};
+use capgate_model::config::{Config, Overrides};
 
 use crate::common::{self, Harness};
 
@@ -158,7 +158,7 @@ async fn a_broken_edit_keeps_the_last_good_version_until_fixed() {
         status[0]
             .diagnostics
             .iter()
-            .any(|d| d.severity == capgate::diag::Severity::Error),
+            .any(|d| d.severity == capgate_model::diag::Severity::Error),
         "{:?}",
         status[0].diagnostics
     );
@@ -265,7 +265,7 @@ async fn a_port_that_cannot_be_bound_is_a_diagnostic_not_a_crash() {
     let failure = a
         .diagnostics
         .iter()
-        .find(|d| d.code == "listen-failed")
+        .find(|d| d.code.as_str() == "listen-failed")
         .expect("a listen-failed diagnostic");
     assert!(
         failure.message.contains("127.0.0.1:8080"),

@@ -1,0 +1,99 @@
+//! `capgate demo`: the Stripe stand-in and the gateway on the shipped specs, in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use capgate::gateway::Gateway;
+use capgate_model::config::{Config, UpstreamOverride};
+use stripe_sim::StripeSim;
+
+/// Starts the stand-in on a free port, points every consumes adapter at it, serves `specs`,
+/// prints where everything is and a few ready commands, and runs until `shutdown`.
+pub async fn run(specs: PathBuf, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let sim = StripeSim::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let mut config = Config {
+        specs,
+        ..Config::default()
+    };
+    config.upstreams.push(UpstreamOverride {
+        namespace: "*".into(),
+        base_uri: Some(sim.base_url()),
+        profile: None,
+    });
+    config
+        .env
+        .insert("STRIPE_API_KEY".into(), stripe_sim::DEMO_KEY.into());
+    let gateway = Gateway::start(config).await;
+    println!("{}", banner(&gateway, &sim).await);
+    shutdown.await;
+    gateway.shutdown().await;
+    sim.shutdown();
+    Ok(())
+}
+
+async fn banner(gateway: &Gateway, sim: &StripeSim) -> String {
+    let snapshot = gateway.snapshot();
+    let mut out = String::new();
+    out.push_str("capgate demo\n\n");
+    out.push_str(&format!(
+        "  Stripe stand-in   {} (test key {})\n",
+        sim.base_url(),
+        stripe_sim::DEMO_KEY
+    ));
+    let mut rest_example = None;
+    let mut mcp_example = None;
+    for (key, address) in gateway.listeners().await {
+        let Some(listener) = snapshot.listener(&key) else {
+            continue;
+        };
+        if !listener.rest.is_empty() {
+            out.push_str(&format!(
+                "  REST              http://{address}  ({} routes)\n",
+                listener.rest.len()
+            ));
+            rest_example.get_or_insert(address);
+        }
+        for (namespace, adapter) in &listener.mcp {
+            out.push_str(&format!(
+                "  MCP               http://{address}/mcp/{namespace}  ({} tools)\n",
+                adapter.tools.len()
+            ));
+            mcp_example.get_or_insert((address, namespace.clone()));
+        }
+    }
+    let failing: Vec<_> = gateway
+        .status()
+        .into_iter()
+        .filter(|f| {
+            !matches!(
+                f.state,
+                capgate::reload::FileState::Serving | capgate::reload::FileState::Ignored
+            )
+        })
+        .collect();
+    for file in failing {
+        out.push_str(&format!(
+            "  note: {} is {:?}; see `capgate validate`\n",
+            file.path.display(),
+            file.state
+        ));
+    }
+    if let Some(address) = rest_example {
+        let base = format!("http://{address}/v1/v1/identity/verification-sessions");
+        out.push_str("\nTry:\n");
+        out.push_str(&format!(
+            "  curl -s -X POST {base} -d type=document -d 'metadata[order]=6735'\n"
+        ));
+        out.push_str(&format!(
+            "  curl -s '{base}?limit=3&expand[]=data.verified_outputs'\n"
+        ));
+        out.push_str(&format!("  curl -s -X POST {base}/vs_REPLACE_ME/cancel\n"));
+    }
+    if let Some((address, namespace)) = mcp_example {
+        out.push_str(&format!(
+            "  npx @modelcontextprotocol/inspector --cli http://{address}/mcp/{namespace} --transport http --method tools/list\n"
+        ));
+    }
+    out.push_str("\nCtrl-C stops both.\n");
+    out
+}

@@ -1,0 +1,261 @@
+//! The `capgate` command: parse the command line, start tracing, call into the library.
+
+mod demo;
+mod scaffold;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use capgate_model::config::{Config, LogFormat, Overrides, UpstreamOverride};
+
+#[derive(Parser)]
+#[command(
+    name = "capgate",
+    version,
+    about = "Serve Naftiko capabilities as REST routes and MCP tools"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, env = "CAPGATE_LOG_FORMAT")]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every capability in a folder, reloading on change.
+    Serve(ServeArgs),
+    /// Check capability files and print their diagnostics; exits 1 when any has an error.
+    Validate {
+        /// Files or folders of capability files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Run the Stripe stand-in (Identity VerificationSessions) on its own.
+    StripeSim {
+        #[arg(long, default_value = "127.0.0.1:12111", env = "CAPGATE_SIM_LISTEN")]
+        listen: SocketAddr,
+    },
+    /// Work with transform plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Run the Stripe stand-in and the gateway on the shipped specs, and print how to try them.
+    Demo {
+        /// The specs folder.
+        #[arg(long, default_value = "specs")]
+        specs: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a new transform plugin crate that builds as it is.
+    New {
+        /// The plugin's name (lower-case letters, digits and -).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The folder of capability files (default: the config's, else ./specs).
+    #[arg(long, env = "CAPGATE_SPECS")]
+    specs: Option<PathBuf>,
+    /// A gateway config file (YAML).
+    #[arg(long, short = 'c', env = "CAPGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen on this address whatever the specs say (for example 0.0.0.0 in a container).
+    #[arg(long, env = "CAPGATE_ADDRESS")]
+    address: Option<IpAddr>,
+    /// Bind a declared port elsewhere: DECLARED=ACTUAL (0 lets the OS choose). Repeatable.
+    #[arg(long = "port", value_parser = parse_port_map)]
+    ports: Vec<(u16, u16)>,
+    /// Point consumes adapters elsewhere: NAMESPACE=URL[,profile=stripe|default]; NAMESPACE may
+    /// be a glob such as `*`. Repeatable; in the environment, separate entries with `;`.
+    #[arg(long = "upstream", env = "CAPGATE_UPSTREAMS", value_delimiter = ';')]
+    upstreams: Vec<String>,
+    /// The admin listener address, or `off`.
+    #[arg(long, env = "CAPGATE_ADMIN")]
+    admin: Option<String>,
+    /// Do not watch the specs folder for changes.
+    #[arg(long)]
+    no_watch: bool,
+}
+
+fn parse_port_map(text: &str) -> Result<(u16, u16), String> {
+    let (declared, actual) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid port mapping \"{text}\": expected DECLARED=ACTUAL"))?;
+    let parse = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid port \"{s}\" in \"{text}\""))
+    };
+    Ok((parse(declared)?, parse(actual)?))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = serve_config(args)?;
+            init_tracing(
+                log_format.map(Into::into).unwrap_or(config.log.format),
+                config.log.filter.as_deref(),
+            );
+            capgate::serve(config, shutdown_signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            paths,
+            format,
+            deny_warnings,
+        } => {
+            let summary = capgate_model::validate::validate(&paths);
+            match format {
+                OutputFormat::Text => print!("{}", summary.render_text()),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&summary.to_json())?)
+                }
+            }
+            let failed = summary.tally.errors > 0 || (deny_warnings && summary.tally.warnings > 0);
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::StripeSim { listen } => {
+            init_tracing(log_format.map(Into::into).unwrap_or_default(), None);
+            stripe_sim::run(listen, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::New { name, dir }) => {
+            let root = scaffold::new_plugin(&dir, &name).map_err(anyhow::Error::msg)?;
+            println!("created {}", root.display());
+            println!(
+                "build it:  (cd {} && cargo build --release --target wasm32-wasip2)",
+                root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { specs } => {
+            init_tracing(log_format.map(Into::into).unwrap_or_default(), None);
+            demo::run(specs, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(value: LogFormatArg) -> Self {
+        match value {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
+    let config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let upstreams = args
+        .upstreams
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| UpstreamOverride::parse(t.trim()).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let admin = match args.admin.as_deref() {
+        None => None,
+        Some("off") => Some(None),
+        Some(text) => Some(Some(text.parse().map_err(|_| {
+            anyhow::anyhow!("invalid admin address \"{text}\": expected IP:PORT or off")
+        })?)),
+    };
+    Ok(config.with_overrides(Overrides {
+        specs: args.specs,
+        force_address: args.address,
+        ports: args.ports,
+        upstreams,
+        admin,
+        no_watch: args.no_watch,
+    }))
+}
+
+fn init_tracing(format: LogFormat, filter: Option<&str>) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| filter.map(str::to_owned))
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

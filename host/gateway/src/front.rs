@@ -1,0 +1,72 @@
+//! The front door: the one place a request enters the gateway. It pins the current snapshot,
+//! finds what the listener serves, and hands the request to the MCP hub or the REST surface
+//! with that snapshot, which the request then uses to its end.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+
+use capgate_model::config::Config;
+use capgate_model::snapshot::{ListenKey, Snapshot};
+
+use crate::error::GatewayError;
+use crate::invoke::Invoker;
+use crate::mcp::Hub;
+use crate::metrics::Metrics;
+use crate::response::{self, HttpResponse};
+use crate::server::{self, ReadDeadline};
+
+/// State every request handler reads.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    /// The current snapshot; each request loads it once and keeps it to the end.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub invoker: Arc<Invoker>,
+    pub mcp: Hub,
+}
+
+impl Shared {
+    /// Answers one request that arrived on the listener `key`.
+    pub async fn handle(&self, key: ListenKey, request: http::Request<Incoming>) -> HttpResponse {
+        let limit = self.config.limits.request_read_timeout;
+        let request = request.map(|body| ReadDeadline::new(body, limit));
+        let snapshot = self.snapshot.load_full();
+        let Some(listener) = snapshot.listener(&key) else {
+            // The listener is closing: nothing is served on it any more.
+            let error = GatewayError::NotFound {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+            };
+            return response::error(&error);
+        };
+        if Hub::wants(listener, request.uri().path()) {
+            let response = self.mcp.handle(key, listener, request).await;
+            self.metrics.request("mcp", response.status());
+            return response;
+        }
+        let response = crate::rest::handle(
+            &self.invoker,
+            listener,
+            self.config.limits.max_body_bytes,
+            request,
+        )
+        .await;
+        self.metrics.request("rest", response.status());
+        response
+    }
+}
+
+/// The handler of one listener: the shared state and the listener's key.
+#[derive(Clone)]
+pub struct Door {
+    pub shared: Arc<Shared>,
+    pub key: ListenKey,
+}
+
+impl server::Handler for Door {
+    async fn handle(&self, request: http::Request<Incoming>) -> HttpResponse {
+        self.shared.handle(self.key, request).await
+    }
+}

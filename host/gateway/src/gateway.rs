@@ -1,0 +1,532 @@
+//! The running gateway: its shared state, its listeners and its lifecycle.
+//!
+//! ```text
+//! start:    admin listener (not ready) -> load + compile every file -> publish -> ready
+//!           -> watch the specs folder, the files capabilities read, the config file
+//! reload:   refresh the catalog (blocking pool) -> MCP endpoints (new first) -> swap the
+//!           snapshot -> close removed MCP endpoints -> open/close listeners -> tell subscribers
+//! shutdown: stop watching -> close MCP streams -> stop accepting -> drain (deadline) -> exit
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::front::{Door, Shared};
+use crate::invoke::Invoker;
+use crate::mcp::Hub;
+use crate::metrics::{Metrics, ReloadLabels};
+use crate::reload::{Catalog, FileStatus, Report, Watcher};
+use crate::server::{self, Listeners};
+use crate::upstream::Client;
+use capgate_model::compile;
+use capgate_model::config::Config;
+use capgate_model::snapshot::{ListenKey, Snapshot};
+use capgate_model::spec::Env;
+use capgate_plugin::Plugins;
+
+/// A running gateway. Cheap to clone; every clone is the same gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    /// Locked past a poisoning: a reload that panicked (a bug) must not take the admin
+    /// endpoints and every later reload down with it.
+    catalog: Arc<Mutex<Catalog>>,
+    listeners: tokio::sync::Mutex<Listeners>,
+    /// Reloads run one at a time, in order.
+    reloading: tokio::sync::Mutex<()>,
+    /// Where reloads read and compile.
+    reload_thread: ReloadThread,
+    published: watch::Sender<Arc<Report>>,
+    ready: AtomicBool,
+    stop: CancellationToken,
+    admin: Mutex<Option<SocketAddr>>,
+}
+
+impl Gateway {
+    /// Starts the admin listener, loads every capability file, publishes the first snapshot,
+    /// opens its listeners and, if configured, starts watching for changes.
+    pub async fn start(config: Config) -> Gateway {
+        let catalog = Catalog::new(config.specs.clone(), env_of(&config), options_of(&config));
+        let metrics = Arc::new(Metrics::new());
+        let plugins = start_plugins(&config);
+        let invoker = Arc::new(Invoker::new(
+            Client::new(&config.limits, &config.retry),
+            plugins,
+            metrics.clone(),
+        ));
+        let mcp = Hub::new(invoker.clone(), config.mcp.clone());
+        let shared = Arc::new(Shared {
+            metrics,
+            config,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            invoker,
+            mcp,
+        });
+        let gateway = Gateway {
+            inner: Arc::new(Inner {
+                shared,
+                catalog: Arc::new(Mutex::new(catalog)),
+                listeners: tokio::sync::Mutex::new(Listeners::default()),
+                reloading: tokio::sync::Mutex::new(()),
+                reload_thread: ReloadThread::start(),
+                published: watch::channel(Arc::new(Report::default())).0,
+                ready: AtomicBool::new(false),
+                stop: CancellationToken::new(),
+                admin: Mutex::new(None),
+            }),
+        };
+        if let Some(address) = gateway.config().admin.address {
+            match crate::admin::start(address, gateway.clone(), gateway.inner.stop.clone()).await {
+                Ok(bound) => *gateway.inner.admin.lock().expect("not poisoned") = Some(bound),
+                Err(error) => tracing::error!(%address, %error, "cannot open the admin listener"),
+            }
+        }
+        // Watch before the first load, so that a change made while it runs is not missed.
+        let watching = if gateway.config().reload.watch {
+            let (wake, woken) = mpsc::channel(1);
+            match Watcher::start(gateway.config().reload.debounce, wake) {
+                Ok(mut watcher) => {
+                    watcher.watch(&gateway.watched_dirs(), gateway.config().source.clone());
+                    Some((watcher, woken))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch for changes; reloads need a restart");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        gateway.reload().await;
+        gateway.inner.ready.store(true, Ordering::SeqCst);
+        if let Some((watcher, woken)) = watching {
+            tokio::spawn(watch_loop(gateway.clone(), watcher, woken));
+        }
+        gateway
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// The folders watched as a whole: the specs folder and the plugins folder.
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let config = self.config();
+        std::iter::once(config.specs.clone())
+            .chain(config.plugins.dir.clone())
+            .collect()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.shared.metrics
+    }
+
+    /// Every plugin file's state, when plugins are configured.
+    pub fn plugins(&self) -> Option<Vec<capgate_plugin::PluginStatus>> {
+        self.inner.shared.invoker.plugins().map(|p| p.status())
+    }
+
+    /// Re-reads what changed and publishes it; `None` when nothing changed.
+    pub async fn reload(&self) -> Option<Arc<Report>> {
+        let _turn = self.inner.reloading.lock().await;
+        let previous = self.inner.shared.snapshot.load_full();
+        let catalog = self.inner.catalog.clone();
+        let plugins = self.inner.shared.invoker.plugins().cloned();
+        let Some((plugins_changed, refreshed)) = self
+            .inner
+            .reload_thread
+            .run(move || {
+                let plugins_changed = plugins.map(|p| p.refresh()).unwrap_or_default();
+                let refreshed = catalog
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .refresh(&previous);
+                (plugins_changed, refreshed)
+            })
+            .await
+        else {
+            tracing::error!(
+                "reloading panicked (a bug); the running capabilities and plugins stay"
+            );
+            return None;
+        };
+        let published = match refreshed {
+            Some((snapshot, mut report)) => {
+                report.plugins_changed = plugins_changed;
+                Some(self.publish(snapshot, report))
+            }
+            None if !plugins_changed.is_empty() => {
+                // Plugins changed but no capability did: the snapshot stays, subscribers hear of it.
+                let report = Report {
+                    generation: self.generation(),
+                    plugins_changed,
+                    ..Report::default()
+                };
+                tracing::info!(plugins = ?report.plugins_changed, "plugins reloaded");
+                let report = Arc::new(report);
+                self.inner.published.send_replace(report.clone());
+                Some(report)
+            }
+            None => {
+                self.inner
+                    .shared
+                    .metrics
+                    .reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "unchanged",
+                    })
+                    .inc();
+                None
+            }
+        };
+        self.reconcile_listeners().await;
+        published
+    }
+
+    fn publish(&self, snapshot: Snapshot, report: Report) -> Arc<Report> {
+        let shared = &self.inner.shared;
+        // MCP endpoints of new adapters exist before the snapshot that routes to them;
+        // endpoints of removed adapters close after it.
+        let notified = shared.mcp.sync(&snapshot);
+        let snapshot = Arc::new(snapshot);
+        shared.snapshot.store(snapshot.clone());
+        shared.mcp.prune(&snapshot);
+        tracing::info!(
+            generation = report.generation,
+            files_added = report.files_added.len(),
+            files_changed = report.files_changed.len(),
+            files_removed = report.files_removed.len(),
+            routes_added = report.routes_added.len(),
+            routes_removed = report.routes_removed.len(),
+            tools_added = report.tools_added.len(),
+            tools_removed = report.tools_removed.len(),
+            mcp_clients_notified_for = notified.len(),
+            took_ms = report.took.as_secs_f64() * 1000.0,
+            "published"
+        );
+        tracing::debug!(
+            files_added = ?report.files_added,
+            files_changed = ?report.files_changed,
+            files_removed = ?report.files_removed,
+            routes_added = ?report.routes_added,
+            routes_removed = ?report.routes_removed,
+            tools_added = ?report.tools_added,
+            tools_removed = ?report.tools_removed,
+            "published changes"
+        );
+        shared
+            .metrics
+            .reloads
+            .get_or_create(&ReloadLabels {
+                result: "published",
+            })
+            .inc();
+        shared.metrics.generation.set(report.generation as i64);
+        let report = Arc::new(report);
+        self.inner.published.send_replace(report.clone());
+        report
+    }
+
+    /// Opens the listeners the current snapshot declares and closes the others; records the
+    /// ones that cannot be opened so the files declaring them say so.
+    async fn reconcile_listeners(&self) {
+        let wanted: Vec<ListenKey> = self
+            .inner
+            .shared
+            .snapshot
+            .load()
+            .listeners
+            .keys()
+            .copied()
+            .collect();
+        let shared = &self.inner.shared;
+        let listen = &shared.config.listen;
+        let failures = self
+            .inner
+            .listeners
+            .lock()
+            .await
+            .reconcile(
+                &wanted,
+                self.connection_settings(),
+                |port| listen.bind_port(port),
+                |key| Door {
+                    shared: shared.clone(),
+                    key,
+                },
+            )
+            .await;
+        let failures: BTreeMap<ListenKey, String> =
+            failures.into_iter().map(|f| (f.key, f.error)).collect();
+        self.inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_listen_failures(failures);
+    }
+
+    /// How every listener, the admin one too, treats its connections.
+    pub fn connection_settings(&self) -> server::Settings {
+        server::Settings {
+            read_timeout: self.config().limits.request_read_timeout,
+            drain_timeout: self.config().reload.drain_timeout,
+        }
+    }
+
+    /// Every published report: the current one now, and each next one as it happens.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Report>> {
+        self.inner.published.subscribe()
+    }
+
+    /// The address the listener for a declared port is bound to (the first, if several
+    /// addresses declare it).
+    pub async fn local_addr(&self, declared_port: u16) -> Option<SocketAddr> {
+        let listeners = self.inner.listeners.lock().await;
+        listeners
+            .bound()
+            .into_iter()
+            .find(|(key, _)| key.port == declared_port)
+            .map(|(_, addr)| addr)
+    }
+
+    /// Every open listener: its declared key and bound address.
+    pub async fn listeners(&self) -> Vec<(ListenKey, SocketAddr)> {
+        self.inner.listeners.lock().await.bound()
+    }
+
+    /// The admin listener's address, if it is open.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.inner.admin.lock().expect("not poisoned")
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.shared.snapshot.load_full()
+    }
+
+    /// Whether the first load is done.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn status(&self) -> Vec<FileStatus> {
+        self.inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation()
+    }
+
+    /// Stops the background work (watching, the admin listener) and closes MCP streams without
+    /// waiting; listeners stop when the runtime does. For owners that cannot await.
+    pub fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.shared.mcp.close_all();
+    }
+
+    /// Stops watching, closes MCP streams, stops accepting and lets in-flight requests finish
+    /// within the drain deadline.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        // Long-lived MCP streams end first, so connections can drain.
+        self.inner.shared.mcp.close_all();
+        self.inner.listeners.lock().await.shutdown().await;
+    }
+}
+
+fn env_of(config: &Config) -> Env {
+    Env {
+        overrides: config.env.clone(),
+        process: true,
+    }
+}
+
+fn options_of(config: &Config) -> compile::Options {
+    compile::Options {
+        listen: config.listen.clone(),
+        upstreams: config.upstreams.clone(),
+        transforms: config.plugins.bindings.clone(),
+    }
+}
+
+/// The plugin host, when plugins are configured; a host that cannot start is logged and its
+/// bindings fail closed.
+fn start_plugins(config: &Config) -> Option<Arc<Plugins>> {
+    if config.plugins.dir.is_none() && config.plugins.bindings.is_empty() {
+        return None;
+    }
+    match Plugins::new(&config.plugins) {
+        Ok(plugins) => Some(Arc::new(plugins)),
+        Err(error) => {
+            tracing::error!(%error, "plugins are configured but the plugin host cannot start; their operations fail");
+            None
+        }
+    }
+}
+
+/// The one thread reloads read and compile on: blocking work, kept off the request-serving
+/// threads. One thread rather than a pool because reloads run one at a time anyway, and because
+/// the allocator then keeps their memory in one arena: on a pool, each reload's garbage landed in
+/// whichever thread's arena it ran on, and RSS crept up ~10 % over the first few hundred reloads
+/// (see BENCHMARKS.md).
+struct ReloadThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl ReloadThread {
+    /// Starts the thread; it ends when the gateway is dropped.
+    fn start() -> ReloadThread {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("capgate-reload".into())
+            .spawn(move || {
+                for job in queue {
+                    // A panicking job (a bug) fails its caller, not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    give_back_free_memory();
+                }
+            })
+            .expect("can start a thread");
+        ReloadThread { jobs }
+    }
+
+    /// Runs a job on the thread; `None` if it panicked (a bug: the caller keeps what it had).
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(job());
+            }))
+            .expect("the reload thread outlives the gateway");
+        result.await.ok()
+    }
+}
+
+/// Returns the memory a reload freed (the previous snapshot's, the parse trees') to the system:
+/// glibc keeps it otherwise, and RSS would creep up with reloads.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn give_back_free_memory() {
+    // SAFETY: `malloc_trim` only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_free_memory() {}
+
+/// Reloads after every batch of file changes, and retries listeners that could not be opened.
+async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Receiver<()>) {
+    let config = gateway.config();
+    let mut current = config.clone();
+    let watched = |gateway: &Gateway| -> Vec<PathBuf> {
+        let catalog = gateway
+            .inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut files: Vec<PathBuf> = catalog.watched_files().into_iter().collect();
+        files.extend(gateway.config().source.clone());
+        files
+    };
+    watcher.watch(&gateway.watched_dirs(), watched(&gateway));
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = gateway.inner.stop.cancelled() => return,
+            woke = woken.recv() => {
+                if woke.is_none() {
+                    return;
+                }
+                gateway.apply_config_changes(&mut current);
+                gateway.reload().await;
+                watcher.watch(&gateway.watched_dirs(), watched(&gateway));
+            }
+            _ = retry.tick() => {
+                let failing = gateway.status().iter().any(|f| f.diagnostics.iter().any(|d| d.code == capgate_model::diag::Code::ListenFailed));
+                if failing {
+                    gateway.reconcile_listeners().await;
+                }
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Re-reads the config file, if any. What compilation depends on (upstream overrides, bind
+    /// values) applies at once; other changed settings are reported as needing a restart. A
+    /// config file that no longer parses is reported and ignored.
+    fn apply_config_changes(&self, current: &mut Config) {
+        let (Some(path), Some(reread)) = (current.source.clone(), current.reread()) else {
+            return;
+        };
+        let next = match reread {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "the changed config file is not valid; keeping the running configuration");
+                return;
+            }
+        };
+        let compile_inputs = |c: &Config| {
+            (
+                c.upstreams.clone(),
+                c.env.clone(),
+                c.plugins.bindings.clone(),
+            )
+        };
+        if compile_inputs(&next) != compile_inputs(current) {
+            tracing::info!(config = %path.display(), "upstream overrides or bind values changed; recompiling every capability");
+            // Listening settings are not reloaded: keep compiling with the running ones.
+            let options = compile::Options {
+                listen: self.config().listen.clone(),
+                upstreams: next.upstreams.clone(),
+                transforms: next.plugins.bindings.clone(),
+            };
+            self.inner
+                .catalog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reconfigure(env_of(&next), options);
+        }
+        let rest = |c: &Config| {
+            let mut c = c.clone();
+            c.upstreams.clear();
+            c.env.clear();
+            c.plugins.bindings.clear();
+            serde_json::to_string(&c).unwrap_or_default()
+        };
+        if rest(&next) != rest(current) {
+            tracing::warn!(config = %path.display(), "settings other than upstreams and env changed; they take effect after a restart");
+        }
+        *current = next;
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) {
+    let gateway = Gateway::start(config).await;
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+}

@@ -1,0 +1,655 @@
+//! The MCP surface: every `type: mcp` adapter served as MCP tools over Streamable HTTP, both
+//! protocol eras (2025-11-25 sessions and 2026-07-28 stateless), with rmcp.
+//!
+//! One rmcp `StreamableHttpService` per (listener, namespace) lives across reloads, so sessions
+//! survive a publish; its tool list is swapped underneath when the adapter changes, and clients
+//! are told with `notifications/tools/list_changed` (legacy sessions and `subscriptions/listen`
+//! streams). Tool calls run through `invoke`, like REST; a plain stateless `tools/call` is
+//! answered by `direct` without rmcp's per-request service. Only this module knows rmcp.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter,
+    Tool as McpTool, ToolAnnotations,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::GatewayError;
+use crate::invoke::{Inputs, Invoker, Outcome};
+use crate::response::{self, HttpResponse};
+use capgate_model::compile::{Strictness, validate_arguments};
+use capgate_model::config::McpConfig;
+use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
+
+mod direct;
+
+/// Every MCP endpoint of the gateway.
+pub struct Hub {
+    invoker: Arc<Invoker>,
+    config: McpConfig,
+    endpoints: Mutex<HashMap<(ListenKey, String), Arc<Endpoint>>>,
+}
+
+struct Endpoint {
+    registry: Arc<Registry>,
+    handler: Handler,
+    service: StreamableHttpService<Handler, LocalSessionManager>,
+    /// The legacy sessions `service` keeps, to count them.
+    sessions: Arc<LocalSessionManager>,
+    stop: CancellationToken,
+}
+
+/// The current version of one adapter, and who to tell when it changes.
+struct Registry {
+    adapter: ArcSwap<McpAdapter>,
+    tools: ArcSwap<Vec<McpTool>>,
+    /// Legacy (2025-era) sessions, to notify on change.
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// 2026-era `subscriptions/listen` streams, to notify on change.
+    changed: broadcast::Sender<()>,
+}
+
+impl Registry {
+    fn new(adapter: Arc<McpAdapter>) -> Registry {
+        let tools = adapter.tools.iter().map(|t| to_mcp_tool(t)).collect();
+        Registry {
+            adapter: ArcSwap::new(adapter),
+            tools: ArcSwap::from_pointee(tools),
+            peers: Mutex::new(Vec::new()),
+            changed: broadcast::channel(16).0,
+        }
+    }
+
+    /// Installs a new version of the adapter; tells every client when its tools changed.
+    fn update(&self, adapter: Arc<McpAdapter>) -> bool {
+        let changed = !crate::reload::same_tools(&self.adapter.load(), &adapter);
+        if changed {
+            self.tools.store(Arc::new(
+                adapter.tools.iter().map(|t| to_mcp_tool(t)).collect(),
+            ));
+        }
+        self.adapter.store(adapter);
+        if changed {
+            self.notify();
+        }
+        changed
+    }
+
+    fn notify(&self) {
+        let _ = self.changed.send(());
+        let mut peers = self.peers.lock().expect("not poisoned");
+        peers.retain(|peer| !peer.is_transport_closed());
+        for peer in peers.iter() {
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                if let Err(error) = peer.notify_tool_list_changed().await {
+                    tracing::debug!(%error, "could not notify a session of a tool list change");
+                }
+            });
+        }
+    }
+}
+
+fn to_mcp_tool(tool: &Tool) -> McpTool {
+    let mut out = McpTool::new_with_raw(
+        tool.name.clone(),
+        tool.description.clone().map(Cow::Owned),
+        tool.input_schema.clone(),
+    );
+    if let Some(title) = &tool.title {
+        out = out.with_title(title.clone());
+    }
+    out.with_annotations(ToolAnnotations::from_raw(
+        None,
+        Some(tool.hints.read_only),
+        Some(tool.hints.destructive),
+        Some(tool.hints.idempotent),
+        Some(tool.hints.open_world),
+    ))
+}
+
+impl Hub {
+    pub fn new(invoker: Arc<Invoker>, config: McpConfig) -> Hub {
+        Hub {
+            invoker,
+            config,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn endpoint(&self, adapter: &Arc<McpAdapter>) -> Arc<Endpoint> {
+        let registry = Arc::new(Registry::new(adapter.clone()));
+        let stop = CancellationToken::new();
+        let handler = Handler {
+            registry: registry.clone(),
+            invoker: self.invoker.clone(),
+        };
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config.keep_alive = Some(self.config.session_idle_timeout);
+        // Hosts are checked by `handle` (it knows about proxies); origins by rmcp.
+        let config = StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_allowed_origins(self.config.allowed_origins.clone())
+            .enforce_origin_validation()
+            .with_max_request_body_bytes(self.config.max_body_bytes)
+            .with_json_response(true)
+            .with_cancellation_token(stop.clone());
+        let sessions = Arc::new(sessions);
+        let service = {
+            let handler = handler.clone();
+            StreamableHttpService::new(move || Ok(handler.clone()), sessions.clone(), config)
+        };
+        Arc::new(Endpoint {
+            registry,
+            handler,
+            service,
+            sessions,
+            stop,
+        })
+    }
+
+    /// Creates endpoints for new adapters and updates changed ones (notifying their clients),
+    /// before `snapshot` is published. Returns the adapters whose tool lists changed.
+    pub fn sync(&self, snapshot: &Snapshot) -> Vec<(ListenKey, String)> {
+        let mut endpoints = self.endpoints.lock().expect("not poisoned");
+        let mut changed = Vec::new();
+        for (key, listener) in &snapshot.listeners {
+            for (namespace, adapter) in &listener.mcp {
+                match endpoints.get(&(*key, namespace.clone())) {
+                    Some(endpoint) => {
+                        if endpoint.registry.update(adapter.clone()) {
+                            changed.push((*key, namespace.clone()));
+                        }
+                    }
+                    None => {
+                        endpoints.insert((*key, namespace.clone()), self.endpoint(adapter));
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Closes the endpoints (and their sessions and streams) of adapters `snapshot` no longer
+    /// has, after it was published.
+    pub fn prune(&self, snapshot: &Snapshot) {
+        let mut endpoints = self.endpoints.lock().expect("not poisoned");
+        endpoints.retain(|(key, namespace), endpoint| {
+            let keep = snapshot
+                .listener(key)
+                .is_some_and(|l| l.mcp.contains_key(namespace));
+            if !keep {
+                endpoint.stop.cancel();
+            }
+            keep
+        });
+    }
+
+    /// Closes every session and stream (shutdown).
+    pub fn close_all(&self) {
+        for endpoint in self.endpoints.lock().expect("not poisoned").values() {
+            endpoint.stop.cancel();
+        }
+    }
+
+    /// The number of open endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `path` is an MCP path on `listener`: `/mcp` (the only adapter) or `/mcp/<ns>`.
+    pub fn wants(listener: &Listener, path: &str) -> bool {
+        !listener.mcp.is_empty() && (path == "/mcp" || path == "/mcp/" || path.starts_with("/mcp/"))
+    }
+
+    /// Answers one request for an MCP path.
+    pub async fn handle<B>(
+        &self,
+        key: ListenKey,
+        listener: &Listener,
+        request: http::Request<B>,
+    ) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + 'static,
+    {
+        let path = request.uri().path().trim_end_matches('/');
+        let adapter = match path.strip_prefix("/mcp/") {
+            Some(namespace) => listener.mcp.get(namespace),
+            None => listener.default_mcp(),
+        };
+        let Some(adapter) = adapter else {
+            let known: Vec<&str> = listener.mcp.keys().map(String::as_str).collect();
+            let message = if path == "/mcp" {
+                format!(
+                    "several MCP adapters share this port; use /mcp/<namespace>, one of: {}",
+                    known.join(", ")
+                )
+            } else {
+                format!(
+                    "no MCP adapter at {path}; known: /mcp/{}",
+                    known.join(", /mcp/")
+                )
+            };
+            return jsonrpc_error(StatusCode::NOT_FOUND, -32601, &message);
+        };
+        if let Err(host) = self.check_host(request.headers(), request.uri()) {
+            tracing::warn!(%host, "refused an MCP request for a host that is not allowed");
+            return jsonrpc_error(
+                StatusCode::FORBIDDEN,
+                -32600,
+                &format!("host {host:?} is not allowed"),
+            );
+        }
+        if let Some(auth) = &adapter.auth
+            && let Err(error) = crate::auth::check(auth, request.headers(), request.uri().query())
+        {
+            return response::error(&error);
+        }
+        let endpoint = self
+            .endpoints
+            .lock()
+            .expect("not poisoned")
+            .get(&(key, adapter.namespace.clone()))
+            .cloned();
+        if let Some(endpoint) = &endpoint
+            && request.method() == http::Method::POST
+            && !request.headers().contains_key("mcp-session-id")
+            && endpoint.sessions.sessions.read().await.len() >= self.config.max_sessions
+        {
+            return endpoint.serve_when_full(request, &self.config).await;
+        }
+        match endpoint {
+            Some(endpoint) if self.config.direct_tool_calls => {
+                endpoint.serve(request, self.config.max_body_bytes).await
+            }
+            Some(endpoint) => endpoint.service.handle(request).await,
+            None => jsonrpc_error(
+                StatusCode::NOT_FOUND,
+                -32601,
+                "this MCP adapter is being removed",
+            ),
+        }
+    }
+
+    /// Checks the `Host` (or, behind a trusted proxy, `X-Forwarded-Host`) against the allow-list,
+    /// ignoring the port. An empty list allows any host.
+    fn check_host(&self, headers: &HeaderMap, uri: &http::Uri) -> Result<(), String> {
+        if self.config.allowed_hosts.is_empty() {
+            return Ok(());
+        }
+        let forwarded = self
+            .config
+            .trust_forwarded_host
+            .then(|| {
+                headers
+                    .get("x-forwarded-host")
+                    .and_then(|v| v.to_str().ok())
+            })
+            .flatten()
+            .and_then(|v| v.split(',').next())
+            .map(str::trim);
+        let host = forwarded
+            .or_else(|| {
+                headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let name = host_without_port(host);
+        if self
+            .config
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name) || allowed.eq_ignore_ascii_case(host))
+        {
+            Ok(())
+        } else {
+            Err(host.to_owned())
+        }
+    }
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        _ => host,
+    }
+}
+
+impl Endpoint {
+    /// Answers a request that may open a legacy session while the endpoint has as many as it
+    /// keeps: an `initialize` gets 503 (the sessions there are served on, and so are stateless
+    /// requests); anything else goes on as usual.
+    async fn serve_when_full<B>(
+        &self,
+        request: http::Request<B>,
+        config: &McpConfig,
+    ) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let mut body = Box::pin(body);
+        let mut read = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => {
+                    let status = match (&error as &dyn std::any::Any).downcast_ref() {
+                        Some(crate::server::ReadError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    return jsonrpc_error(status, -32700, &format!("{error}"));
+                }
+            };
+            if let Ok(data) = frame.into_data() {
+                if read.len() + data.len() > config.max_body_bytes {
+                    return jsonrpc_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        -32600,
+                        "the request body is too large",
+                    );
+                }
+                read.extend_from_slice(&data);
+            }
+        }
+        let body = read.freeze();
+        let method = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|message| Some(message.get("method")?.as_str()?.to_owned()));
+        if method.as_deref() == Some("initialize") {
+            tracing::warn!(
+                limit = config.max_sessions,
+                "refused a new MCP session: the endpoint has as many as it keeps"
+            );
+            let mut response = jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32000,
+                "too many open MCP sessions on this endpoint; try again later",
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+            return response;
+        }
+        let request = http::Request::from_parts(parts, Full::new(body));
+        if config.direct_tool_calls {
+            self.serve(request, config.max_body_bytes).await
+        } else {
+            self.service.handle(request).await
+        }
+    }
+}
+
+fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> HttpResponse {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    response::json_bytes(status, body.to_string())
+}
+
+/// rmcp's view of one adapter: cheap to clone (rmcp makes one per session and per request).
+#[derive(Clone)]
+struct Handler {
+    registry: Arc<Registry>,
+    invoker: Arc<Invoker>,
+}
+
+impl Handler {
+    /// Runs one call of `tool`: validates the arguments, then calls the operation through
+    /// `invoke`. Dropping the future aborts the upstream call.
+    async fn run(
+        &self,
+        tool: &Tool,
+        arguments: Option<Map<String, Value>>,
+        progress: &Progress,
+    ) -> CallToolResult {
+        let values = match validate_arguments(
+            &tool.inputs,
+            arguments.unwrap_or_default(),
+            Strictness::Exact,
+        ) {
+            Ok(values) => values,
+            Err(error) => return text_error(format!("invalid arguments: {error}")),
+        };
+        progress
+            .step(1, "arguments accepted; calling the operation")
+            .await;
+        let inputs = Inputs {
+            values,
+            headers: HeaderMap::new(),
+            forward: None,
+            request_id: crate::invoke::request_id(),
+        };
+        let result = match self.invoker.invoke(&tool.operation, inputs).await {
+            Ok(outcome) => {
+                progress
+                    .step(2, &format!("answered {}", outcome.status.as_u16()))
+                    .await;
+                tool_result(&outcome)
+            }
+            Err(error) => {
+                progress.step(2, &format!("failed: {}", error.code())).await;
+                gateway_error_result(&error)
+            }
+        };
+        progress.step(3, "result ready").await;
+        result
+    }
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        let adapter = self.registry.adapter.load();
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        let mut server = Implementation::new(
+            adapter.origin.capability.to_string(),
+            env!("CARGO_PKG_VERSION"),
+        );
+        server.title = Some(adapter.title.clone());
+        let mut info = ServerConfig::new(capabilities).with_server_info(server);
+        if let Some(description) = &adapter.description {
+            info = info.with_instructions(description.clone());
+        }
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            self.registry.tools.load().to_vec(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<McpTool> {
+        self.registry
+            .tools
+            .load()
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        // One version of the adapter for the whole call.
+        let adapter = self.registry.adapter.load_full();
+        let Some(tool) = adapter.tool(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool: {}", request.name),
+                None,
+            ));
+        };
+        self.invoker.metrics().tool_call("rmcp");
+        let progress = Progress::of(&context);
+        tokio::select! {
+            result = self.run(tool, request.arguments, &progress) => Ok(result.into()),
+            () = context.ct.cancelled() => {
+                tracing::info!(tool = %tool.name, "tool call cancelled by the client; upstream call aborted");
+                Err(ErrorData::internal_error("the request was cancelled", None))
+            }
+        }
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut peers = self.registry.peers.lock().expect("not poisoned");
+        peers.retain(|peer| !peer.is_transport_closed());
+        peers.push(context.peer);
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.registry.changed.subscribe();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                change = changes.recv() => match change {
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(error) = context.sink().notify_tool_list_changed().await {
+                            tracing::debug!(%error, "a subscription stream closed");
+                            return Ok(());
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Progress of a tool call, reported when the client asked for it with a `progressToken`:
+/// three steps (arguments accepted, operation answered, result ready).
+struct Progress {
+    to: Option<(rmcp::model::ProgressToken, Peer<RoleServer>)>,
+}
+
+impl Progress {
+    const STEPS: f64 = 3.0;
+
+    fn of(context: &RequestContext<RoleServer>) -> Progress {
+        Progress {
+            to: context
+                .meta
+                .get_progress_token()
+                .map(|token| (token, context.peer.clone())),
+        }
+    }
+
+    /// No progress reports (the client asked for none).
+    fn none() -> Progress {
+        Progress { to: None }
+    }
+
+    async fn step(&self, step: u32, message: &str) {
+        let Some((token, peer)) = &self.to else {
+            return;
+        };
+        let notification =
+            rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(step))
+                .with_total(Self::STEPS)
+                .with_message(message);
+        if let Err(error) = peer.notify_progress(notification).await {
+            tracing::debug!(%error, "could not send a progress notification");
+        }
+    }
+}
+
+fn text_error(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+/// An upstream answer as a tool result: the JSON as `structuredContent` plus a text copy;
+/// an upstream status of 400 or more is an error result carrying the upstream error.
+fn tool_result(outcome: &Outcome) -> CallToolResult {
+    let failed = outcome.status.as_u16() >= 400;
+    match outcome.body_json() {
+        Some(value) => {
+            let value = match value.into_owned() {
+                // structuredContent must be an object for 2025-era clients.
+                object @ Value::Object(_) => object,
+                other => Value::Object(Map::from_iter([("result".to_owned(), other)])),
+            };
+            if failed {
+                CallToolResult::structured_error(with_status(value, outcome.status))
+            } else {
+                CallToolResult::structured(value)
+            }
+        }
+        None => {
+            let text = String::from_utf8_lossy(&outcome.body_bytes()).into_owned();
+            if failed {
+                text_error(format!(
+                    "upstream answered {}: {text}",
+                    outcome.status.as_u16()
+                ))
+            } else {
+                CallToolResult::success(vec![ContentBlock::text(text)])
+            }
+        }
+    }
+}
+
+fn with_status(mut value: Value, status: StatusCode) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.insert("status".into(), Value::from(status.as_u16()));
+    }
+    value
+}
+
+/// A gateway error (bad input, unreachable upstream, timeout...) as an error result the model
+/// can read, with the same Stripe-shaped body REST callers get.
+fn gateway_error_result(error: &GatewayError) -> CallToolResult {
+    CallToolResult::structured_error(with_status(error.to_json(), error.status()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_compared_without_ports() {
+        assert_eq!(host_without_port("localhost:9090"), "localhost");
+        assert_eq!(host_without_port("[::1]:9090"), "::1");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("::1"), "::1");
+    }
+}

@@ -1,0 +1,316 @@
+//! The direct path for the commonest MCP message: a stateless (2026-07-28) `tools/call`.
+//!
+//! rmcp answers a stateless request by building a whole service for it: a serve loop task, a
+//! handler task and channels between them, which costs more CPU than the tool call itself
+//! (BENCHMARKS.md, issue 3). A request this module recognises completely is answered here, with
+//! the same handler code and rmcp's own message types, so the bytes are rmcp's. Anything else,
+//! or anything unusual (a session, an `Origin`, repeated or `Mcp-Param-*` headers, arguments
+//! mirrored in headers, a progress token, unknown fields, an unknown tool, a chunked body),
+//! goes to rmcp untouched: recognising too little only costs speed, never behaviour.
+//! `tests/integration/mcp.rs` compares both paths on the wire.
+//!
+//! One difference is deliberate: a call in flight when its endpoint closes (a reload removed the
+//! adapter, or the gateway is draining) finishes here, where rmcp would abort it with a 500;
+//! in-flight requests are meant to survive reloads and drains.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use rmcp::model::{
+    CallToolResponse, ClientCapabilities, JsonObject, RequestId, ServerJsonRpcMessage, ServerResult,
+};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::{Endpoint, Progress};
+use crate::response::{self, HttpResponse, full};
+use crate::server::ReadError;
+
+/// The only protocol version served here: the one whose requests carry everything in `_meta`.
+const VERSION: &str = "2026-07-28";
+
+impl Endpoint {
+    /// Answers one request for this endpoint: directly when it is a plain stateless
+    /// `tools/call`, through rmcp otherwise.
+    pub(super) async fn serve<B>(
+        &self,
+        request: http::Request<B>,
+        max_body_bytes: usize,
+    ) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + 'static,
+    {
+        if request.method() != http::Method::POST
+            || !plain_headers(request.headers(), max_body_bytes)
+        {
+            return self.service.handle(request).await;
+        }
+        let (parts, body) = request.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                // What rmcp answers when a body cannot be read; but a caller too slow to send
+                // it is told so (the listener's `ReadDeadline`).
+                let mut response =
+                    http::Response::new(full(format!("Failed to read request body: {error}")));
+                *response.status_mut() = match (&error as &dyn std::any::Any).downcast_ref() {
+                    Some(ReadError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return response;
+            }
+        };
+        if let Some(call) = ToolCall::recognise(&parts.headers, &body) {
+            // One version of the adapter for the whole call.
+            let adapter = self.registry.adapter.load_full();
+            // rmcp checks arguments mirrored in `Mcp-Param-*` headers (`x-mcp-header`).
+            if let Some(tool) = adapter.tool(&call.params.name)
+                && tool.inputs.iter().all(|input| input.header.is_none())
+            {
+                self.handler.invoker.metrics().tool_call("direct");
+                let result = self
+                    .handler
+                    .run(tool, call.params.arguments, &Progress::none())
+                    .await;
+                return answer(call.id, result.into());
+            }
+        }
+        self.service
+            .handle(http::Request::from_parts(parts, Full::new(body)))
+            .await
+    }
+}
+
+/// Whether the headers are those of a plain stateless request rmcp would accept as they are:
+/// a well-formed `Host`, JSON in, JSON or SSE accepted (no weights), the 2026-07-28 version,
+/// `Mcp-Method: tools/call`, no session, no `Origin`, no `Mcp-Param-*`, and a declared length
+/// within the limit.
+fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
+    // rmcp refuses a malformed `Host` even with its host allow-list off.
+    let host_ok = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| http::uri::Authority::try_from(host).is_ok());
+    let is = |name: &str, value: &str| {
+        headers
+            .get(name)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+    };
+    let length_ok = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|length| length <= max_body_bytes);
+    host_ok
+        && length_ok
+        && is("content-type", "application/json")
+        && accepts_json_and_sse(headers.get_all(http::header::ACCEPT))
+        && single(headers, "mcp-protocol-version") == Some(VERSION.as_bytes())
+        && single(headers, "mcp-method") == Some(b"tools/call")
+        && !headers.contains_key("mcp-session-id")
+        && !headers.contains_key(http::header::ORIGIN)
+        && !headers
+            .keys()
+            .any(|name| name.as_str().starts_with("mcp-param-"))
+}
+
+/// The value of a header that appears exactly once (rmcp refuses repeated `Mcp-*` headers).
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    values.next().is_none().then_some(value.as_bytes())
+}
+
+/// `Accept` lists both `application/json` and `text/event-stream`, and no parameters anywhere
+/// (a `q=0` would change rmcp's answer; parameters are rare enough to leave to it).
+fn accepts_json_and_sse<'a>(values: http::header::GetAll<'a, HeaderValue>) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in values {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for entry in value.split(',') {
+            let entry = entry.trim();
+            if entry.contains(';') || entry.contains('"') {
+                return false;
+            }
+            json |= entry.eq_ignore_ascii_case("application/json");
+            sse |= entry.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    json && sse
+}
+
+/// A `tools/call` request with nothing but a name, arguments and the required `_meta`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolCall {
+    jsonrpc: String,
+    id: RequestId,
+    method: String,
+    params: Params,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    name: String,
+    #[serde(default)]
+    arguments: Option<JsonObject>,
+    #[serde(rename = "_meta")]
+    meta: Meta,
+}
+
+/// The request metadata of 2026-07-28, without a progress token (progress needs a stream).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: String,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities")]
+    _client_capabilities: ClientCapabilities,
+    #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
+    _client_info: Option<IgnoredAny>,
+}
+
+impl ToolCall {
+    fn recognise(headers: &HeaderMap, body: &[u8]) -> Option<ToolCall> {
+        let call: ToolCall = serde_json::from_slice(body).ok()?;
+        let named = single(headers, "mcp-name");
+        (call.jsonrpc == "2.0"
+            && call.method == "tools/call"
+            && call.params.meta.protocol_version == VERSION
+            && named == Some(call.params.name.as_bytes()))
+        .then_some(call)
+    }
+}
+
+/// The JSON-RPC response, as rmcp writes it for a 2026-07-28 peer.
+fn answer(id: RequestId, response: CallToolResponse) -> HttpResponse {
+    let mut result = ServerResult::from(response);
+    result.fill_missing_cache_hints();
+    let message = ServerJsonRpcMessage::response(result, id);
+    let body = serde_json::to_vec(&message).expect("a tool result serializes");
+    response::json_bytes(StatusCode::OK, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    const PLAIN: &[(&str, &str)] = &[
+        ("host", "127.0.0.1:9090"),
+        ("content-type", "application/json"),
+        ("content-length", "100"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "t"),
+    ];
+
+    fn body(params: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params
+        }))
+        .unwrap()
+    }
+
+    fn meta() -> serde_json::Value {
+        serde_json::json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        })
+    }
+
+    #[test]
+    fn only_plain_headers_take_the_direct_path() {
+        assert!(plain_headers(&headers(PLAIN), 100));
+        assert!(!plain_headers(&headers(PLAIN), 99), "over the size limit");
+        for (name, value) in [
+            ("mcp-session-id", "abc"),
+            ("origin", "http://localhost:1"),
+            ("mcp-param-session", "vs_1"),
+            ("accept", "application/json;q=0"),
+            ("mcp-method", "tools/call"),
+        ] {
+            let mut map = headers(PLAIN);
+            map.append(name, HeaderValue::from_static(value));
+            assert!(!plain_headers(&map, 100), "{name}: {value}");
+        }
+        for missing in [
+            "content-length",
+            "accept",
+            "mcp-protocol-version",
+            "mcp-method",
+        ] {
+            let mut map = headers(PLAIN);
+            map.remove(missing);
+            assert!(!plain_headers(&map, 100), "without {missing}");
+        }
+        let mut old = headers(PLAIN);
+        old.insert(
+            "mcp-protocol-version",
+            HeaderValue::from_static("2025-11-25"),
+        );
+        assert!(!plain_headers(&old, 100));
+        for bad_host in ["[::1]:1:2", "[::1]%", "a b"] {
+            let mut map = headers(PLAIN);
+            map.insert("host", HeaderValue::from_static(bad_host));
+            assert!(!plain_headers(&map, 100), "Host: {bad_host}");
+        }
+    }
+
+    #[test]
+    fn only_plain_tool_calls_are_recognised() {
+        let plain = headers(PLAIN);
+        let call = ToolCall::recognise(
+            &plain,
+            &body(serde_json::json!({"name": "t", "arguments": {"a": 1}, "_meta": meta()})),
+        )
+        .expect("a plain call");
+        assert_eq!(call.id, RequestId::Number(3));
+        assert_eq!(call.params.arguments.unwrap()["a"], 1);
+
+        let mut with_progress = meta();
+        with_progress["progressToken"] = serde_json::json!(1);
+        let mut old = meta();
+        old["io.modelcontextprotocol/protocolVersion"] = serde_json::json!("2025-11-25");
+        let mut no_capabilities = meta();
+        no_capabilities
+            .as_object_mut()
+            .unwrap()
+            .remove("io.modelcontextprotocol/clientCapabilities");
+        for params in [
+            serde_json::json!({"name": "t", "_meta": with_progress}),
+            serde_json::json!({"name": "t", "_meta": old}),
+            serde_json::json!({"name": "t", "_meta": no_capabilities}),
+            serde_json::json!({"name": "t"}),
+            serde_json::json!({"name": "other", "_meta": meta()}),
+            serde_json::json!({"name": "t", "_meta": meta(), "task": {}}),
+        ] {
+            assert!(
+                ToolCall::recognise(&plain, &body(params.clone())).is_none(),
+                "{params}"
+            );
+        }
+        let mut twice = headers(PLAIN);
+        twice.append("mcp-name", HeaderValue::from_static("t"));
+        let params = serde_json::json!({"name": "t", "_meta": meta()});
+        assert!(ToolCall::recognise(&plain, &body(params.clone())).is_some());
+        assert!(
+            ToolCall::recognise(&twice, &body(params)).is_none(),
+            "Mcp-Name twice"
+        );
+        assert!(ToolCall::recognise(&plain, b"[]").is_none(), "a batch");
+        assert!(ToolCall::recognise(&plain, b"{").is_none());
+    }
+}

@@ -1,0 +1,71 @@
+//! The one response type every surface answers with, and the one mapping from a
+//! [`GatewayError`] to a response: its status, Stripe's error envelope, and the headers the error
+//! calls for (`WWW-Authenticate`, `Allow`). REST, MCP, the front door and the admin listener all
+//! answer through here; nothing above this module builds an error body of its own.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use crate::error::GatewayError;
+
+/// Every response body: buffered bytes or rmcp's event streams.
+pub type HttpBody = BoxBody<Bytes, Infallible>;
+pub type HttpResponse = http::Response<HttpBody>;
+
+pub fn full(bytes: impl Into<Bytes>) -> HttpBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// The response for a gateway error: its status and Stripe's error envelope.
+pub fn error(error: &GatewayError) -> HttpResponse {
+    let body = serde_json::to_vec(&error.to_json()).expect("JSON values serialize");
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = error.status();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let GatewayError::Unauthorized { scheme } = error
+        && let Ok(value) = HeaderValue::try_from(format!("{scheme} realm=\"capgate\""))
+    {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    if let GatewayError::MethodNotAllowed { allowed, .. } = error
+        && let Ok(value) = HeaderValue::try_from(
+            allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    {
+        response.headers_mut().insert(http::header::ALLOW, value);
+    }
+    response
+}
+
+/// A plain JSON response.
+pub fn json(status: StatusCode, value: &Value) -> HttpResponse {
+    json_bytes(
+        status,
+        serde_json::to_vec(value).expect("JSON values serialize"),
+    )
+}
+
+/// A response of JSON already serialized.
+pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,292 @@
+//! The REST surface: route a request, collect its inputs, run the operation, answer.
+//!
+//! Inputs come from the path, the query string (Stripe-style brackets too), headers and the
+//! body (JSON, or form-encoded with brackets). Everything after input collection is `invoke`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
+use crate::response::{self, HttpResponse, full};
+use crate::server::ReadError;
+use capgate_model::compile::{ArgumentError, Strictness, validate_arguments};
+use capgate_model::form;
+use capgate_model::route::Match;
+use capgate_model::snapshot::{Action, ExposedParam, Listener, RestInputs, RestRoute};
+use capgate_model::spec::ParamIn;
+
+/// Answers one REST request on `listener`.
+pub async fn handle<B>(
+    invoker: &Invoker,
+    listener: &Listener,
+    max_body: usize,
+    request: http::Request<B>,
+) -> HttpResponse
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let result = match listener.rest.find(&method, &path) {
+        Match::NotFound => Err(GatewayError::NotFound {
+            method,
+            path: path.clone(),
+        }),
+        Match::MethodNotAllowed(allowed) => Err(GatewayError::MethodNotAllowed {
+            method,
+            path: path.clone(),
+            allowed,
+        }),
+        Match::Found {
+            value: route,
+            params,
+        } => {
+            let params: Vec<(String, String)> =
+                params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            run(invoker, route, params, max_body, request).await
+        }
+    };
+    match result {
+        Ok(outcome) => outcome_response(outcome),
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(%path, status = error.status().as_u16(), error = %error, "request failed");
+            } else {
+                tracing::debug!(%path, status = error.status().as_u16(), error = %error, "request refused");
+            }
+            response::error(&error)
+        }
+    }
+}
+
+async fn run<B>(
+    invoker: &Invoker,
+    route: &RestRoute,
+    params: Vec<(String, String)>,
+    max_body: usize,
+    request: http::Request<B>,
+) -> Result<Outcome, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (mut parts, body) = request.into_parts();
+    // The caller's credentials end here: neither inputs nor a forwarded request carry them.
+    let query: Option<Cow<str>> = match &route.auth {
+        Some(auth) => {
+            crate::auth::check(auth, &parts.headers, parts.uri.query())?;
+            crate::auth::strip(auth, &mut parts.headers, parts.uri.query()).map(Cow::Owned)
+        }
+        None => parts.uri.query().map(Cow::Borrowed),
+    };
+    if let Some(length) = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && length > max_body
+    {
+        return Err(GatewayError::PayloadTooLarge { limit: max_body });
+    }
+    let bytes = match Limited::new(body, max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(GatewayError::PayloadTooLarge { limit: max_body });
+        }
+        Err(error) => {
+            // The listener's deadline for the whole body (`server::ReadDeadline`).
+            if let Some(ReadError::TimedOut(after)) = error.downcast_ref::<ReadError>() {
+                return Err(GatewayError::RequestTimeout { after: *after });
+            }
+            return Err(GatewayError::bad_request(
+                "body_unreadable",
+                "the request body could not be read",
+                None,
+            ));
+        }
+    };
+    if let Action::Forward(_) = route.operation.action {
+        let rest = params.last().map(|(_, v)| v.clone()).unwrap_or_default();
+        let inputs = Inputs {
+            values: Map::new(),
+            headers: parts.headers,
+            forward: Some(ForwardInput {
+                method: parts.method,
+                rest,
+                query: query.map(Cow::into_owned),
+                body: bytes,
+            }),
+            request_id: crate::invoke::request_id(),
+        };
+        return invoker.invoke(&route.operation, inputs).await;
+    }
+    let query = form::decode(query.as_deref().unwrap_or("").as_bytes()).map_err(|e| {
+        GatewayError::bad_request(
+            "parameter_invalid",
+            format!("invalid query string: {e}"),
+            Some(e.name()),
+        )
+    })?;
+    let body = parse_body(&parts.headers, &bytes)?;
+    let values = match &route.inputs {
+        RestInputs::Implicit {
+            specs,
+            strict_query,
+        } => {
+            let mut values = Map::new();
+            for (name, value) in &params {
+                values.insert(name.clone(), Value::String(value.clone()));
+            }
+            for (name, value) in query {
+                if *strict_query
+                    && !specs.iter().any(|s| s.name == name)
+                    && !values.contains_key(&name)
+                {
+                    return Err(GatewayError::bad_request(
+                        "parameter_unknown",
+                        format!("Received unknown parameter: {name}"),
+                        Some(&name),
+                    ));
+                }
+                values.entry(name).or_insert(value);
+            }
+            if let Some(body) = body {
+                if let Value::Object(fields) = &body {
+                    for (name, value) in fields {
+                        values.entry(name.clone()).or_insert_with(|| value.clone());
+                    }
+                }
+                values.insert("body".into(), body);
+            }
+            validate_arguments(specs, values, Strictness::FromText).map_err(argument_error)?
+        }
+        RestInputs::Declared(declared) => {
+            declared_inputs(declared, &params, query, &parts.headers, body.as_ref())?
+        }
+    };
+    invoker
+        .invoke(
+            &route.operation,
+            Inputs {
+                values,
+                headers: parts.headers,
+                forward: None,
+                request_id: crate::invoke::request_id(),
+            },
+        )
+        .await
+}
+
+fn argument_error(e: ArgumentError) -> GatewayError {
+    let code = if e.message.starts_with("missing") {
+        "parameter_missing"
+    } else {
+        "parameter_invalid"
+    };
+    GatewayError::bad_request(code, e.message, Some(&e.param))
+}
+
+fn declared_inputs(
+    declared: &[ExposedParam],
+    params: &[(String, String)],
+    query: Map<String, Value>,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+) -> Result<Map<String, Value>, GatewayError> {
+    let mut values = Map::new();
+    for param in declared {
+        let value = match param.location {
+            ParamIn::Path => params
+                .iter()
+                .find(|(k, _)| k == &param.name)
+                .map(|(_, v)| Value::String(v.clone())),
+            ParamIn::Query => query.get(&param.name).cloned(),
+            ParamIn::Header => headers
+                .get(param.name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Value::String(v.to_owned())),
+            ParamIn::Cookie => cookie(headers, &param.name).map(Value::String),
+            ParamIn::Body => body.and_then(|body| match &param.selector {
+                Some(selector) => selector.select(body).map(std::borrow::Cow::into_owned),
+                None => body.get(&param.name).cloned(),
+            }),
+            ParamIn::Environment => None,
+        };
+        if let Some(value) = value {
+            values.insert(param.name.clone(), value);
+        }
+    }
+    for (name, value) in params {
+        values
+            .entry(name.clone())
+            .or_insert_with(|| Value::String(value.clone()));
+    }
+    let specs: Vec<_> = declared.iter().map(|p| p.spec.clone()).collect();
+    validate_arguments(&specs, values, Strictness::FromText).map_err(argument_error)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Reads a JSON or form-encoded body; an empty body is `None`.
+fn parse_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<Value>, GatewayError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        return form::decode(bytes)
+            .map(|map| Some(Value::Object(map)))
+            .map_err(|e| {
+                GatewayError::bad_request(
+                    "parameter_invalid",
+                    format!("invalid form body: {e}"),
+                    Some(e.name()),
+                )
+            });
+    }
+    if content_type.is_empty()
+        || content_type.starts_with("application/json")
+        || content_type.ends_with("+json")
+    {
+        return serde_json::from_slice(bytes).map(Some).map_err(|e| {
+            GatewayError::bad_request("body_invalid", format!("invalid JSON body: {e}"), None)
+        });
+    }
+    Err(GatewayError::bad_request(
+        "content_type_unsupported",
+        format!(
+            "unsupported request content type \"{content_type}\": send application/json or application/x-www-form-urlencoded"
+        ),
+        None,
+    ))
+}
+
+fn outcome_response(outcome: Outcome) -> HttpResponse {
+    let body = outcome.body_bytes();
+    let mut response = Response::new(full(body));
+    *response.status_mut() = outcome.status;
+    *response.headers_mut() = outcome.headers;
+    response
+}

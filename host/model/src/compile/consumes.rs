@@ -1,0 +1,547 @@
+//! Compiling `consumes`: upstream adapters (base URI, profile, auth) and their operations
+//! (method, path template, parameters, body plan).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use globset::Glob;
+use http::Method;
+
+use super::Options;
+use super::auth::Side;
+use super::inputs::input_spec;
+use crate::config::{ProfileName, TransformBinding};
+use crate::diag::{Code, Diagnostics};
+use crate::snapshot::{
+    BodyPlan, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
+};
+use crate::spec::{Capability, Consumes, HttpConsumes, LoadedFile, Param, ParamIn, RequestBody};
+use crate::template::{Placeholder, Ref, Template, ValueTemplate};
+
+/// The consumed operations of one file, by every name a `call` may use.
+#[derive(Debug, Default)]
+pub(super) struct Upstreams {
+    /// `namespace.operation` and `namespace.resource.operation`.
+    pub operations: BTreeMap<String, Arc<UpstreamOperation>>,
+    pub adapters: BTreeMap<String, Arc<UpstreamAdapter>>,
+    /// Adapters and operations that are declared but not served, with the reason.
+    pub unserved: BTreeMap<String, String>,
+}
+
+pub(super) fn compile(
+    loaded: &LoadedFile,
+    capability: &Capability,
+    options: &Options,
+    diags: &mut Diagnostics,
+) -> Upstreams {
+    let mut upstreams = Upstreams::default();
+    let binds = Arc::new(loaded.bound.clone());
+    let inline: Vec<&HttpConsumes> = capability
+        .consumes
+        .iter()
+        .filter_map(|c| match c {
+            Consumes::Http(http) => Some(http),
+            Consumes::Other { kind, at } => {
+                diags
+                    .error(
+                        Code::Unsupported,
+                        at,
+                        format!("consumes type `{kind}` is not served"),
+                    )
+                    .found(kind.clone())
+                    .expected("type: http");
+                None
+            }
+            Consumes::Import(_) => None,
+        })
+        .collect();
+    // Findings about an imported adapter name the file it was written in.
+    let imported = loaded.imports.iter().map(|i| (&i.adapter, Some(&i.source)));
+    for (http, source) in inline.into_iter().map(|h| (h, None)).chain(imported) {
+        match source {
+            Some(file) => {
+                let mut own = Diagnostics::new(file.clone());
+                add_adapter(loaded, http, options, &binds, &mut upstreams, &mut own);
+                diags.extend(own.into_grouped());
+            }
+            None => add_adapter(loaded, http, options, &binds, &mut upstreams, diags),
+        }
+    }
+    upstreams
+}
+
+fn add_adapter(
+    loaded: &LoadedFile,
+    http: &HttpConsumes,
+    options: &Options,
+    binds: &Arc<BTreeMap<String, Option<crate::secret::Secret>>>,
+    upstreams: &mut Upstreams,
+    diags: &mut Diagnostics,
+) {
+    let namespace = http.namespace.value.clone();
+    if upstreams.adapters.contains_key(&namespace) || upstreams.unserved.contains_key(&namespace) {
+        diags
+            .error(
+                Code::DuplicateNamespace,
+                &http.at.key("namespace", http.namespace.line),
+                "consumes namespace declared twice; the second is not served",
+            )
+            .found(namespace);
+        return;
+    }
+    match adapter(http, options, binds, diags) {
+        Ok(adapter) => {
+            let adapter = Arc::new(adapter);
+            operations(
+                loaded,
+                http,
+                &adapter,
+                &options.transforms,
+                upstreams,
+                diags,
+            );
+            upstreams.adapters.insert(namespace, adapter);
+        }
+        Err(reason) => {
+            upstreams.unserved.insert(namespace, reason);
+        }
+    }
+}
+
+fn adapter(
+    http: &HttpConsumes,
+    options: &Options,
+    binds: &Arc<BTreeMap<String, Option<crate::secret::Secret>>>,
+    diags: &mut Diagnostics,
+) -> Result<UpstreamAdapter, String> {
+    let at = &http.at;
+    let declared = http.base_uri.value.trim();
+    let uri_at = at.key("baseUri", http.base_uri.line);
+    let parsed = match url::Url::parse(declared) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => url,
+        _ => {
+            diags
+                .error(
+                    Code::BadValue,
+                    &uri_at,
+                    "baseUri must be an absolute http(s) URL; adapter not served",
+                )
+                .found(declared.to_owned())
+                .expected("https://host[/base/path]");
+            return Err(format!(
+                "baseUri \"{declared}\" is not an absolute http(s) URL"
+            ));
+        }
+    };
+    if declared.ends_with('/') {
+        diags
+            .warning(
+                Code::TrailingSlash,
+                &uri_at,
+                "trailing slash on baseUri ignored",
+            )
+            .found(declared.to_owned());
+    }
+    let mut profile = if parsed.host_str() == Some("api.stripe.com") {
+        ProfileName::Stripe
+    } else {
+        ProfileName::Default
+    };
+    let mut base_uri = declared.trim_end_matches('/').to_owned();
+    if let Some(rule) = options
+        .upstreams
+        .iter()
+        .find(|rule| namespace_matches(&rule.namespace, &http.namespace.value))
+    {
+        if let Some(uri) = &rule.base_uri {
+            base_uri = uri.trim_end_matches('/').to_owned();
+        }
+        if let Some(p) = rule.profile {
+            profile = p;
+        }
+    }
+    let auth = match &http.authentication {
+        None => None,
+        Some(auth) => Some(super::auth::compile(auth, Side::Upstream, diags)?),
+    };
+    Ok(UpstreamAdapter {
+        namespace: http.namespace.value.clone(),
+        origin: crate::snapshot::origin_of(&base_uri),
+        base_url: crate::snapshot::plain_base(&base_uri),
+        base_uri,
+        profile,
+        auth,
+        binds: binds.clone(),
+    })
+}
+
+/// Whether an override's namespace pattern (exact or glob) matches.
+pub(crate) fn namespace_matches(pattern: &str, namespace: &str) -> bool {
+    pattern == namespace
+        || Glob::new(pattern)
+            .map(|g| g.compile_matcher().is_match(namespace))
+            .unwrap_or(false)
+}
+
+/// Resolves `{{x}}` / `{{ns.x}}` in consumed templates: a bind namespace or a bound variable
+/// name means the bound variable; anything else is a caller input.
+pub(super) fn resolver(loaded: &LoadedFile) -> impl FnMut(&Placeholder) -> Ref + '_ {
+    move |p: &Placeholder| match &p.namespace {
+        Some(ns) if loaded.bind_namespaces.contains(ns) => Ref::Bind(p.name.clone()),
+        Some(_) => Ref::Input(p.name.clone()),
+        None if loaded.bound.contains_key(&p.name) => Ref::Bind(p.name.clone()),
+        None => Ref::Input(p.name.clone()),
+    }
+}
+
+fn operations(
+    loaded: &LoadedFile,
+    http: &HttpConsumes,
+    adapter: &Arc<UpstreamAdapter>,
+    bindings: &[TransformBinding],
+    upstreams: &mut Upstreams,
+    diags: &mut Diagnostics,
+) {
+    let capability = super::capability_name(&loaded.path);
+    for resource in &http.resources {
+        for op in &resource.operations {
+            let full_name = format!("{}.{}", http.namespace.value, op.name.value);
+            let method_at = op.at.key("method", op.method.line);
+            let method = match op.method.value.to_ascii_uppercase().as_str() {
+                m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => {
+                    Method::from_bytes(m.as_bytes()).expect("a standard method")
+                }
+                other => {
+                    diags
+                        .error(
+                            Code::BadValue,
+                            &method_at,
+                            "unknown HTTP method; operation not served",
+                        )
+                        .found(other.to_owned())
+                        .expected("GET, POST, PUT, PATCH or DELETE");
+                    upstreams
+                        .unserved
+                        .insert(full_name, format!("method \"{other}\" is unknown"));
+                    continue;
+                }
+            };
+            if let Some(format) = &op.output_raw_format
+                && !format.value.eq_ignore_ascii_case("json")
+            {
+                diags
+                    .error(
+                        Code::Unsupported,
+                        &op.at.key("outputRawFormat", format.line),
+                        "non-JSON outputRawFormat is not served yet; operation not served",
+                    )
+                    .found(format.value.clone())
+                    .expected("json");
+                upstreams.unserved.insert(
+                    full_name,
+                    format!("outputRawFormat \"{}\" is not served yet", format.value),
+                );
+                continue;
+            }
+            let path_at = resource.at.key("path", resource.path.line);
+            let path = path_template(&resource.path.value, &path_at, diags);
+            let mut resolve = resolver(loaded);
+            let mut params: Vec<UpstreamParam> = Vec::new();
+            for param in http.params.iter().chain(&resource.params).chain(&op.params) {
+                let Some(compiled) = upstream_param(param, adapter.profile, &mut resolve, diags)
+                else {
+                    continue;
+                };
+                match params.iter_mut().find(|p| p.name == compiled.name) {
+                    Some(existing) => *existing = compiled,
+                    None => params.push(compiled),
+                }
+            }
+            for part in &path {
+                if let PathPart::Param(name) = part
+                    && !params.iter().any(|p| &p.name == name)
+                {
+                    params.push(UpstreamParam {
+                        name: name.clone(),
+                        location: ParamIn::Path,
+                        value: None,
+                        spec: input_spec(name, Some("string"), true, None, adapter.profile),
+                    });
+                }
+            }
+            let has_body = !matches!(method, Method::GET | Method::DELETE | Method::HEAD);
+            let body = match (&op.body, has_body) {
+                (Some(_), false) => {
+                    diags.warning(
+                        Code::BodyOnGet,
+                        &op.at.key("body", op.at.line),
+                        format!("{method} never sends a body; `body` ignored"),
+                    );
+                    BodyPlan::None
+                }
+                (Some(body), true) => match compile_body(body, &mut resolve) {
+                    Ok(plan) => plan,
+                    Err(message) => {
+                        diags.error(
+                            Code::Unsupported,
+                            &op.at.key("body", op.at.line),
+                            format!("{message}; operation not served"),
+                        );
+                        upstreams.unserved.insert(full_name, message);
+                        continue;
+                    }
+                },
+                (None, true) if params.iter().any(|p| p.location == ParamIn::Body) => {
+                    BodyPlan::FromParams
+                }
+                (None, _) => BodyPlan::None,
+            };
+            let mut missing_binds: Vec<String> = Vec::new();
+            let mut note = |r: &Ref| {
+                if let Ref::Bind(var) = r
+                    && adapter.binds.get(var).is_none_or(Option::is_none)
+                    && !missing_binds.contains(var)
+                {
+                    missing_binds.push(var.clone());
+                }
+            };
+            if let Some(auth) = &adapter.auth {
+                auth.refs().for_each(&mut note);
+            }
+            for p in &params {
+                if let Some(v) = &p.value {
+                    v.refs().into_iter().for_each(&mut note);
+                }
+            }
+            match &body {
+                BodyPlan::Structured(t) | BodyPlan::Form(t) => {
+                    t.refs().into_iter().for_each(&mut note)
+                }
+                BodyPlan::Text { template, .. } => template.refs().for_each(&mut note),
+                BodyPlan::None | BodyPlan::FromParams => {}
+            }
+            let transforms =
+                transforms_for(bindings, &capability, &http.namespace.value, &op.name.value);
+            let operation = Arc::new(UpstreamOperation {
+                name: full_name.clone(),
+                capability: capability.clone(),
+                transforms,
+                adapter: adapter.clone(),
+                method,
+                path,
+                params,
+                body,
+                missing_binds,
+            });
+            match upstreams.operations.entry(full_name.clone()) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    diags
+                        .warning(Code::DuplicateOperation, &op.at.key("name", op.name.line), format!("operation name `{}` is used twice in `{}`; `call: {full_name}` means the first, use namespace.resource.operation for this one", op.name.value, http.namespace.value))
+                        .found(op.name.value.clone());
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(operation.clone());
+                }
+            }
+            if let Some(resource_name) = &resource.name {
+                upstreams.operations.insert(
+                    format!("{}.{resource_name}.{}", http.namespace.value, op.name.value),
+                    operation,
+                );
+            }
+        }
+    }
+}
+
+fn upstream_param(
+    param: &Param,
+    profile: ProfileName,
+    resolve: &mut impl FnMut(&Placeholder) -> Ref,
+    diags: &mut Diagnostics,
+) -> Option<UpstreamParam> {
+    let location = match param.location {
+        Some(ParamIn::Environment) => {
+            diags
+                .warning(
+                    Code::Unsupported,
+                    &param.at,
+                    "`in: environment` parameters are not sent upstream; ignored",
+                )
+                .found(param.name.value.clone());
+            return None;
+        }
+        Some(location) => location,
+        None => {
+            diags
+                .warning(
+                    Code::MissingKey,
+                    &param.at,
+                    "consumed parameter without `in`; sent in the query",
+                )
+                .found(param.name.value.clone())
+                .expected("`in: query|path|header|cookie|body`");
+            ParamIn::Query
+        }
+    };
+    let value = param
+        .value
+        .as_ref()
+        .map(|v| ValueTemplate::compile(v, resolve));
+    let required = param.required.unwrap_or(location == ParamIn::Path);
+    Some(UpstreamParam {
+        name: param.name.value.clone(),
+        location,
+        value,
+        spec: input_spec(
+            &param.name.value,
+            param.ty.as_deref(),
+            required,
+            param.description.clone(),
+            profile,
+        ),
+    })
+}
+
+fn compile_body(
+    body: &RequestBody,
+    resolve: &mut impl FnMut(&Placeholder) -> Ref,
+) -> Result<BodyPlan, String> {
+    Ok(match body {
+        RequestBody::Json(data) => BodyPlan::Structured(ValueTemplate::compile(data, resolve)),
+        RequestBody::FormUrlEncoded(data) => BodyPlan::Form(ValueTemplate::compile(data, resolve)),
+        RequestBody::Text(text) => BodyPlan::Text {
+            template: Template::compile(text, resolve),
+            content_type: "text/plain; charset=utf-8",
+        },
+        RequestBody::Xml(text) => BodyPlan::Text {
+            template: Template::compile(text, resolve),
+            content_type: "application/xml",
+        },
+        RequestBody::Raw(text) => {
+            let trimmed = text.trim_start();
+            let content_type = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                "application/json"
+            } else if trimmed.starts_with('<') {
+                "application/xml"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            BodyPlan::Text {
+                template: Template::compile(text, resolve),
+                content_type,
+            }
+        }
+        RequestBody::MultipartForm(_) => {
+            return Err("multipartForm bodies are not served yet".into());
+        }
+    })
+}
+
+/// Characters kept as they are in upstream path literals (RFC 3986 `pchar` plus `/` and `%`).
+const PATH_SAFE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'%');
+
+/// Splits a resource path (appended to the adapter's base URI) into literal text and `{x}` /
+/// `{{x}}` parameters.
+fn path_template(
+    resource_path: &str,
+    at: &crate::diag::Loc,
+    diags: &mut Diagnostics,
+) -> Vec<PathPart> {
+    let mut text = String::new();
+    if !resource_path.starts_with('/') {
+        text.push('/');
+    }
+    text.push_str(resource_path);
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find('{') {
+        let double = rest[start..].starts_with("{{");
+        let open = if double { 2 } else { 1 };
+        let close = if double { "}}" } else { "}" };
+        let Some(len) = rest[start + open..].find(close) else {
+            break;
+        };
+        literal.push_str(&rest[..start]);
+        if !literal.is_empty() {
+            parts.push(PathPart::Literal(std::mem::take(&mut literal)));
+        }
+        parts.push(PathPart::Param(
+            rest[start + open..start + open + len].trim().to_owned(),
+        ));
+        rest = &rest[start + open + len + close.len()..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(PathPart::Literal(literal));
+    }
+    for part in &mut parts {
+        if let PathPart::Literal(text) = part {
+            let encoded = percent_encoding::utf8_percent_encode(text, PATH_SAFE).to_string();
+            if encoded != *text {
+                diags
+                    .warning(Code::PathEncoded, at, "upstream path contains characters that are not allowed in a URL path; sent percent-encoded")
+                    .found(text.clone())
+                    .expected(encoded.clone());
+                *text = encoded;
+            }
+        }
+    }
+    parts
+}
+
+/// The plugins bound to one consumed operation, in config order. A binding selects an operation
+/// when one of its capability patterns matches the capability's name and one of its operation
+/// patterns matches `namespace.operation` or `operation`.
+pub(crate) fn transforms_for(
+    bindings: &[TransformBinding],
+    capability: &str,
+    namespace: &str,
+    operation: &str,
+) -> Vec<Arc<TransformRef>> {
+    let qualified = format!("{namespace}.{operation}");
+    bindings
+        .iter()
+        .filter(|b| {
+            b.capabilities
+                .iter()
+                .any(|p| namespace_matches(p, capability))
+        })
+        .filter(|b| {
+            b.operations
+                .iter()
+                .any(|p| namespace_matches(p, &qualified) || namespace_matches(p, operation))
+        })
+        .map(|b| {
+            Arc::new(TransformRef {
+                plugin: b.plugin.clone(),
+                config: Arc::from(match &b.config {
+                    serde_json::Value::Null => "{}".to_owned(),
+                    other => other.to_string(),
+                }),
+                on_error: b.on_error,
+                timeout: std::time::Duration::from_millis(b.timeout_ms),
+                memory: b.memory_mib * 1024 * 1024,
+            })
+        })
+        .collect()
+}

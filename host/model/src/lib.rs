@@ -1,0 +1,25 @@
+//! capgate's pure layers: from capability files to the [`snapshot::Snapshot`] the gateway
+//! serves, and everything that describes it.
+//!
+//! ```text
+//! specs/*.yaml --spec::load--> LoadedFile --compile::compile_file--> CompiledFile
+//!   --compile::assemble--> Snapshot (+ diagnostics)
+//! ```
+//!
+//! Nothing here runs a request, opens a socket or starts a thread: this crate has no async
+//! runtime, no HTTP stack, no MCP library and no WebAssembly engine, so it builds and tests in
+//! seconds, and `cargo tree -p capgate-model` shows it. The only I/O is `spec::load` (reading the
+//! files a capability names) and `config` (reading the gateway's own file).
+
+pub mod compile;
+pub mod config;
+pub mod diag;
+pub mod exchange;
+pub mod form;
+pub mod jsonpath;
+pub mod route;
+pub mod secret;
+pub mod snapshot;
+pub mod spec;
+pub mod template;
+pub mod validate;
