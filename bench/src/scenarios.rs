@@ -656,6 +656,9 @@ pub async fn plugin(
     let mut p99s = vec![Vec::new(); hooks.len()];
     for _ in 0..rounds {
         for (i, &(label, hook, size)) in hooks.iter().enumerate() {
+            let plugin = plugins
+                .get(&hook.plugin)
+                .ok_or_else(|| anyhow::anyhow!("{label}: {} is not loaded", hook.plugin))?;
             let calls = if size > 10_000 {
                 iterations / 10
             } else {
@@ -666,10 +669,14 @@ pub async fn plugin(
             for call in 0..calls + 50 {
                 let started = Instant::now();
                 let ran = if size == 0 {
-                    let outcome = plugins.on_request(hook, &context, request.clone()).await;
+                    let outcome = plugins
+                        .on_request(&plugin, hook, &context, request.clone())
+                        .await;
                     matches!(outcome, Ok(RequestOutcome::Forward(_)))
                 } else {
-                    let outcome = plugins.on_response(hook, &context, response.clone()).await;
+                    let outcome = plugins
+                        .on_response(&plugin, hook, &context, response.clone())
+                        .await;
                     matches!(outcome, Ok(ResponseOutcome::Forward(_)))
                 };
                 let elapsed = started.elapsed();
@@ -730,17 +737,18 @@ async fn back_to_back(
     let workers: Vec<_> = (0..tasks)
         .map(|_| {
             let (plugins, hook, context) = (plugins.clone(), hook.clone(), context.clone());
+            let plugin = plugins.get(&hook.plugin).expect("the plugin is loaded");
             let (request, response) = (request.clone(), response.clone());
             tokio::spawn(async move {
                 let mut calls = 0u64;
                 while started.elapsed() < period {
                     let ran = match &response {
                         None => plugins
-                            .on_request(&hook, &context, request.clone())
+                            .on_request(&plugin, &hook, &context, request.clone())
                             .await
                             .is_ok(),
                         Some(r) => plugins
-                            .on_response(&hook, &context, r.clone())
+                            .on_response(&plugin, &hook, &context, r.clone())
                             .await
                             .is_ok(),
                     };

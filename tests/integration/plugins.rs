@@ -199,8 +199,10 @@ async fn a_looping_plugin_gives_its_thread_back_until_its_deadline() {
             sealed: Default::default(),
         };
         let started = Instant::now();
+        let spin = transform("spin", deadline);
+        let plugin = plugins.get(&spin.plugin).expect("spin is loaded");
         let outcome = plugins
-            .on_request(&transform("spin", deadline), &context(LIST), request)
+            .on_request(&plugin, &spin, &context(LIST), request)
             .await;
         (outcome, started.elapsed())
     });
@@ -251,8 +253,11 @@ async fn redact_pii_masks_the_deepest_documents_and_refuses_deeper_ones() {
 
     // The document itself and `verified_outputs` are two of the 128 levels.
     let levels = 126;
+    let plugin = plugins
+        .get(&transform.plugin)
+        .expect("redact-pii is loaded");
     let outcome = plugins
-        .on_response(&transform, &context, response(nested(levels)))
+        .on_response(&plugin, &transform, &context, response(nested(levels)))
         .await;
     let Ok(ResponseOutcome::Forward(masked)) = outcome else {
         panic!("{outcome:?}");
@@ -265,7 +270,7 @@ async fn redact_pii_masks_the_deepest_documents_and_refuses_deeper_ones() {
     assert_eq!(leaf, "[redacted]");
 
     let outcome = plugins
-        .on_response(&transform, &context, response(nested(levels + 8)))
+        .on_response(&plugin, &transform, &context, response(nested(levels + 8)))
         .await;
     let Ok(ResponseOutcome::Refused(refusal)) = outcome else {
         panic!("{outcome:?}");
@@ -584,6 +589,10 @@ async fn misbehaving_plugins_fail_only_their_request() {
             .contains("panic.wasm"),
         "{body}"
     );
+    assert!(
+        !body.to_string().contains("deliberate panic"),
+        "what the plugin wrote to stderr goes to the log, not to the caller: {body}"
+    );
 
     let oom = h
         .http
@@ -669,8 +678,17 @@ async fn replacing_and_breaking_a_plugin_while_serving() {
         std::fs::rename(&temp, &live).unwrap();
     };
 
-    // Not there yet: fail-closed.
+    // Not there yet: fail-closed, and the file says so from the start.
     assert_eq!(h.http.get(&url).send().await.unwrap().status(), 502);
+    let unloaded = |h: &Harness| -> Vec<String> {
+        h.gateway.status()[0]
+            .diagnostics
+            .iter()
+            .filter(|d| d.code.as_str() == "plugin-not-loaded")
+            .map(|d| d.found.clone().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(unloaded(&h), ["live.wasm"]);
 
     let generation = h.gateway.subscribe().borrow().generation;
     install(&common::plugin_wasm("noop"));
@@ -681,6 +699,10 @@ async fn replacing_and_breaking_a_plugin_while_serving() {
     let response = h.http.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("x-capgate-stamp").is_none());
+    assert!(
+        unloaded(&h).is_empty(),
+        "the warning goes once the file loads"
+    );
 
     let mut reports = h.gateway.subscribe();
     reports.borrow_and_update();
@@ -771,4 +793,128 @@ fn the_artifact_cache_runs_only_its_own_intact_files() {
     std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
     load(link.clone());
     assert!(artifacts(&elsewhere).is_empty());
+}
+
+/// A request in flight across a reload runs one version of everything, REST and MCP alike: the
+/// routes, tools and transform bindings of the snapshot it pinned, and the plugin versions
+/// published with that snapshot, from its first hook to its last.
+#[tokio::test]
+async fn a_request_in_flight_across_a_reload_sees_one_version_of_everything() {
+    let config = json!({"fields": ["client_reference_id"]});
+    let (h, dir) = harness(&[], vec![binding("live", RETRIEVE, config)]).await;
+    let live = dir.path().join("live.wasm");
+    let install = |plugin: &str| {
+        let temp = dir.path().join(".live.wasm.tmp");
+        std::fs::copy(common::plugin_wasm(plugin), &temp).unwrap();
+        std::fs::rename(&temp, &live).unwrap();
+    };
+    let generation = h.gateway.subscribe().borrow().generation;
+    install("redact_pii");
+    h.published(generation.saturating_sub(1), |r| {
+        r.plugins_changed.iter().any(|p| p == "live.wasm")
+    })
+    .await;
+    let id = verified_session(&h).await;
+    let client = legacy_client(&mcp_url(&h).await).await;
+
+    // Both calls wait upstream while the spec and the plugin change under them.
+    h.http
+        .post(format!("{}/_sim/faults", h.sim.base_url()))
+        .json(&json!({"status": null, "delay_ms": 2000, "count": 2}))
+        .send()
+        .await
+        .unwrap();
+    let before = h.sim.requests().len();
+    let rest = tokio::spawn({
+        let (http, url) = (h.http.clone(), h.sessions().await);
+        let url = format!("{url}/{id}?expand[]=verified_outputs");
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    });
+    let mcp = tokio::spawn({
+        let id = id.clone();
+        async move {
+            let arguments = json!({"session": id, "expand": ["verified_outputs"]});
+            let result = call(
+                &client,
+                "stripe-get-identity-verification-sessions-2",
+                arguments,
+            );
+            let result = result.await;
+            client.cancel().await.unwrap();
+            result
+        }
+    });
+    while h.sim.requests().len() < before + 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut reports = h.gateway.subscribe();
+    reports.borrow_and_update();
+    let spec_file = h.specs_dir().join("identity-sessions.yaml");
+    let seed = std::fs::read_to_string(&spec_file).unwrap();
+    std::fs::write(
+        &spec_file,
+        seed.replace(
+            "/v1/v1/identity/verification-sessions/{session}:",
+            "/v2/sessions/{session}:",
+        )
+        .replace(
+            "path: /v1/v1/identity/verification-sessions/{session}\n",
+            "path: /v2/sessions/{session}\n",
+        )
+        .replace(
+            "- name: stripe-get-identity-verification-sessions-2\n",
+            "- name: retrieve-session\n",
+        ),
+    )
+    .unwrap();
+    install("noop");
+    let (mut spec_published, mut plugin_published) = (false, false);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !(spec_published && plugin_published) {
+            reports.changed().await.unwrap();
+            let report = reports.borrow_and_update();
+            spec_published |= !report.files_changed.is_empty();
+            plugin_published |= report.plugins_changed.iter().any(|p| p == "live.wasm");
+        }
+    })
+    .await
+    .expect("the spec and the plugin are published within 10 s");
+    assert!(
+        !rest.is_finished() && !mcp.is_finished(),
+        "both calls were still in flight when the new version was published"
+    );
+
+    let (status, session) = rest.await.unwrap();
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["id"], id.as_str());
+    assert_eq!(
+        session["verified_outputs"]["last_name"], "[redacted]",
+        "the REST call ran the plugin version it started with"
+    );
+    let result = mcp.await.unwrap();
+    let structured = result.structured_content.expect("a structured result");
+    assert_eq!(
+        structured["verified_outputs"]["last_name"], "[redacted]",
+        "the MCP call ran the plugin version it started with"
+    );
+
+    // New requests see the new version of everything.
+    let old = format!("{}/{id}", h.sessions().await);
+    assert_eq!(h.http.get(&old).send().await.unwrap().status(), 404);
+    let new = format!(
+        "{}/v2/sessions/{id}?expand[]=verified_outputs",
+        h.base(8080).await
+    );
+    let response = h.http.get(&new).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session: Value = response.json().await.unwrap();
+    assert_ne!(session["verified_outputs"]["last_name"], "[redacted]");
+    let client = legacy_client(&mcp_url(&h).await).await;
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "retrieve-session"));
+    client.cancel().await.unwrap();
 }

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 
 use capgate_model::config::Config;
 use capgate_model::snapshot::{ListenKey, Snapshot};
+use capgate_plugin::PluginSet;
 
 use crate::error::GatewayError;
 use crate::invoke::Invoker;
@@ -17,12 +18,21 @@ use crate::metrics::Metrics;
 use crate::response::{self, HttpResponse};
 use crate::server::{self, ReadDeadline};
 
+/// What one publish made current: the snapshot, and the version of every plugin its transforms
+/// run, resolved when it was published. A request pins both together, so it runs one version of
+/// everything from its first byte to its last, whatever is published meanwhile.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub snapshot: Arc<Snapshot>,
+    pub plugins: PluginSet,
+}
+
 /// State every request handler reads.
 pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    /// The current snapshot; each request loads it once and keeps it to the end.
-    pub snapshot: ArcSwap<Snapshot>,
+    /// What is served now; each request loads it once and keeps it to the end.
+    pub published: ArcSwap<Published>,
     pub invoker: Arc<Invoker>,
     pub mcp: Hub,
 }
@@ -32,8 +42,8 @@ impl Shared {
     pub async fn handle(&self, key: ListenKey, request: http::Request<Incoming>) -> HttpResponse {
         let limit = self.config.limits.request_read_timeout;
         let request = request.map(|body| ReadDeadline::new(body, limit));
-        let snapshot = self.snapshot.load_full();
-        let Some(listener) = snapshot.listener(&key) else {
+        let published = self.published.load_full();
+        let Some(listener) = published.snapshot.listener(&key) else {
             // The listener is closing: nothing is served on it any more.
             let error = GatewayError::NotFound {
                 method: request.method().clone(),
@@ -42,13 +52,17 @@ impl Shared {
             return response::error(&error);
         };
         if Hub::wants(listener, request.uri().path()) {
-            let response = self.mcp.handle(key, listener, request).await;
+            let response = self
+                .mcp
+                .handle(key, listener, &published.plugins, request)
+                .await;
             self.metrics.request("mcp", response.status());
             return response;
         }
         let response = crate::rest::handle(
             &self.invoker,
             listener,
+            &published.plugins,
             self.config.limits.max_body_bytes,
             request,
         )

@@ -19,11 +19,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::front::{Door, Shared};
+use crate::front::{Door, Published, Shared};
 use crate::invoke::Invoker;
 use crate::mcp::Hub;
-use crate::metrics::{Metrics, ReloadLabels};
-use crate::reload::{Catalog, FileStatus, Report, Watcher};
+use crate::metrics::Metrics;
+use crate::reload::{Catalog, FileStatus, ReloadThread, Report, Watcher, publish};
 use crate::server::{self, Listeners};
 use crate::upstream::Client;
 use capgate_model::compile;
@@ -70,7 +70,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             metrics,
             config,
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            published: ArcSwap::from_pointee(Published::default()),
             invoker,
             mcp,
         });
@@ -141,19 +141,22 @@ impl Gateway {
     /// Re-reads what changed and publishes it; `None` when nothing changed.
     pub async fn reload(&self) -> Option<Arc<Report>> {
         let _turn = self.inner.reloading.lock().await;
-        let previous = self.inner.shared.snapshot.load_full();
+        let shared = &self.inner.shared;
+        let previous = shared.published.load().snapshot.clone();
         let catalog = self.inner.catalog.clone();
-        let plugins = self.inner.shared.invoker.plugins().cloned();
-        let Some((plugins_changed, refreshed)) = self
+        let plugins = shared.invoker.plugins().cloned();
+        let bound = !self.config().plugins.bindings.is_empty();
+        let Some((plugins_changed, loaded, refreshed)) = self
             .inner
             .reload_thread
             .run(move || {
-                let plugins_changed = plugins.map(|p| p.refresh()).unwrap_or_default();
-                let refreshed = catalog
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .refresh(&previous);
-                (plugins_changed, refreshed)
+                let plugins_changed = plugins.as_ref().map(|p| p.refresh()).unwrap_or_default();
+                let loaded = plugins.map(|p| p.loaded()).unwrap_or_default();
+                let mut catalog = catalog.lock().unwrap_or_else(PoisonError::into_inner);
+                if bound {
+                    catalog.set_loaded_plugins(loaded.files());
+                }
+                (plugins_changed, loaded, catalog.refresh(&previous))
             })
             .await
         else {
@@ -162,80 +165,33 @@ impl Gateway {
             );
             return None;
         };
-        let published = match refreshed {
+        let report = match refreshed {
             Some((snapshot, mut report)) => {
                 report.plugins_changed = plugins_changed;
-                Some(self.publish(snapshot, report))
+                publish::publish(shared, snapshot, loaded, &report);
+                Some(report)
             }
             None if !plugins_changed.is_empty() => {
-                // Plugins changed but no capability did: the snapshot stays, subscribers hear of it.
-                let report = Report {
+                // Plugins changed but no capability did: the snapshot stays.
+                publish::publish_plugins(shared, loaded);
+                tracing::info!(plugins = ?plugins_changed, "plugins reloaded");
+                Some(Report {
                     generation: self.generation(),
                     plugins_changed,
                     ..Report::default()
-                };
-                tracing::info!(plugins = ?report.plugins_changed, "plugins reloaded");
-                let report = Arc::new(report);
-                self.inner.published.send_replace(report.clone());
-                Some(report)
+                })
             }
             None => {
-                self.inner
-                    .shared
-                    .metrics
-                    .reloads
-                    .get_or_create(&ReloadLabels {
-                        result: "unchanged",
-                    })
-                    .inc();
+                publish::count(shared, "unchanged");
                 None
             }
         };
+        let report = report.map(|report| {
+            let report = Arc::new(report);
+            self.inner.published.send_replace(report.clone());
+            report
+        });
         self.reconcile_listeners().await;
-        published
-    }
-
-    fn publish(&self, snapshot: Snapshot, report: Report) -> Arc<Report> {
-        let shared = &self.inner.shared;
-        // MCP endpoints of new adapters exist before the snapshot that routes to them;
-        // endpoints of removed adapters close after it.
-        let notified = shared.mcp.sync(&snapshot);
-        let snapshot = Arc::new(snapshot);
-        shared.snapshot.store(snapshot.clone());
-        shared.mcp.prune(&snapshot);
-        tracing::info!(
-            generation = report.generation,
-            files_added = report.files_added.len(),
-            files_changed = report.files_changed.len(),
-            files_removed = report.files_removed.len(),
-            routes_added = report.routes_added.len(),
-            routes_removed = report.routes_removed.len(),
-            tools_added = report.tools_added.len(),
-            tools_removed = report.tools_removed.len(),
-            mcp_clients_notified_for = notified.len(),
-            took_ms = report.took.as_secs_f64() * 1000.0,
-            "published"
-        );
-        tracing::debug!(
-            files_added = ?report.files_added,
-            files_changed = ?report.files_changed,
-            files_removed = ?report.files_removed,
-            routes_added = ?report.routes_added,
-            routes_removed = ?report.routes_removed,
-            tools_added = ?report.tools_added,
-            tools_removed = ?report.tools_removed,
-            "published changes"
-        );
-        shared
-            .metrics
-            .reloads
-            .get_or_create(&ReloadLabels {
-                result: "published",
-            })
-            .inc();
-        shared.metrics.generation.set(report.generation as i64);
-        let report = Arc::new(report);
-        self.inner.published.send_replace(report.clone());
         report
     }
 
@@ -245,8 +201,9 @@ impl Gateway {
         let wanted: Vec<ListenKey> = self
             .inner
             .shared
-            .snapshot
+            .published
             .load()
+            .snapshot
             .listeners
             .keys()
             .copied()
@@ -312,7 +269,7 @@ impl Gateway {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.inner.shared.snapshot.load_full()
+        self.inner.shared.published.load().snapshot.clone()
     }
 
     /// Whether the first load is done.
@@ -365,6 +322,7 @@ fn options_of(config: &Config) -> compile::Options {
         listen: config.listen.clone(),
         upstreams: config.upstreams.clone(),
         transforms: config.plugins.bindings.clone(),
+        loaded_plugins: None,
     }
 }
 
@@ -382,58 +340,6 @@ fn start_plugins(config: &Config) -> Option<Arc<Plugins>> {
         }
     }
 }
-
-/// The one thread reloads read and compile on: blocking work, kept off the request-serving
-/// threads. One thread rather than a pool because reloads run one at a time anyway, and because
-/// the allocator then keeps their memory in one arena: on a pool, each reload's garbage landed in
-/// whichever thread's arena it ran on, and RSS crept up ~10 % over the first few hundred reloads
-/// (see BENCHMARKS.md).
-struct ReloadThread {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
-}
-
-impl ReloadThread {
-    /// Starts the thread; it ends when the gateway is dropped.
-    fn start() -> ReloadThread {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new()
-            .name("capgate-reload".into())
-            .spawn(move || {
-                for job in queue {
-                    // A panicking job (a bug) fails its caller, not the thread.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    give_back_free_memory();
-                }
-            })
-            .expect("can start a thread");
-        ReloadThread { jobs }
-    }
-
-    /// Runs a job on the thread; `None` if it panicked (a bug: the caller keeps what it had).
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = done.send(job());
-            }))
-            .expect("the reload thread outlives the gateway");
-        result.await.ok()
-    }
-}
-
-/// Returns the memory a reload freed (the previous snapshot's, the parse trees') to the system:
-/// glibc keeps it otherwise, and RSS would creep up with reloads.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn give_back_free_memory() {
-    // SAFETY: `malloc_trim` only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn give_back_free_memory() {}
 
 /// Reloads after every batch of file changes, and retries listeners that could not be opened.
 async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Receiver<()>) {
@@ -502,6 +408,7 @@ impl Gateway {
                 listen: self.config().listen.clone(),
                 upstreams: next.upstreams.clone(),
                 transforms: next.plugins.bindings.clone(),
+                loaded_plugins: None,
             };
             self.inner
                 .catalog

@@ -25,7 +25,9 @@ use capgate_model::snapshot::{
     Action, Operation, Output, Shape, TransformRef, UpstreamAdapter, UpstreamOperation,
 };
 use capgate_model::template::Scope;
-use capgate_plugin::{CallContext, Failure, Plugins, Refusal, RequestOutcome, ResponseOutcome};
+use capgate_plugin::{
+    CallContext, Failure, Plugin, PluginSet, Plugins, Refusal, RequestOutcome, ResponseOutcome,
+};
 
 /// What a caller gave an operation.
 #[derive(Debug, Default)]
@@ -116,11 +118,21 @@ impl Invoker {
         self.plugins.as_ref()
     }
 
-    /// Runs `operation` with `inputs`.
+    /// The plugins loaded now (none without a plugin host).
+    pub fn loaded_plugins(&self) -> PluginSet {
+        self.plugins
+            .as_ref()
+            .map(|p| p.loaded())
+            .unwrap_or_default()
+    }
+
+    /// Runs `operation` with `inputs`; its transforms run the versions in `plugins` (the set
+    /// pinned with the request's snapshot).
     pub async fn invoke(
         &self,
         operation: &Operation,
         inputs: Inputs,
+        plugins: &PluginSet,
     ) -> Result<Outcome, GatewayError> {
         match &operation.action {
             Action::Unavailable { message, .. } => Err(GatewayError::NotConfigured {
@@ -151,7 +163,8 @@ impl Invoker {
                             inputs.request_id.clone()
                         },
                     };
-                    self.transformed(upstream, &context, request).await?
+                    self.transformed(upstream, plugins, &context, request)
+                        .await?
                 };
                 let scope = InputScope(&inputs.values);
                 shape_response(operation, response, &upstream.adapter.namespace, &scope)
@@ -197,6 +210,7 @@ impl Invoker {
     async fn transformed(
         &self,
         upstream: &UpstreamOperation,
+        loaded: &PluginSet,
         context: &CallContext,
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, GatewayError> {
@@ -206,29 +220,36 @@ impl Invoker {
                 detail: "no plugin host is running".into(),
             });
         };
-        let mut ran: Vec<&TransformRef> = Vec::new();
+        let mut ran: Vec<(&TransformRef, &Plugin)> = Vec::new();
         let mut pending = Ok(request);
         for transform in &upstream.transforms {
             let Ok(request) = pending else {
                 break;
             };
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| request.clone());
-            pending = match plugins.on_request(transform, context, request).await {
-                Ok(RequestOutcome::Skipped(request)) => {
-                    ran.push(transform);
+            let outcome = match loaded.get(&transform.plugin) {
+                Some(plugin) => plugins
+                    .on_request(plugin, transform, context, request)
+                    .await
+                    .map(|outcome| (outcome, plugin)),
+                None => Err(Failure::NotLoaded),
+            };
+            pending = match outcome {
+                Ok((RequestOutcome::Skipped(request), plugin)) => {
+                    ran.push((transform, plugin));
                     Ok(request)
                 }
-                Ok(RequestOutcome::Forward(changed)) => {
+                Ok((RequestOutcome::Forward(changed), plugin)) => {
                     self.metrics.plugin(&transform.plugin, "on_request", "ok");
-                    ran.push(transform);
+                    ran.push((transform, plugin));
                     Ok(changed)
                 }
-                Ok(RequestOutcome::Respond(response)) => {
+                Ok((RequestOutcome::Respond(response), _)) => {
                     self.metrics
                         .plugin(&transform.plugin, "on_request", "responded");
                     Err(response)
                 }
-                Ok(RequestOutcome::Refused(refusal)) => {
+                Ok((RequestOutcome::Refused(refusal), _)) => {
                     self.metrics
                         .plugin(&transform.plugin, "on_request", "refused");
                     return Err(refused(transform, refusal));
@@ -245,9 +266,12 @@ impl Invoker {
             Ok(request) => self.send(&upstream.adapter, request).await?,
             Err(answered) => answered,
         };
-        for transform in ran.into_iter().rev() {
+        for (transform, plugin) in ran.into_iter().rev() {
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| response.clone());
-            match plugins.on_response(transform, context, response).await {
+            match plugins
+                .on_response(plugin, transform, context, response)
+                .await
+            {
                 Ok(ResponseOutcome::Skipped(unchanged)) => response = unchanged,
                 Ok(ResponseOutcome::Forward(changed)) => {
                     self.metrics.plugin(&transform.plugin, "on_response", "ok");

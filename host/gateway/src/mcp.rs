@@ -34,6 +34,7 @@ use crate::response::{self, HttpResponse};
 use capgate_model::compile::{Strictness, validate_arguments};
 use capgate_model::config::McpConfig;
 use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
+use capgate_plugin::PluginSet;
 
 mod direct;
 
@@ -53,40 +54,70 @@ struct Endpoint {
     stop: CancellationToken,
 }
 
-/// The current version of one adapter, and who to tell when it changes.
+/// The latest published version of one adapter with its tools in rmcp's form, and who to tell
+/// when it changes. Requests do not run from here: each runs the adapter its request pinned
+/// ([`Pinned`]); this is what they find when they pinned the latest one, and what `initialize`
+/// describes.
 struct Registry {
-    adapter: ArcSwap<McpAdapter>,
-    tools: ArcSwap<Vec<McpTool>>,
+    latest: ArcSwap<Version>,
     /// Legacy (2025-era) sessions, to notify on change.
     peers: Mutex<Vec<Peer<RoleServer>>>,
     /// 2026-era `subscriptions/listen` streams, to notify on change.
     changed: broadcast::Sender<()>,
 }
 
+/// One version of an adapter and its tool list as MCP announces it.
+struct Version {
+    adapter: Arc<McpAdapter>,
+    tools: Arc<Vec<McpTool>>,
+}
+
+impl Version {
+    fn of(adapter: Arc<McpAdapter>) -> Version {
+        let tools = Arc::new(adapter.tools.iter().map(|t| to_mcp_tool(t)).collect());
+        Version { adapter, tools }
+    }
+}
+
+/// What one MCP request runs with: the adapter and the plugin versions of the snapshot the
+/// front door pinned for it, carried to rmcp's handler in the request's extensions.
+#[derive(Clone)]
+struct Pinned {
+    adapter: Arc<McpAdapter>,
+    plugins: PluginSet,
+}
+
 impl Registry {
     fn new(adapter: Arc<McpAdapter>) -> Registry {
-        let tools = adapter.tools.iter().map(|t| to_mcp_tool(t)).collect();
         Registry {
-            adapter: ArcSwap::new(adapter),
-            tools: ArcSwap::from_pointee(tools),
+            latest: ArcSwap::from_pointee(Version::of(adapter)),
             peers: Mutex::new(Vec::new()),
             changed: broadcast::channel(16).0,
         }
     }
 
-    /// Installs a new version of the adapter; tells every client when its tools changed.
+    /// Installs a newly published version of the adapter; returns whether its tool list
+    /// changed (clients are told once it is published, by [`Registry::notify`]).
     fn update(&self, adapter: Arc<McpAdapter>) -> bool {
-        let changed = !crate::reload::same_tools(&self.adapter.load(), &adapter);
-        if changed {
-            self.tools.store(Arc::new(
-                adapter.tools.iter().map(|t| to_mcp_tool(t)).collect(),
-            ));
-        }
-        self.adapter.store(adapter);
-        if changed {
-            self.notify();
-        }
+        let latest = self.latest.load();
+        let changed = !crate::reload::same_tools(&latest.adapter, &adapter);
+        let tools = if changed {
+            Version::of(adapter.clone()).tools
+        } else {
+            latest.tools.clone()
+        };
+        self.latest.store(Arc::new(Version { adapter, tools }));
         changed
+    }
+
+    /// The tool list of `adapter` in rmcp's form: the cached one when it is the latest version.
+    fn tools_of(&self, adapter: &Arc<McpAdapter>) -> Arc<Vec<McpTool>> {
+        let latest = self.latest.load();
+        if Arc::ptr_eq(&latest.adapter, adapter) {
+            latest.tools.clone()
+        } else {
+            Version::of(adapter.clone()).tools
+        }
     }
 
     fn notify(&self) {
@@ -162,8 +193,8 @@ impl Hub {
         })
     }
 
-    /// Creates endpoints for new adapters and updates changed ones (notifying their clients),
-    /// before `snapshot` is published. Returns the adapters whose tool lists changed.
+    /// Creates endpoints for new adapters and updates changed ones, before `snapshot` is
+    /// published. Returns the adapters whose tool lists changed, for [`Hub::notify`].
     pub fn sync(&self, snapshot: &Snapshot) -> Vec<(ListenKey, String)> {
         let mut endpoints = self.endpoints.lock().expect("not poisoned");
         let mut changed = Vec::new();
@@ -182,6 +213,17 @@ impl Hub {
             }
         }
         changed
+    }
+
+    /// Tells the clients of each adapter in `changed` that its tool list changed: after the
+    /// snapshot with the change is published, so that the `tools/list` they send next sees it.
+    pub fn notify(&self, changed: &[(ListenKey, String)]) {
+        let endpoints = self.endpoints.lock().expect("not poisoned");
+        for key in changed {
+            if let Some(endpoint) = endpoints.get(key) {
+                endpoint.registry.notify();
+            }
+        }
     }
 
     /// Closes the endpoints (and their sessions and streams) of adapters `snapshot` no longer
@@ -220,12 +262,14 @@ impl Hub {
         !listener.mcp.is_empty() && (path == "/mcp" || path == "/mcp/" || path.starts_with("/mcp/"))
     }
 
-    /// Answers one request for an MCP path.
+    /// Answers one request for an MCP path, with the adapter and plugins of the snapshot the
+    /// request pinned (`listener` is from it).
     pub async fn handle<B>(
         &self,
         key: ListenKey,
         listener: &Listener,
-        request: http::Request<B>,
+        plugins: &PluginSet,
+        mut request: http::Request<B>,
     ) -> HttpResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -264,6 +308,10 @@ impl Hub {
         {
             return response::error(&error);
         }
+        request.extensions_mut().insert(Pinned {
+            adapter: adapter.clone(),
+            plugins: plugins.clone(),
+        });
         let endpoint = self
             .endpoints
             .lock()
@@ -425,6 +473,7 @@ impl Handler {
     async fn run(
         &self,
         tool: &Tool,
+        plugins: &PluginSet,
         arguments: Option<Map<String, Value>>,
         progress: &Progress,
     ) -> CallToolResult {
@@ -445,7 +494,7 @@ impl Handler {
             forward: None,
             request_id: crate::invoke::request_id(),
         };
-        let result = match self.invoker.invoke(&tool.operation, inputs).await {
+        let result = match self.invoker.invoke(&tool.operation, inputs, plugins).await {
             Ok(outcome) => {
                 progress
                     .step(2, &format!("answered {}", outcome.status.as_u16()))
@@ -462,9 +511,26 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// What the front door pinned for this request; the latest version for messages that reach
+    /// rmcp without one (none should: every request passes `Hub::handle`).
+    fn pinned(&self, context: &RequestContext<RoleServer>) -> Pinned {
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Pinned>())
+            .cloned()
+            .unwrap_or_else(|| Pinned {
+                adapter: self.registry.latest.load().adapter.clone(),
+                plugins: self.invoker.loaded_plugins(),
+            })
+    }
+}
+
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
-        let adapter = self.registry.adapter.load();
+        let latest = self.registry.latest.load();
+        let adapter = &latest.adapter;
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_tool_list_changed()
@@ -484,17 +550,20 @@ impl ServerHandler for Handler {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let pinned = self.pinned(&context);
         Ok(ListToolsResult::with_all_items(
-            self.registry.tools.load().to_vec(),
+            self.registry.tools_of(&pinned.adapter).to_vec(),
         ))
     }
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
+        // rmcp asks without a request context (to check `Mcp-Param-*` headers): the latest.
         self.registry
-            .tools
+            .latest
             .load()
+            .tools
             .iter()
             .find(|t| t.name == name)
             .cloned()
@@ -505,9 +574,9 @@ impl ServerHandler for Handler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        // One version of the adapter for the whole call.
-        let adapter = self.registry.adapter.load_full();
-        let Some(tool) = adapter.tool(&request.name) else {
+        // The adapter and plugins of the snapshot this request pinned, for the whole call.
+        let pinned = self.pinned(&context);
+        let Some(tool) = pinned.adapter.tool(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("unknown tool: {}", request.name),
                 None,
@@ -516,7 +585,7 @@ impl ServerHandler for Handler {
         self.invoker.metrics().tool_call("rmcp");
         let progress = Progress::of(&context);
         tokio::select! {
-            result = self.run(tool, request.arguments, &progress) => Ok(result.into()),
+            result = self.run(tool, &pinned.plugins, request.arguments, &progress) => Ok(result.into()),
             () = context.ct.cancelled() => {
                 tracing::info!(tool = %tool.name, "tool call cancelled by the client; upstream call aborted");
                 Err(ErrorData::internal_error("the request was cancelled", None))

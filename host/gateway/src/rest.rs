@@ -19,11 +19,13 @@ use capgate_model::form;
 use capgate_model::route::Match;
 use capgate_model::snapshot::{Action, ExposedParam, Listener, RestInputs, RestRoute};
 use capgate_model::spec::ParamIn;
+use capgate_plugin::PluginSet;
 
 /// Answers one REST request on `listener`.
 pub async fn handle<B>(
     invoker: &Invoker,
     listener: &Listener,
+    plugins: &PluginSet,
     max_body: usize,
     request: http::Request<B>,
 ) -> HttpResponse
@@ -49,7 +51,7 @@ where
         } => {
             let params: Vec<(String, String)> =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            run(invoker, route, params, max_body, request).await
+            run(invoker, plugins, route, params, max_body, request).await
         }
     };
     match result {
@@ -67,6 +69,7 @@ where
 
 async fn run<B>(
     invoker: &Invoker,
+    plugins: &PluginSet,
     route: &RestRoute,
     params: Vec<(String, String)>,
     max_body: usize,
@@ -127,7 +130,7 @@ where
             }),
             request_id: crate::invoke::request_id(),
         };
-        return invoker.invoke(&route.operation, inputs).await;
+        return invoker.invoke(&route.operation, inputs, plugins).await;
     }
     let query = form::decode(query.as_deref().unwrap_or("").as_bytes()).map_err(|e| {
         GatewayError::bad_request(
@@ -182,6 +185,7 @@ where
                 forward: None,
                 request_id: crate::invoke::request_id(),
             },
+            plugins,
         )
         .await
 }

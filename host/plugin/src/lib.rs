@@ -353,6 +353,22 @@ pub struct CallContext {
     pub request_id: Arc<str>,
 }
 
+/// The loaded plugins at one moment, by file name. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSet(Arc<HashMap<String, Arc<Plugin>>>);
+
+impl PluginSet {
+    /// The plugin a binding names (`redact_pii.wasm`).
+    pub fn get(&self, file: &str) -> Option<&Arc<Plugin>> {
+        self.0.get(file)
+    }
+
+    /// The file names, sorted.
+    pub fn files(&self) -> std::collections::BTreeSet<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
 /// Every plugin and the machinery to run them.
 pub struct Plugins {
     ticker: Ticker,
@@ -427,6 +443,12 @@ impl Plugins {
     /// The loaded version of a plugin file.
     pub fn get(&self, file: &str) -> Option<Arc<Plugin>> {
         self.loaded.load().get(file).cloned()
+    }
+
+    /// Every loaded plugin as it is now: what a published snapshot pins, so that a request runs
+    /// one version of each plugin from its first hook to its last.
+    pub fn loaded(&self) -> PluginSet {
+        PluginSet(self.loaded.load_full())
     }
 
     /// Every plugin file's state.
@@ -718,18 +740,18 @@ impl Plugins {
         Ok((store, instance, slot))
     }
 
-    /// Runs `on-request` of the plugin a transform names.
+    /// Runs `on-request` of `plugin` (the one `transform` names, as the caller resolved it).
     pub async fn on_request(
         &self,
+        plugin: &Plugin,
         transform: &TransformRef,
         context: &CallContext,
         request: UpstreamRequest,
     ) -> Result<RequestOutcome, Failure> {
-        let plugin = self.get(&transform.plugin).ok_or(Failure::NotLoaded)?;
         if !plugin.handles_requests {
             return Ok(RequestOutcome::Skipped(request));
         }
-        let (mut store, instance, _slot) = self.instantiate(&plugin, transform, context).await?;
+        let (mut store, instance, _slot) = self.instantiate(plugin, transform, context).await?;
         let wit_request = to_wit_request(&request, plugin.needs_request_body);
         let result = instance
             .call_on_request(&mut store, &wit_context(transform, context), &wit_request)
@@ -749,18 +771,18 @@ impl Plugins {
         }
     }
 
-    /// Runs `on-response` of the plugin a transform names.
+    /// Runs `on-response` of `plugin` (the one `transform` names, as the caller resolved it).
     pub async fn on_response(
         &self,
+        plugin: &Plugin,
         transform: &TransformRef,
         context: &CallContext,
         response: UpstreamResponse,
     ) -> Result<ResponseOutcome, Failure> {
-        let plugin = self.get(&transform.plugin).ok_or(Failure::NotLoaded)?;
         if !plugin.handles_responses {
             return Ok(ResponseOutcome::Skipped(response));
         }
-        let (mut store, instance, _slot) = self.instantiate(&plugin, transform, context).await?;
+        let (mut store, instance, _slot) = self.instantiate(plugin, transform, context).await?;
         let wit_response = Response {
             status: response.status.as_u16(),
             headers: headers_to_wit(&response.headers),
@@ -1037,17 +1059,12 @@ fn log_stderr(state: &State) -> String {
     stderr
 }
 
-/// Turns a wasmtime error into a failure, with what the plugin wrote to stderr (a Rust panic
-/// message, an allocation failure), and logs that text.
+/// Turns a wasmtime error into a failure, and logs what the plugin wrote to stderr (a Rust panic
+/// message, an allocation failure). That text stays in the log: it is the plugin's internal
+/// detail, and a failure's text reaches callers.
 fn classify(error: &wasmtime::Error, store: &mut Store<State>) -> Failure {
     let state = store.data();
     let stderr = log_stderr(state);
-    let first_line = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_owned();
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout,
         // A trap after the cap refused memory (whatever the plugin's runtime then did), or
@@ -1057,8 +1074,7 @@ fn classify(error: &wasmtime::Error, store: &mut Store<State>) -> Failure {
         {
             Failure::OutOfMemory
         }
-        Some(trap) if first_line.is_empty() => Failure::Trap(trap.to_string()),
-        Some(trap) => Failure::Trap(format!("{trap} ({first_line})")),
+        Some(trap) => Failure::Trap(trap.to_string()),
         None => Failure::Trap(format!("{error:#}")),
     }
 }

@@ -22,7 +22,7 @@ use rmcp::model::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{Endpoint, Progress};
+use super::{Endpoint, Pinned, Progress};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
 
@@ -62,8 +62,14 @@ impl Endpoint {
             }
         };
         if let Some(call) = ToolCall::recognise(&parts.headers, &body) {
-            // One version of the adapter for the whole call.
-            let adapter = self.registry.adapter.load_full();
+            // The adapter and plugins the front door pinned, for the whole call.
+            let Some(pinned) = parts.extensions.get::<Pinned>().cloned() else {
+                return self
+                    .service
+                    .handle(http::Request::from_parts(parts, Full::new(body)))
+                    .await;
+            };
+            let adapter = &pinned.adapter;
             // rmcp checks arguments mirrored in `Mcp-Param-*` headers (`x-mcp-header`).
             if let Some(tool) = adapter.tool(&call.params.name)
                 && tool.inputs.iter().all(|input| input.header.is_none())
@@ -71,7 +77,12 @@ impl Endpoint {
                 self.handler.invoker.metrics().tool_call("direct");
                 let result = self
                     .handler
-                    .run(tool, call.params.arguments, &Progress::none())
+                    .run(
+                        tool,
+                        &pinned.plugins,
+                        call.params.arguments,
+                        &Progress::none(),
+                    )
                     .await;
                 return answer(call.id, result.into());
             }

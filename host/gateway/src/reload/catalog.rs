@@ -137,6 +137,19 @@ impl Catalog {
         }
     }
 
+    /// Records which plugin files are loaded, so that a transform bound to one that is not says
+    /// so on its file: when the set changed, every file is compiled again at the next refresh.
+    pub fn set_loaded_plugins(&mut self, loaded: BTreeSet<String>) {
+        if self.options.loaded_plugins.as_ref() != Some(&loaded) {
+            let options = compile::Options {
+                loaded_plugins: Some(loaded),
+                ..self.options.clone()
+            };
+            let env = self.env.clone();
+            self.reconfigure(env, options);
+        }
+    }
+
     /// Records which listeners could not be opened, so that the files declaring them say so.
     pub fn set_listen_failures(&mut self, failures: BTreeMap<ListenKey, String>) {
         self.listen_failures = failures;

@@ -10,7 +10,7 @@ use http::Method;
 use super::Options;
 use super::auth::Side;
 use super::inputs::input_spec;
-use crate::config::{ProfileName, TransformBinding};
+use crate::config::{FailurePolicy, ProfileName, TransformBinding};
 use crate::diag::{Code, Diagnostics};
 use crate::snapshot::{
     BodyPlan, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
@@ -92,14 +92,7 @@ fn add_adapter(
     match adapter(http, options, binds, diags) {
         Ok(adapter) => {
             let adapter = Arc::new(adapter);
-            operations(
-                loaded,
-                http,
-                &adapter,
-                &options.transforms,
-                upstreams,
-                diags,
-            );
+            operations(loaded, http, &adapter, options, upstreams, diags);
             upstreams.adapters.insert(namespace, adapter);
         }
         Err(reason) => {
@@ -198,7 +191,7 @@ fn operations(
     loaded: &LoadedFile,
     http: &HttpConsumes,
     adapter: &Arc<UpstreamAdapter>,
-    bindings: &[TransformBinding],
+    options: &Options,
     upstreams: &mut Upstreams,
     diags: &mut Diagnostics,
 ) {
@@ -320,8 +313,15 @@ fn operations(
                 BodyPlan::Text { template, .. } => template.refs().for_each(&mut note),
                 BodyPlan::None | BodyPlan::FromParams => {}
             }
-            let transforms =
-                transforms_for(bindings, &capability, &http.namespace.value, &op.name.value);
+            let transforms = transforms_for(
+                &options.transforms,
+                &capability,
+                &http.namespace.value,
+                &op.name.value,
+            );
+            if let Some(loaded) = &options.loaded_plugins {
+                warn_unloaded(&transforms, loaded, &op.at, diags);
+            }
             let operation = Arc::new(UpstreamOperation {
                 name: full_name.clone(),
                 capability: capability.clone(),
@@ -507,6 +507,35 @@ fn path_template(
         }
     }
     parts
+}
+
+/// A binding whose plugin file is not loaded is said at load, not found at the first call. The
+/// operation stays served: its calls do what the binding's `on_error` says for a failed plugin
+/// (fail-closed: 502 naming the plugin; fail-open: on without it), until the file loads and the
+/// warning goes.
+fn warn_unloaded(
+    transforms: &[Arc<TransformRef>],
+    loaded: &std::collections::BTreeSet<String>,
+    at: &crate::diag::Loc,
+    diags: &mut Diagnostics,
+) {
+    for transform in transforms {
+        if loaded.contains(&transform.plugin) {
+            continue;
+        }
+        let consequence = match transform.on_error {
+            FailurePolicy::FailClosed => "its calls fail with 502 (on_error: fail-closed)",
+            FailurePolicy::FailOpen => "its calls go on without it (on_error: fail-open)",
+        };
+        diags
+            .warning(
+                Code::PluginNotLoaded,
+                at,
+                format!("a transform plugin bound to this operation is not loaded; {consequence}"),
+            )
+            .found(transform.plugin.clone())
+            .expected("a plugin file of that name in the plugins folder that loads");
+    }
 }
 
 /// The plugins bound to one consumed operation, in config order. A binding selects an operation

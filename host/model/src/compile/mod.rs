@@ -30,6 +30,10 @@ pub struct Options {
     pub upstreams: Vec<UpstreamOverride>,
     /// Plugin bindings; an operation gets every binding that selects it, in config order.
     pub transforms: Vec<TransformBinding>,
+    /// The plugin files the gateway has loaded, when it knows: a binding that selects an
+    /// operation but names a file not among them is a warning on that operation. `None` (as in
+    /// `capgate validate`) checks nothing.
+    pub loaded_plugins: Option<BTreeSet<String>>,
 }
 
 /// What kind of file a compiled file was.
