@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::GatewayError;
 use crate::invoke::{Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse};
-use capgate_model::compile::{Strictness, validate_arguments};
+use capgate_model::arguments::{Strictness, validate_arguments};
 use capgate_model::config::McpConfig;
 use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
 use capgate_plugin::PluginSet;

@@ -14,11 +14,10 @@ use crate::error::GatewayError;
 use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
-use capgate_model::compile::{ArgumentError, Strictness, validate_arguments};
+use capgate_model::arguments::{ArgumentError, Problem, Strictness, validate_arguments};
 use capgate_model::form;
 use capgate_model::route::Match;
-use capgate_model::snapshot::{Action, ExposedParam, Listener, RestInputs, RestRoute};
-use capgate_model::spec::ParamIn;
+use capgate_model::snapshot::{Action, ExposedParam, Listener, Location, RestInputs, RestRoute};
 use capgate_plugin::PluginSet;
 
 /// Answers one REST request on `listener`.
@@ -191,10 +190,10 @@ where
 }
 
 fn argument_error(e: ArgumentError) -> GatewayError {
-    let code = if e.message.starts_with("missing") {
-        "parameter_missing"
-    } else {
-        "parameter_invalid"
+    let code = match e.problem {
+        Problem::Missing => "parameter_missing",
+        Problem::Unknown => "parameter_unknown",
+        Problem::Invalid => "parameter_invalid",
     };
     GatewayError::bad_request(code, e.message, Some(&e.param))
 }
@@ -209,21 +208,22 @@ fn declared_inputs(
     let mut values = Map::new();
     for param in declared {
         let value = match param.location {
-            ParamIn::Path => params
+            Some(Location::Path) => params
                 .iter()
                 .find(|(k, _)| k == &param.name)
                 .map(|(_, v)| Value::String(v.clone())),
-            ParamIn::Query => query.get(&param.name).cloned(),
-            ParamIn::Header => headers
+            Some(Location::Query) => query.get(&param.name).cloned(),
+            Some(Location::Header) => headers
                 .get(param.name.as_str())
                 .and_then(|v| v.to_str().ok())
                 .map(|v| Value::String(v.to_owned())),
-            ParamIn::Cookie => cookie(headers, &param.name).map(Value::String),
-            ParamIn::Body => body.and_then(|body| match &param.selector {
+            Some(Location::Cookie) => cookie(headers, &param.name).map(Value::String),
+            Some(Location::Body) => body.and_then(|body| match &param.selector {
                 Some(selector) => selector.select(body).map(std::borrow::Cow::into_owned),
                 None => body.get(&param.name).cloned(),
             }),
-            ParamIn::Environment => None,
+            // `in: environment`: never from the caller.
+            None => None,
         };
         if let Some(value) = value {
             values.insert(param.name.clone(), value);

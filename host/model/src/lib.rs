@@ -11,6 +11,7 @@
 //! seconds, and `cargo tree -p capgate-model` shows it. The only I/O is `spec::load` (reading the
 //! files a capability names) and `config` (reading the gateway's own file).
 
+pub mod arguments;
 pub mod compile;
 pub mod config;
 pub mod diag;

@@ -16,7 +16,6 @@ use crate::config::{FailurePolicy, ProfileName};
 use crate::jsonpath::Selector;
 use crate::route::Router;
 use crate::secret::Secret;
-use crate::spec::ParamIn;
 use crate::template::{Ref, Template, ValueTemplate};
 
 /// Everything the gateway serves at one moment.
@@ -88,6 +87,9 @@ pub struct RestRoute {
     pub auth: Option<Arc<CallerAuth>>,
     /// The path as written in the spec.
     pub path: String,
+    /// The path in canonical form (`/v1/sessions/{}`), as routing compares paths: two routes
+    /// with the same method and pattern collide.
+    pub pattern: String,
     pub inputs: RestInputs,
     pub operation: Arc<Operation>,
 }
@@ -106,11 +108,25 @@ pub enum RestInputs {
     },
 }
 
+/// Where a parameter's value is: in the caller's request (exposed parameters) or on the upstream
+/// request (consumed ones). The format's `in: environment` is not a place a request has: an
+/// exposed parameter declared so has no location (no caller can give it), and a consumed one
+/// is not compiled at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    Query,
+    Path,
+    Header,
+    Cookie,
+    Body,
+}
+
 /// A declared exposed input parameter.
 #[derive(Debug, Clone)]
 pub struct ExposedParam {
     pub name: String,
-    pub location: ParamIn,
+    /// `None` for `in: environment`: never taken from the caller.
+    pub location: Option<Location>,
     /// For `in: body`: where in the JSON body the value is.
     pub selector: Option<Selector>,
     pub spec: InputSpec,
@@ -203,8 +219,8 @@ pub enum Action {
     Mock,
     /// Pass the rest of the path, the method and the body to an upstream.
     Forward(Forward),
-    /// Cannot run; every request gets this status and message (a missing bound variable).
-    Unavailable { status: u16, message: String },
+    /// Cannot run (a bound variable has no value): every request gets 503 with this message.
+    Unavailable { message: String },
 }
 
 /// A call of a consumed operation with its `with` arguments.
@@ -416,7 +432,7 @@ pub enum PathPart {
 #[derive(Debug, Clone)]
 pub struct UpstreamParam {
     pub name: String,
-    pub location: ParamIn,
+    pub location: Location,
     /// The parameter's own `value` template.
     pub value: Option<ValueTemplate>,
     pub spec: InputSpec,

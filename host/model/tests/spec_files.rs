@@ -98,7 +98,7 @@ fn action(action: &Action, output: &Output) -> String {
         ),
         Action::Mock => format!("mock ({output})"),
         Action::Forward(forward) => format!("forward {}", forward.adapter.base_uri),
-        Action::Unavailable { status, message } => format!("unavailable {status}: {message}"),
+        Action::Unavailable { message } => format!("unavailable 503: {message}"),
     }
 }
 

@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use capgate_model::compile::{self, CompiledFile, FileKind};
 use capgate_model::diag::{Code, Diagnostic, Severity};
-use capgate_model::route::Segment;
 use capgate_model::snapshot::{ListenKey, Snapshot};
 use capgate_model::spec::{self, Env};
 
@@ -288,32 +287,25 @@ fn content_hash(path: &Path, dependencies: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
+/// Every REST route as `ADDRESS METHOD /canonical/{}` (what a report lists).
 fn route_names(snapshot: &Snapshot) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (key, listener) in &snapshot.listeners {
         for route in listener.rest.values() {
-            let segments: Vec<Segment> =
-                capgate_model::route::parse_pattern(&route.path).unwrap_or_default();
-            out.insert(format!(
-                "{key} {} {}",
-                route.method,
-                capgate_model::route::canonical(&segments)
-            ));
+            out.insert(format!("{key} {} {}", route.method, route.pattern));
         }
     }
     out
 }
 
-fn tool_names(snapshot: &Snapshot) -> BTreeMap<(ListenKey, String), Vec<String>> {
-    let mut out = BTreeMap::new();
+/// Every MCP tool by listener, adapter namespace and name.
+fn tool_names(snapshot: &Snapshot) -> BTreeSet<(ListenKey, &str, &str)> {
+    let mut out = BTreeSet::new();
     for (key, listener) in &snapshot.listeners {
         for (namespace, adapter) in &listener.mcp {
-            let tools: Vec<String> = adapter
-                .tools
-                .iter()
-                .map(|t| format!("{}|{}", t.name, t.input_schema.len()))
-                .collect();
-            out.insert((*key, namespace.clone()), tools);
+            for tool in &adapter.tools {
+                out.insert((*key, namespace.as_str(), tool.name.as_str()));
+            }
         }
     }
     out
@@ -324,18 +316,10 @@ fn diff(old: &Snapshot, new: &Snapshot, report: &mut Report) {
     report.routes_added = new_routes.difference(&old_routes).cloned().collect();
     report.routes_removed = old_routes.difference(&new_routes).cloned().collect();
     let (old_tools, new_tools) = (tool_names(old), tool_names(new));
-    let flatten = |m: &BTreeMap<(ListenKey, String), Vec<String>>| -> BTreeSet<String> {
-        m.iter()
-            .flat_map(|((k, ns), tools)| {
-                tools
-                    .iter()
-                    .map(move |t| format!("{k} {ns}/{}", t.split('|').next().unwrap_or(t)))
-            })
-            .collect()
-    };
-    let (old_flat, new_flat) = (flatten(&old_tools), flatten(&new_tools));
-    report.tools_added = new_flat.difference(&old_flat).cloned().collect();
-    report.tools_removed = old_flat.difference(&new_flat).cloned().collect();
+    let named =
+        |(key, namespace, tool): &(ListenKey, &str, &str)| format!("{key} {namespace}/{tool}");
+    report.tools_added = new_tools.difference(&old_tools).map(named).collect();
+    report.tools_removed = old_tools.difference(&new_tools).map(named).collect();
 }
 
 /// Whether two versions of an adapter list the same tools (an MCP client would see no change).

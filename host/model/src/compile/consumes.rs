@@ -13,9 +13,9 @@ use super::inputs::input_spec;
 use crate::config::{FailurePolicy, ProfileName, TransformBinding};
 use crate::diag::{Code, Diagnostics};
 use crate::snapshot::{
-    BodyPlan, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
+    BodyPlan, Location, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
 };
-use crate::spec::{Capability, Consumes, HttpConsumes, LoadedFile, Param, ParamIn, RequestBody};
+use crate::spec::{Capability, Consumes, HttpConsumes, LoadedFile, Param, RequestBody};
 use crate::template::{Placeholder, Ref, Template, ValueTemplate};
 
 /// The consumed operations of one file, by every name a `call` may use.
@@ -256,7 +256,7 @@ fn operations(
                 {
                     params.push(UpstreamParam {
                         name: name.clone(),
-                        location: ParamIn::Path,
+                        location: Location::Path,
                         value: None,
                         spec: input_spec(name, Some("string"), true, None, adapter.profile),
                     });
@@ -284,7 +284,7 @@ fn operations(
                         continue;
                     }
                 },
-                (None, true) if params.iter().any(|p| p.location == ParamIn::Body) => {
+                (None, true) if params.iter().any(|p| p.location == Location::Body) => {
                     BodyPlan::FromParams
                 }
                 (None, _) => BodyPlan::None,
@@ -359,8 +359,8 @@ fn upstream_param(
     resolve: &mut impl FnMut(&Placeholder) -> Ref,
     diags: &mut Diagnostics,
 ) -> Option<UpstreamParam> {
-    let location = match param.location {
-        Some(ParamIn::Environment) => {
+    let location = match param.location.map(super::location_of) {
+        Some(None) => {
             diags
                 .warning(
                     Code::Unsupported,
@@ -370,7 +370,7 @@ fn upstream_param(
                 .found(param.name.value.clone());
             return None;
         }
-        Some(location) => location,
+        Some(Some(location)) => location,
         None => {
             diags
                 .warning(
@@ -380,14 +380,14 @@ fn upstream_param(
                 )
                 .found(param.name.value.clone())
                 .expected("`in: query|path|header|cookie|body`");
-            ParamIn::Query
+            Location::Query
         }
     };
     let value = param
         .value
         .as_ref()
         .map(|v| ValueTemplate::compile(v, resolve));
-    let required = param.required.unwrap_or(location == ParamIn::Path);
+    let required = param.required.unwrap_or(location == Location::Path);
     Some(UpstreamParam {
         name: param.name.value.clone(),
         location,

@@ -13,7 +13,7 @@ use super::inputs::{input_spec, schema_for};
 use super::{Options, PlannedRoute, listen_address};
 use crate::diag::{Code, Diagnostics, Loc};
 use crate::jsonpath::Selector;
-use crate::route::{Segment, parse_pattern};
+use crate::route::{Segment, canonical, parse_pattern};
 use crate::snapshot::*;
 use crate::spec::{
     Authentication, Capability, Exposes, LoadedFile, McpAdapter as SpecMcp, McpTool, OutputParam,
@@ -212,6 +212,7 @@ fn rest_adapter(
                     method,
                     auth: auth.clone(),
                     path: resource.path.value.clone(),
+                    pattern: canonical(&segments),
                     inputs,
                     operation: compiled.operation,
                 }),
@@ -320,6 +321,7 @@ fn forward_routes(
             method,
             auth: auth.clone(),
             path: resource.path.value.clone(),
+            pattern: canonical(&segments),
             inputs: RestInputs::Implicit {
                 specs: Vec::new(),
                 strict_query: false,
@@ -352,7 +354,6 @@ fn unavailable(cx: &mut Context<'_>, missing: &[String], at: &Loc) -> Action {
         )
         .expected("a value in the bind's source (the environment or its file)");
     Action::Unavailable {
-        status: 503,
         message: format!(
             "this operation is not configured: bound variable {} has no value",
             missing.join(", ")
@@ -418,7 +419,7 @@ fn exposed_param(cx: &mut Context<'_>, param: &Param) -> Option<ExposedParam> {
     };
     Some(ExposedParam {
         name: param.name.value.clone(),
-        location,
+        location: super::location_of(location),
         selector,
         spec: input_spec(
             &param.name.value,
@@ -677,7 +678,7 @@ fn derived_inputs(compiled: &Compiled, mock_refs: &[String]) -> Vec<InputSpec> {
         return specs;
     };
     let sends_body = !matches!(upstream.method, Method::GET | Method::DELETE | Method::HEAD);
-    let usable = |p: &&UpstreamParam| sends_body || p.location != ParamIn::Body;
+    let usable = |p: &&UpstreamParam| sends_body || p.location != Location::Body;
     for (param, source) in with {
         match source {
             Source::Input(name) => match upstream.param(param).filter(usable) {
@@ -729,12 +730,12 @@ fn derived_inputs(compiled: &Compiled, mock_refs: &[String]) -> Vec<InputSpec> {
 fn caller_spec(param: &UpstreamParam, name: &str) -> InputSpec {
     let mut spec = param.spec.clone();
     spec.name = name.to_owned();
-    spec.required |= param.location == ParamIn::Path;
+    spec.required |= param.location == Location::Path;
     let scalar = matches!(
         spec.ty,
         ParamType::String | ParamType::Integer | ParamType::Number | ParamType::Boolean
     );
-    if param.location == ParamIn::Header && scalar {
+    if param.location == Location::Header && scalar {
         spec.header = Some(param.name.clone());
     }
     spec

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use crate::config::{ListenConfig, TransformBinding, UpstreamOverride};
 use crate::diag::{Code, Diagnostic, Diagnostics, Loc, Severity};
 use crate::route::{Segment, canonical};
-use crate::snapshot::{ListenKey, Listener, McpAdapter, Origin, RestRoute, Snapshot};
-use crate::spec::{DocumentBody, LoadedFile};
+use crate::snapshot::{ListenKey, Listener, Location, McpAdapter, Origin, RestRoute, Snapshot};
+use crate::spec::{DocumentBody, LoadedFile, ParamIn};
 
-pub use inputs::{ArgumentError, Strictness, schema_for, validate_arguments};
+#[cfg(test)]
+pub(crate) use inputs::input_spec;
+pub use inputs::schema_for;
 
 /// Settings that shape compilation (from the gateway config, never from spec files).
 #[derive(Debug, Clone, Default)]
@@ -85,6 +87,18 @@ pub struct PlannedRoute {
     pub segments: Vec<Segment>,
     pub route: Arc<RestRoute>,
     pub at: Loc,
+}
+
+/// Where a parameter declared `in: <place>` is, on a request; `None` for `environment`.
+pub(crate) fn location_of(place: ParamIn) -> Option<Location> {
+    match place {
+        ParamIn::Query => Some(Location::Query),
+        ParamIn::Path => Some(Location::Path),
+        ParamIn::Header => Some(Location::Header),
+        ParamIn::Cookie => Some(Location::Cookie),
+        ParamIn::Body => Some(Location::Body),
+        ParamIn::Environment => None,
+    }
 }
 
 /// The capability name of a file: its name without the extension.

@@ -1,0 +1,269 @@
+//! The HTTP client every upstream call goes through (reqwest, rustls): a bounded number of
+//! requests per origin, connect and request timeouts, and retries by Stripe's SDK rules (with
+//! the Stripe profile, a POST gets an `Idempotency-Key` before its first attempt and keeps it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::sync::Semaphore;
+
+use capgate_model::config::{Limits, ProfileName, RetryPolicy};
+use capgate_model::exchange::{UpstreamRequest, UpstreamResponse};
+use capgate_model::snapshot::UpstreamAdapter;
+
+use super::encode::{Encoded, encode};
+use super::random_id;
+use crate::error::GatewayError;
+
+/// The HTTP client shared by every upstream call.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    limits: Limits,
+    retry: RetryPolicy,
+    /// One semaphore per origin bounds concurrent upstream requests.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Client {
+    pub fn new(limits: &Limits, retry: &RetryPolicy) -> Client {
+        // One TLS stack (rustls with ring); installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(limits.upstream_connect_timeout)
+            .pool_max_idle_per_host(limits.upstream_max_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("capgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client's settings are valid");
+        Client {
+            http,
+            limits: limits.clone(),
+            retry: retry.clone(),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, origin: &str) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().expect("not poisoned");
+        if let Some(slot) = slots.get(origin) {
+            return slot.clone();
+        }
+        slots
+            .entry(origin.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.upstream_max_connections)))
+            .clone()
+    }
+
+    /// Sends `request` to `adapter`, retrying what Stripe's SDKs would retry, within the
+    /// configured total timeout.
+    pub async fn send(
+        &self,
+        adapter: &UpstreamAdapter,
+        mut request: UpstreamRequest,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let started = Instant::now();
+        let deadline = started + self.limits.upstream_timeout;
+        let timeout = || GatewayError::UpstreamTimeout {
+            upstream: adapter.namespace.clone(),
+            after: self.limits.upstream_timeout,
+        };
+        let may_retry =
+            self.retry.max_retries > 0 && retry_allowed(adapter.profile, &request.method);
+        if may_retry
+            && adapter.profile == ProfileName::Stripe
+            && request.method == Method::POST
+            && !request.headers.contains_key("idempotency-key")
+        {
+            // Stripe's SDKs put a key on every POST so that a retry cannot act twice.
+            let key = format!("capgate-{}", random_id());
+            request.headers.insert(
+                "idempotency-key",
+                HeaderValue::try_from(key).expect("ascii"),
+            );
+        }
+        let encoded = encode(adapter, &request)?;
+        let slot = self.slot(&adapter.origin);
+        let mut attempt = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(timeout());
+            }
+            let outcome = tokio::time::timeout(remaining, async {
+                let _permit = slot.acquire().await.expect("semaphores are never closed");
+                self.exchange(adapter, &encoded).await
+            })
+            .await;
+            let retry_reason = match outcome {
+                Err(_) => return Err(timeout()),
+                Ok(Ok(response)) => {
+                    let should = should_retry(&response);
+                    if !(may_retry && should && attempt < self.retry.max_retries) {
+                        return Ok(response);
+                    }
+                    format!("status {}", response.status.as_u16())
+                }
+                Ok(Err(Failure::Connect(detail))) => {
+                    if !(may_retry && attempt < self.retry.max_retries) {
+                        tracing::warn!(upstream = %adapter.namespace, error = %detail, "upstream unreachable");
+                        return Err(GatewayError::UpstreamUnreachable {
+                            upstream: adapter.namespace.clone(),
+                        });
+                    }
+                    detail
+                }
+                Ok(Err(Failure::Timeout)) => return Err(timeout()),
+                Ok(Err(Failure::Invalid(detail))) => {
+                    return Err(GatewayError::UpstreamInvalid {
+                        upstream: adapter.namespace.clone(),
+                        detail,
+                    });
+                }
+            };
+            attempt += 1;
+            let delay = self.backoff(attempt);
+            tracing::info!(upstream = %adapter.namespace, attempt, reason = %retry_reason, delay_ms = delay.as_millis() as u64, "retrying upstream call");
+            if Instant::now() + delay >= deadline {
+                return Err(timeout());
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// min(base * 2^(n-1), max), plus up to 25 % jitter, as Stripe's SDKs back off.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exponential = self
+            .retry
+            .base_delay
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(self.retry.max_delay);
+        let jitter = exponential.mul_f64(rand::random::<f64>() * 0.25);
+        exponential + jitter
+    }
+
+    async fn exchange(
+        &self,
+        adapter: &UpstreamAdapter,
+        encoded: &Encoded,
+    ) -> Result<UpstreamResponse, Failure> {
+        let mut builder = self
+            .http
+            .request(encoded.method.clone(), encoded.url.clone())
+            .headers(encoded.headers.clone());
+        if let Some(body) = &encoded.body {
+            builder = builder.body(body.clone());
+        }
+        if let Some((user, password)) = &encoded.basic {
+            builder = builder.basic_auth(user, Some(password));
+        }
+        let mut response = builder.send().await.map_err(|e| {
+            if e.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Connect(without_url(&e))
+            }
+        })?;
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.limits.max_upstream_body_bytes {
+                        return Err(Failure::Invalid(format!(
+                            "response body larger than {} bytes",
+                            self.limits.max_upstream_body_bytes
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(Failure::Connect(without_url(&e))),
+            }
+        }
+        let _ = adapter;
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: Bytes::from(body),
+            from_plugins: HeaderMap::new(),
+        })
+    }
+}
+
+/// A failed exchange, before the retry decision.
+enum Failure {
+    Connect(String),
+    Timeout,
+    Invalid(String),
+}
+
+/// A reqwest error's text without its URL (which may carry an API key in the query).
+fn without_url(error: &reqwest::Error) -> String {
+    let mut error = error.to_string();
+    if let Some(i) = error.find(" for url (") {
+        error.truncate(i);
+    }
+    error
+}
+
+/// Whether a failed request of `method` may be retried at all: with Stripe, any method (POSTs
+/// carry an idempotency key); elsewhere only methods that are idempotent by definition.
+fn retry_allowed(profile: ProfileName, method: &Method) -> bool {
+    match profile {
+        ProfileName::Stripe => true,
+        ProfileName::Default => matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        ),
+    }
+}
+
+/// Stripe's SDK rule: `Stripe-Should-Retry` decides when present; else 409 and 5xx retry.
+fn should_retry(response: &UpstreamResponse) -> bool {
+    match response
+        .headers
+        .get("stripe-should-retry")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("true") => return true,
+        Some("false") => return false,
+        _ => {}
+    }
+    response.status == StatusCode::CONFLICT || response.status.is_server_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_rules_follow_stripes_sdks() {
+        let response = |status: u16, header: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = header {
+                headers.insert("stripe-should-retry", HeaderValue::from_str(h).unwrap());
+            }
+            UpstreamResponse {
+                status: StatusCode::from_u16(status).unwrap(),
+                headers,
+                body: Bytes::new(),
+                from_plugins: HeaderMap::new(),
+            }
+        };
+        assert!(should_retry(&response(409, None)));
+        assert!(should_retry(&response(503, None)));
+        assert!(!should_retry(&response(503, Some("false"))));
+        assert!(should_retry(&response(429, Some("true"))));
+        assert!(!should_retry(&response(429, None)));
+        assert!(!should_retry(&response(400, None)));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::POST));
+        assert!(!retry_allowed(ProfileName::Default, &Method::POST));
+    }
+}

@@ -1,0 +1,28 @@
+//! Calling upstream APIs: building the request from a call's arguments (`prepare`), encoding
+//! it by the upstream's profile and adding auth (`encode`), sending it with timeouts, a bounded
+//! pool and retries (`client`); forward routes pass a caller's request on (`forward`).
+//!
+//! This is the only module that holds the HTTP client, and (with `auth`, which compares
+//! callers' credentials) the only one that reads secret values (`Secret::expose`): when
+//! templates render bound variables and when a request is encoded, after request transforms
+//! ran. [`prepare`] builds an `UpstreamRequest` that plugins may see (no auth, body still
+//! JSON); [`Client::send`] encodes and sends it.
+
+mod client;
+mod encode;
+mod forward;
+mod prepare;
+
+pub use client::Client;
+pub use forward::forward_request;
+pub use prepare::prepare;
+
+/// A random identifier of 24 lowercase alphanumerics.
+pub fn random_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
