@@ -1,10 +1,14 @@
-//! The running gateway: its shared state, its listeners and its lifecycle.
+//! The running gateway: its lifecycle, and what ties the layers together. The front door
+//! (`front`) answers requests, `reload` builds and publishes what they see, `server` keeps the
+//! listeners; this module starts them, runs a reload when the watcher says so, applies live
+//! changes of the config file, and reports state to `admin`.
 //!
 //! ```text
 //! start:    admin listener (not ready) -> load + compile every file -> publish -> ready
 //!           -> watch the specs folder, the files capabilities read, the config file
-//! reload:   refresh the catalog (blocking pool) -> MCP endpoints (new first) -> swap the
-//!           snapshot -> close removed MCP endpoints -> open/close listeners -> tell subscribers
+//! reload:   on the reload thread: refresh plugins, then the catalog -> publish (MCP endpoints
+//!           first, then the snapshot with its plugins, then list_changed, then close removed
+//!           MCP endpoints) -> open/close listeners -> tell subscribers
 //! shutdown: stop watching -> close MCP streams -> stop accepting -> drain (deadline) -> exit
 //! ```
 

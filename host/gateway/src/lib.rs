@@ -12,6 +12,8 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and the invariants.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod admin;
 pub mod auth;
 pub mod error;

@@ -11,6 +11,8 @@
 //! seconds, and `cargo tree -p capgate-model` shows it. The only I/O is `spec::load` (reading the
 //! files a capability names) and `config` (reading the gateway's own file).
 
+#![warn(clippy::too_many_lines)]
+
 pub mod arguments;
 pub mod compile;
 pub mod config;

@@ -2,8 +2,9 @@
 //!
 //! Values from `binds` (API keys, tokens) are wrapped in [`Secret`] as soon as they are read. Its
 //! `Debug` prints a placeholder and it has no `Display` or `Serialize`, so a secret cannot reach
-//! a log line, a diagnostic, a metric or an admin response by accident; `upstream` is the one
-//! place that calls [`Secret::expose`] to put it on the wire.
+//! a log line, a diagnostic, a metric or an admin response by accident. [`Secret::expose`] is
+//! called where a value must be used: when templates render bound variables (for `upstream`,
+//! to put it on the wire) and in `auth`, to compare a caller's credentials with it.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -11,6 +11,8 @@
 //! `params` (parameter checking), `session` (the object and its lifecycle), `store` (the state
 //! behind one mutex), `error` (Stripe's error envelope).
 
+#![warn(clippy::too_many_lines)]
+
 mod control;
 mod error;
 mod http;

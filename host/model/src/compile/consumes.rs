@@ -15,7 +15,10 @@ use crate::diag::{Code, Diagnostics};
 use crate::snapshot::{
     BodyPlan, Location, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
 };
-use crate::spec::{Capability, Consumes, HttpConsumes, LoadedFile, Param, RequestBody};
+use crate::spec::{
+    Capability, ConsumedOperation, ConsumedResource, Consumes, HttpConsumes, LoadedFile, Param,
+    RequestBody,
+};
 use crate::template::{Placeholder, Ref, Template, ValueTemplate};
 
 /// The consumed operations of one file, by every name a `call` may use.
@@ -187,6 +190,9 @@ pub(super) fn resolver(loaded: &LoadedFile) -> impl FnMut(&Placeholder) -> Ref +
     }
 }
 
+/// Compiles the operations of one adapter into `upstreams`: each under `namespace.operation` and,
+/// when its resource has a name, `namespace.resource.operation` too. An operation that cannot be
+/// served is recorded with the reason, so that a `call` of it says why instead of "unknown".
 fn operations(
     loaded: &LoadedFile,
     http: &HttpConsumes,
@@ -199,157 +205,245 @@ fn operations(
     for resource in &http.resources {
         for op in &resource.operations {
             let full_name = format!("{}.{}", http.namespace.value, op.name.value);
-            let method_at = op.at.key("method", op.method.line);
-            let method = match op.method.value.to_ascii_uppercase().as_str() {
-                m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => {
-                    Method::from_bytes(m.as_bytes()).expect("a standard method")
-                }
-                other => {
-                    diags
-                        .error(
-                            Code::BadValue,
-                            &method_at,
-                            "unknown HTTP method; operation not served",
-                        )
-                        .found(other.to_owned())
-                        .expected("GET, POST, PUT, PATCH or DELETE");
-                    upstreams
-                        .unserved
-                        .insert(full_name, format!("method \"{other}\" is unknown"));
-                    continue;
-                }
+            let declared = Declared {
+                loaded,
+                http,
+                resource,
+                op,
             };
-            if let Some(format) = &op.output_raw_format
-                && !format.value.eq_ignore_ascii_case("json")
-            {
-                diags
-                    .error(
-                        Code::Unsupported,
-                        &op.at.key("outputRawFormat", format.line),
-                        "non-JSON outputRawFormat is not served yet; operation not served",
-                    )
-                    .found(format.value.clone())
-                    .expected("json");
-                upstreams.unserved.insert(
-                    full_name,
-                    format!("outputRawFormat \"{}\" is not served yet", format.value),
-                );
-                continue;
-            }
-            let path_at = resource.at.key("path", resource.path.line);
-            let path = path_template(&resource.path.value, &path_at, diags);
-            let mut resolve = resolver(loaded);
-            let mut params: Vec<UpstreamParam> = Vec::new();
-            for param in http.params.iter().chain(&resource.params).chain(&op.params) {
-                let Some(compiled) = upstream_param(param, adapter.profile, &mut resolve, diags)
-                else {
-                    continue;
-                };
-                match params.iter_mut().find(|p| p.name == compiled.name) {
-                    Some(existing) => *existing = compiled,
-                    None => params.push(compiled),
+            match operation(&declared, &capability, &full_name, adapter, options, diags) {
+                Ok(operation) => {
+                    register(&declared, &full_name, Arc::new(operation), upstreams, diags)
                 }
-            }
-            for part in &path {
-                if let PathPart::Param(name) = part
-                    && !params.iter().any(|p| &p.name == name)
-                {
-                    params.push(UpstreamParam {
-                        name: name.clone(),
-                        location: Location::Path,
-                        value: None,
-                        spec: input_spec(name, Some("string"), true, None, adapter.profile),
-                    });
+                Err(reason) => {
+                    upstreams.unserved.insert(full_name, reason);
                 }
-            }
-            let has_body = !matches!(method, Method::GET | Method::DELETE | Method::HEAD);
-            let body = match (&op.body, has_body) {
-                (Some(_), false) => {
-                    diags.warning(
-                        Code::BodyOnGet,
-                        &op.at.key("body", op.at.line),
-                        format!("{method} never sends a body; `body` ignored"),
-                    );
-                    BodyPlan::None
-                }
-                (Some(body), true) => match compile_body(body, &mut resolve) {
-                    Ok(plan) => plan,
-                    Err(message) => {
-                        diags.error(
-                            Code::Unsupported,
-                            &op.at.key("body", op.at.line),
-                            format!("{message}; operation not served"),
-                        );
-                        upstreams.unserved.insert(full_name, message);
-                        continue;
-                    }
-                },
-                (None, true) if params.iter().any(|p| p.location == Location::Body) => {
-                    BodyPlan::FromParams
-                }
-                (None, _) => BodyPlan::None,
-            };
-            let mut missing_binds: Vec<String> = Vec::new();
-            let mut note = |r: &Ref| {
-                if let Ref::Bind(var) = r
-                    && adapter.binds.get(var).is_none_or(Option::is_none)
-                    && !missing_binds.contains(var)
-                {
-                    missing_binds.push(var.clone());
-                }
-            };
-            if let Some(auth) = &adapter.auth {
-                auth.refs().for_each(&mut note);
-            }
-            for p in &params {
-                if let Some(v) = &p.value {
-                    v.refs().into_iter().for_each(&mut note);
-                }
-            }
-            match &body {
-                BodyPlan::Structured(t) | BodyPlan::Form(t) => {
-                    t.refs().into_iter().for_each(&mut note)
-                }
-                BodyPlan::Text { template, .. } => template.refs().for_each(&mut note),
-                BodyPlan::None | BodyPlan::FromParams => {}
-            }
-            let transforms = transforms_for(
-                &options.transforms,
-                &capability,
-                &http.namespace.value,
-                &op.name.value,
-            );
-            if let Some(loaded) = &options.loaded_plugins {
-                warn_unloaded(&transforms, loaded, &op.at, diags);
-            }
-            let operation = Arc::new(UpstreamOperation {
-                name: full_name.clone(),
-                capability: capability.clone(),
-                transforms,
-                adapter: adapter.clone(),
-                method,
-                path,
-                params,
-                body,
-                missing_binds,
-            });
-            match upstreams.operations.entry(full_name.clone()) {
-                std::collections::btree_map::Entry::Occupied(_) => {
-                    diags
-                        .warning(Code::DuplicateOperation, &op.at.key("name", op.name.line), format!("operation name `{}` is used twice in `{}`; `call: {full_name}` means the first, use namespace.resource.operation for this one", op.name.value, http.namespace.value))
-                        .found(op.name.value.clone());
-                }
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(operation.clone());
-                }
-            }
-            if let Some(resource_name) = &resource.name {
-                upstreams.operations.insert(
-                    format!("{}.{resource_name}.{}", http.namespace.value, op.name.value),
-                    operation,
-                );
             }
         }
+    }
+}
+
+/// Where one consumed operation is declared.
+struct Declared<'a> {
+    loaded: &'a LoadedFile,
+    http: &'a HttpConsumes,
+    resource: &'a ConsumedResource,
+    op: &'a ConsumedOperation,
+}
+
+/// One consumed operation; `Err` is why it is not served (a diagnostic says it in full).
+fn operation(
+    declared: &Declared<'_>,
+    capability: &Arc<str>,
+    full_name: &str,
+    adapter: &Arc<UpstreamAdapter>,
+    options: &Options,
+    diags: &mut Diagnostics,
+) -> Result<UpstreamOperation, String> {
+    let Declared {
+        loaded,
+        http,
+        resource,
+        op,
+    } = *declared;
+    let method = method_of(op, diags)?;
+    if let Some(format) = &op.output_raw_format
+        && !format.value.eq_ignore_ascii_case("json")
+    {
+        diags
+            .error(
+                Code::Unsupported,
+                &op.at.key("outputRawFormat", format.line),
+                "non-JSON outputRawFormat is not served yet; operation not served",
+            )
+            .found(format.value.clone())
+            .expected("json");
+        return Err(format!(
+            "outputRawFormat \"{}\" is not served yet",
+            format.value
+        ));
+    }
+    let path_at = resource.at.key("path", resource.path.line);
+    let path = path_template(&resource.path.value, &path_at, diags);
+    let mut resolve = resolver(loaded);
+    let params = parameters(declared, &path, adapter.profile, &mut resolve, diags);
+    let body = body_plan(op, &method, &params, &mut resolve, diags)?;
+    let missing_binds = missing_binds(adapter, &params, &body);
+    let transforms = transforms_for(
+        &options.transforms,
+        capability,
+        &http.namespace.value,
+        &op.name.value,
+    );
+    if let Some(loaded) = &options.loaded_plugins {
+        warn_unloaded(&transforms, loaded, &op.at, diags);
+    }
+    Ok(UpstreamOperation {
+        name: full_name.to_owned(),
+        capability: capability.clone(),
+        transforms,
+        adapter: adapter.clone(),
+        method,
+        path,
+        params,
+        body,
+        missing_binds,
+    })
+}
+
+fn method_of(op: &ConsumedOperation, diags: &mut Diagnostics) -> Result<Method, String> {
+    match op.method.value.to_ascii_uppercase().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => {
+            Ok(Method::from_bytes(m.as_bytes()).expect("a standard method"))
+        }
+        other => {
+            diags
+                .error(
+                    Code::BadValue,
+                    &op.at.key("method", op.method.line),
+                    "unknown HTTP method; operation not served",
+                )
+                .found(other.to_owned())
+                .expected("GET, POST, PUT, PATCH or DELETE");
+            Err(format!("method \"{other}\" is unknown"))
+        }
+    }
+}
+
+/// The adapter's, the resource's and the operation's parameters, in that order; a later one
+/// of the same name replaces an earlier one (the operation says it more precisely). A path
+/// variable no parameter declares becomes a required string parameter: the path cannot be
+/// built without it, so a call must say so before anything is sent.
+fn parameters(
+    declared: &Declared<'_>,
+    path: &[PathPart],
+    profile: ProfileName,
+    resolve: &mut impl FnMut(&Placeholder) -> Ref,
+    diags: &mut Diagnostics,
+) -> Vec<UpstreamParam> {
+    let Declared {
+        http, resource, op, ..
+    } = *declared;
+    let mut params: Vec<UpstreamParam> = Vec::new();
+    for param in http.params.iter().chain(&resource.params).chain(&op.params) {
+        let Some(compiled) = upstream_param(param, profile, resolve, diags) else {
+            continue;
+        };
+        match params.iter_mut().find(|p| p.name == compiled.name) {
+            Some(existing) => *existing = compiled,
+            None => params.push(compiled),
+        }
+    }
+    for part in path {
+        if let PathPart::Param(name) = part
+            && !params.iter().any(|p| &p.name == name)
+        {
+            params.push(UpstreamParam {
+                name: name.clone(),
+                location: Location::Path,
+                value: None,
+                spec: input_spec(name, Some("string"), true, None, profile),
+            });
+        }
+    }
+    params
+}
+
+/// How the request body is built: the operation's `body`, else its `in: body` parameters. GET,
+/// DELETE and HEAD calls send none, whatever the file declares (a `body` there is a warning).
+fn body_plan(
+    op: &ConsumedOperation,
+    method: &Method,
+    params: &[UpstreamParam],
+    resolve: &mut impl FnMut(&Placeholder) -> Ref,
+    diags: &mut Diagnostics,
+) -> Result<BodyPlan, String> {
+    let has_body = !matches!(*method, Method::GET | Method::DELETE | Method::HEAD);
+    Ok(match (&op.body, has_body) {
+        (Some(_), false) => {
+            diags.warning(
+                Code::BodyOnGet,
+                &op.at.key("body", op.at.line),
+                format!("{method} never sends a body; `body` ignored"),
+            );
+            BodyPlan::None
+        }
+        (Some(body), true) => match compile_body(body, resolve) {
+            Ok(plan) => plan,
+            Err(message) => {
+                diags.error(
+                    Code::Unsupported,
+                    &op.at.key("body", op.at.line),
+                    format!("{message}; operation not served"),
+                );
+                return Err(message);
+            }
+        },
+        (None, true) if params.iter().any(|p| p.location == Location::Body) => BodyPlan::FromParams,
+        (None, _) => BodyPlan::None,
+    })
+}
+
+/// Bound variables the operation reads (in its adapter's auth, its parameters' values, its body)
+/// that have no value: the operation is served, and answers 503 naming them until they are set.
+fn missing_binds(
+    adapter: &UpstreamAdapter,
+    params: &[UpstreamParam],
+    body: &BodyPlan,
+) -> Vec<String> {
+    let mut missing: Vec<String> = Vec::new();
+    let mut note = |r: &Ref| {
+        if let Ref::Bind(var) = r
+            && adapter.binds.get(var).is_none_or(Option::is_none)
+            && !missing.contains(var)
+        {
+            missing.push(var.clone());
+        }
+    };
+    if let Some(auth) = &adapter.auth {
+        auth.refs().for_each(&mut note);
+    }
+    for p in params {
+        if let Some(v) = &p.value {
+            v.refs().into_iter().for_each(&mut note);
+        }
+    }
+    match body {
+        BodyPlan::Structured(t) | BodyPlan::Form(t) => t.refs().into_iter().for_each(&mut note),
+        BodyPlan::Text { template, .. } => template.refs().for_each(&mut note),
+        BodyPlan::None | BodyPlan::FromParams => {}
+    }
+    missing
+}
+
+/// Files the operation under the names a `call` may use. A name used twice in one adapter
+/// means the first operation (the file's order decides, never a map's); the second stays
+/// reachable through its resource's name.
+fn register(
+    declared: &Declared<'_>,
+    full_name: &str,
+    operation: Arc<UpstreamOperation>,
+    upstreams: &mut Upstreams,
+    diags: &mut Diagnostics,
+) {
+    let Declared {
+        http, resource, op, ..
+    } = *declared;
+    match upstreams.operations.entry(full_name.to_owned()) {
+        std::collections::btree_map::Entry::Occupied(_) => {
+            diags
+                .warning(Code::DuplicateOperation, &op.at.key("name", op.name.line), format!("operation name `{}` is used twice in `{}`; `call: {full_name}` means the first, use namespace.resource.operation for this one", op.name.value, http.namespace.value))
+                .found(op.name.value.clone());
+        }
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(operation.clone());
+        }
+    }
+    if let Some(resource_name) = &resource.name {
+        upstreams.operations.insert(
+            format!("{}.{resource_name}.{}", http.namespace.value, op.name.value),
+            operation,
+        );
     }
 }
 

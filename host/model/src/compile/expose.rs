@@ -17,7 +17,7 @@ use crate::route::{Segment, canonical, parse_pattern};
 use crate::snapshot::*;
 use crate::spec::{
     Authentication, Capability, Exposes, LoadedFile, McpAdapter as SpecMcp, McpTool, OutputParam,
-    Param, ParamIn, RestAdapter, RestResource, Spanned, Unsupported, WithEntry,
+    Param, ParamIn, RestAdapter, RestOperation, RestResource, Spanned, Unsupported, WithEntry,
 };
 use crate::template::{Placeholder, Ref, Template, ValueTemplate, has_placeholders};
 
@@ -144,83 +144,119 @@ fn rest_adapter(
                 .found(resource.path.value.clone());
         }
         for op in &resource.operations {
-            let method_at = op.at.key("method", op.method.line);
-            let method = match op.method.value.to_ascii_uppercase().as_str() {
-                m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
-                    Method::from_bytes(m.as_bytes()).expect("standard")
-                }
-                other => {
-                    cx.diags
-                        .error(
-                            Code::BadValue,
-                            &method_at,
-                            "unknown HTTP method; operation not served",
-                        )
-                        .found(other.to_owned())
-                        .expected("GET, POST, PUT, PATCH or DELETE");
-                    continue;
-                }
-            };
-            let name = op
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{} {}", method, resource.path.value));
-            let compiled = operation(
-                cx,
-                OperationParts {
-                    name: &name,
-                    call: op.call.as_ref(),
-                    with: &op.with,
-                    outputs: &op.outputs,
-                    unsupported: &op.unsupported,
-                    at: &op.at,
-                    namespaces,
-                },
-            );
-            let Some(compiled) = compiled else {
-                continue;
-            };
-            let declared: Vec<&Param> = resource.params.iter().chain(&op.params).collect();
-            let inputs = if declared.is_empty() {
-                let specs = derived_inputs(&compiled, &mock_input_refs(&compiled.operation.output));
-                RestInputs::Implicit {
-                    strict_query: compiled.upstream.is_some(),
-                    specs,
-                }
-            } else {
-                RestInputs::Declared(
-                    declared
-                        .into_iter()
-                        .filter_map(|p| exposed_param(cx, p))
-                        .collect(),
-                )
-            };
-            for segment in &segments {
-                if let Segment::Variable(var) = segment
-                    && let RestInputs::Declared(params) = &inputs
-                    && !params.iter().any(|p| &p.name == var)
-                {
-                    cx.diags
-                        .warning(Code::UndeclaredPathVariable, &path_at, format!("path variable `{var}` is not among the declared inputParameters; it is still passed as an input"))
-                        .found(var.clone());
-                }
-            }
-            routes.push(PlannedRoute {
+            let route = RestResourceRoute {
                 listen,
-                segments: segments.clone(),
-                route: Arc::new(RestRoute {
-                    method,
-                    auth: auth.clone(),
-                    path: resource.path.value.clone(),
-                    pattern: canonical(&segments),
-                    inputs,
-                    operation: compiled.operation,
-                }),
-                at: op.at.clone(),
-            });
+                resource,
+                segments: &segments,
+                path_at: &path_at,
+                auth: &auth,
+            };
+            routes.extend(rest_operation(cx, &route, op, namespaces));
         }
     }
     routes
+}
+
+/// What the routes of one REST resource share.
+struct RestResourceRoute<'a> {
+    listen: ListenKey,
+    resource: &'a RestResource,
+    segments: &'a [Segment],
+    path_at: &'a Loc,
+    auth: &'a Option<Arc<CallerAuth>>,
+}
+
+/// One operation of a REST resource as a route; `None` when it is not served (a diagnostic
+/// says why).
+fn rest_operation(
+    cx: &mut Context<'_>,
+    route: &RestResourceRoute<'_>,
+    op: &RestOperation,
+    namespaces: &[String],
+) -> Option<PlannedRoute> {
+    let resource = route.resource;
+    let method_at = op.at.key("method", op.method.line);
+    let method = match op.method.value.to_ascii_uppercase().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
+            Method::from_bytes(m.as_bytes()).expect("standard")
+        }
+        other => {
+            cx.diags
+                .error(
+                    Code::BadValue,
+                    &method_at,
+                    "unknown HTTP method; operation not served",
+                )
+                .found(other.to_owned())
+                .expected("GET, POST, PUT, PATCH or DELETE");
+            return None;
+        }
+    };
+    let name = op
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{} {}", method, resource.path.value));
+    let compiled = operation(
+        cx,
+        OperationParts {
+            name: &name,
+            call: op.call.as_ref(),
+            with: &op.with,
+            outputs: &op.outputs,
+            unsupported: &op.unsupported,
+            at: &op.at,
+            namespaces,
+        },
+    )?;
+    let inputs = rest_inputs(cx, route, op, &compiled);
+    Some(PlannedRoute {
+        listen: route.listen,
+        segments: route.segments.to_vec(),
+        route: Arc::new(RestRoute {
+            method,
+            auth: route.auth.clone(),
+            path: resource.path.value.clone(),
+            pattern: canonical(route.segments),
+            inputs,
+            operation: compiled.operation,
+        }),
+        at: op.at.clone(),
+    })
+}
+
+/// How a route gets its inputs. Declared `inputParameters` (the resource's and the
+/// operation's) are all it takes; without any, it takes every path variable, query parameter
+/// and body field by name (`Implicit`), checked against what the operation uses. A path
+/// variable the declared list leaves out is still passed on, with a warning: the route's path
+/// has it, so dropping it would only hide the author's slip.
+fn rest_inputs(
+    cx: &mut Context<'_>,
+    route: &RestResourceRoute<'_>,
+    op: &RestOperation,
+    compiled: &Compiled,
+) -> RestInputs {
+    let declared: Vec<&Param> = route.resource.params.iter().chain(&op.params).collect();
+    if declared.is_empty() {
+        let specs = derived_inputs(compiled, &mock_input_refs(&compiled.operation.output));
+        return RestInputs::Implicit {
+            strict_query: compiled.upstream.is_some(),
+            specs,
+        };
+    }
+    let params: Vec<ExposedParam> = declared
+        .into_iter()
+        .filter_map(|p| exposed_param(cx, p))
+        .collect();
+    for segment in route.segments {
+        if let Segment::Variable(var) = segment
+            && !params.iter().any(|p| &p.name == var)
+        {
+            cx.diags
+                .warning(Code::UndeclaredPathVariable, route.path_at, format!("path variable `{var}` is not among the declared inputParameters; it is still passed as an input"))
+                .found(var.clone());
+        }
+    }
+    RestInputs::Declared(params)
 }
 
 fn forward_routes(
