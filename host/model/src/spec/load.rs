@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::decode;
-use super::model::{Authentication, Consumes, Document, DocumentBody, HttpConsumes};
+use super::model::{Authentication, Consumes, Document, DocumentBody, HttpConsumes, Import};
 use super::yaml;
 use crate::diag::{Code, Diagnostics, Loc, file_id};
 use crate::secret::Secret;
@@ -205,8 +205,8 @@ fn resolve_imports(loaded: &mut LoadedFile) {
     let DocumentBody::Capability(capability) = &loaded.document.body else {
         return;
     };
-    let base = loaded.path.parent().unwrap_or(Path::new("."));
-    let imports: Vec<_> = capability
+    let base = loaded.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let imports: Vec<Import> = capability
         .consumes
         .iter()
         .filter_map(|c| match c {
@@ -217,98 +217,113 @@ fn resolve_imports(loaded: &mut LoadedFile) {
     for import in imports {
         let location = base.join(&import.location.value);
         loaded.dependencies.push(location.clone());
-        let at = import.at.key("location", import.location.line);
-        let text = match std::fs::read_to_string(&location) {
-            Ok(text) => text,
-            Err(err) => {
-                loaded
-                    .diagnostics
-                    .error(
-                        Code::ImportUnreadable,
-                        &at,
-                        format!(
-                            "cannot read imported file: {err}; adapter `{}` is not served",
-                            import.namespace.value
-                        ),
-                    )
-                    .found(location.display().to_string());
-                continue;
-            }
-        };
-        let source = file_id(&location);
-        let mut imported_diags = Diagnostics::new(source.clone());
-        let document = match yaml::parse(&text) {
-            Ok(root) => decode::document(&root, &mut imported_diags),
-            Err(err) => {
-                imported_diags.error(
-                    Code::YamlSyntax,
-                    &Loc::new(err.line, ""),
-                    format!("YAML syntax error: {}", err.message),
-                );
-                loaded.diagnostics.extend(imported_diags.into_grouped());
-                loaded.diagnostics.error(
-                    Code::ImportInvalid,
-                    &at,
-                    format!(
-                        "imported file is not valid YAML; adapter `{}` is not served",
-                        import.namespace.value
-                    ),
-                );
-                continue;
-            }
-        };
-        loaded.diagnostics.extend(imported_diags.into_grouped());
-        let adapters: Vec<&Consumes> = match &document.body {
-            DocumentBody::Consumes(list) => list.iter().collect(),
-            DocumentBody::Capability(capability) => {
-                loaded
-                    .diagnostics
-                    .warning(Code::ImportCapability, &at, "imported file is a capability document, not a standalone consumes document; its consumes are used")
-                    .expected("a document with root `consumes`");
-                capability.consumes.iter().collect()
-            }
-            DocumentBody::NotCapability => Vec::new(),
-        };
-        let found = adapters.into_iter().find_map(|c| match c {
-            Consumes::Http(http) if http.namespace.value == import.namespace.value => {
-                Some(http.clone())
-            }
-            _ => None,
-        });
-        match found {
-            Some(mut adapter) => {
-                if let Some(rename) = &import.rename {
-                    adapter.namespace = rename.clone();
-                }
-                for bind in &document.binds {
-                    if !loaded
-                        .document
-                        .binds
-                        .iter()
-                        .any(|b| b.namespace == bind.namespace)
-                    {
-                        loaded.document.binds.push(bind.clone());
-                    }
-                }
-                loaded.imports.push(ImportedAdapter { source, adapter });
-            }
-            None => {
-                loaded
-                    .diagnostics
-                    .error(
-                        Code::ImportMissingAdapter,
-                        &import.at.key("import", import.namespace.line),
-                        "imported file has no http consumes adapter with this namespace",
-                    )
-                    .found(import.namespace.value.clone())
-                    .expected(format!(
-                        "a `consumes` entry with `namespace: {}` in {}",
-                        import.namespace.value,
-                        location.display()
-                    ));
-            }
+        if let Some(document) = read_import(loaded, &import, &location) {
+            adopt_import(loaded, &import, &location, document);
         }
     }
+}
+
+/// Reads and decodes an imported file; its own diagnostics join the importing file's (they
+/// name the imported file). `None` when it cannot be read or is not YAML: the adapter it was to
+/// provide is not served, and a diagnostic at the `import` says so.
+fn read_import(loaded: &mut LoadedFile, import: &Import, location: &Path) -> Option<Document> {
+    let at = import.at.key("location", import.location.line);
+    let text = match std::fs::read_to_string(location) {
+        Ok(text) => text,
+        Err(err) => {
+            loaded
+                .diagnostics
+                .error(
+                    Code::ImportUnreadable,
+                    &at,
+                    format!(
+                        "cannot read imported file: {err}; adapter `{}` is not served",
+                        import.namespace.value
+                    ),
+                )
+                .found(location.display().to_string());
+            return None;
+        }
+    };
+    let mut imported_diags = Diagnostics::new(file_id(location));
+    let document = match yaml::parse(&text) {
+        Ok(root) => decode::document(&root, &mut imported_diags),
+        Err(err) => {
+            imported_diags.error(
+                Code::YamlSyntax,
+                &Loc::new(err.line, ""),
+                format!("YAML syntax error: {}", err.message),
+            );
+            loaded.diagnostics.extend(imported_diags.into_grouped());
+            loaded.diagnostics.error(
+                Code::ImportInvalid,
+                &at,
+                format!(
+                    "imported file is not valid YAML; adapter `{}` is not served",
+                    import.namespace.value
+                ),
+            );
+            return None;
+        }
+    };
+    loaded.diagnostics.extend(imported_diags.into_grouped());
+    Some(document)
+}
+
+/// Takes the adapter an import names from the imported document (renamed if the import says
+/// so), with the document's binds the importing file does not declare itself.
+fn adopt_import(loaded: &mut LoadedFile, import: &Import, location: &Path, document: Document) {
+    let at = import.at.key("location", import.location.line);
+    let adapters: Vec<&Consumes> = match &document.body {
+        DocumentBody::Consumes(list) => list.iter().collect(),
+        DocumentBody::Capability(capability) => {
+            loaded
+                .diagnostics
+                .warning(Code::ImportCapability, &at, "imported file is a capability document, not a standalone consumes document; its consumes are used")
+                .expected("a document with root `consumes`");
+            capability.consumes.iter().collect()
+        }
+        DocumentBody::NotCapability => Vec::new(),
+    };
+    let found = adapters.into_iter().find_map(|c| match c {
+        Consumes::Http(http) if http.namespace.value == import.namespace.value => {
+            Some(http.clone())
+        }
+        _ => None,
+    });
+    let Some(mut adapter) = found else {
+        loaded
+            .diagnostics
+            .error(
+                Code::ImportMissingAdapter,
+                &import.at.key("import", import.namespace.line),
+                "imported file has no http consumes adapter with this namespace",
+            )
+            .found(import.namespace.value.clone())
+            .expected(format!(
+                "a `consumes` entry with `namespace: {}` in {}",
+                import.namespace.value,
+                location.display()
+            ));
+        return;
+    };
+    if let Some(rename) = &import.rename {
+        adapter.namespace = rename.clone();
+    }
+    for bind in &document.binds {
+        if !loaded
+            .document
+            .binds
+            .iter()
+            .any(|b| b.namespace == bind.namespace)
+        {
+            loaded.document.binds.push(bind.clone());
+        }
+    }
+    loaded.imports.push(ImportedAdapter {
+        source: file_id(location),
+        adapter,
+    });
 }
 
 fn resolve_binds(loaded: &mut LoadedFile, env: &Env) {
