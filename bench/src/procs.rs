@@ -67,8 +67,19 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// The `capgate` binary next to this executable (same cargo profile).
+/// The `capgate` binary next to this executable (same cargo profile), or the one
+/// `CAPGATE_BENCH_BINARY` names (to measure another build, such as the previous commit's, in
+/// alternation with this one).
 pub fn capgate_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CAPGATE_BENCH_BINARY") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "CAPGATE_BENCH_BINARY {} not found",
+            path.display()
+        );
+        return path;
+    }
     let me = std::env::current_exe().expect("the current executable");
     let path = me.parent().expect("a directory").join("capgate");
     assert!(

@@ -66,7 +66,7 @@ impl Harness {
         }
         let mut config = test_config(specs.path(), &sim);
         adjust(&mut config);
-        let gateway = Gateway::start(config).await;
+        let gateway = capgate::start(config).await;
         Harness {
             sim,
             gateway,
@@ -81,7 +81,7 @@ impl Harness {
             .await
             .unwrap();
         let config = test_config(dir, &sim);
-        let gateway = Gateway::start(config).await;
+        let gateway = capgate::start(config).await;
         Harness {
             sim,
             gateway,

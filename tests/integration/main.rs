@@ -8,3 +8,4 @@ mod mcp;
 mod plugins;
 mod reload;
 mod rest;
+mod tidy;

@@ -730,7 +730,7 @@ async fn replacing_and_breaking_a_plugin_while_serving() {
     assert_eq!(response.headers()["x-capgate-stamp"], "v2");
     let status = h.gateway.plugins().unwrap();
     let file = status.iter().find(|p| p.file == "live.wasm").unwrap();
-    assert_eq!(file.state, "serving-last-good");
+    assert_eq!(file.state.as_str(), "serving-last-good");
     assert!(
         file.error
             .as_deref()

@@ -23,7 +23,7 @@ pub async fn run(specs: PathBuf, shutdown: impl Future<Output = ()>) -> std::io:
     config
         .env
         .insert("STRIPE_API_KEY".into(), stripe_sim::DEMO_KEY.into());
-    let gateway = Gateway::start(config).await;
+    let gateway = capgate::start(config).await;
     println!("{}", banner(&gateway, &sim).await);
     shutdown.await;
     gateway.shutdown().await;

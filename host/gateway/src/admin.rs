@@ -11,18 +11,14 @@ use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::response::{self, HttpResponse};
 use crate::server;
 
 /// Opens the admin listener on `address` and serves it until `stop`.
-pub async fn start(
-    address: SocketAddr,
-    gateway: Gateway,
-    stop: CancellationToken,
-) -> std::io::Result<SocketAddr> {
+pub async fn start(address: SocketAddr, gateway: Gateway) -> std::io::Result<SocketAddr> {
+    let stop = gateway.stopping();
     let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "admin listening");
@@ -145,7 +141,7 @@ fn plugins(gateway: &Gateway, snapshot: &capgate_model::snapshot::Snapshot) -> s
         .bindings
         .iter()
         .map(|binding| {
-            let loaded = files.as_ref().is_some_and(|f| f.iter().any(|p| p.file == binding.plugin && p.state != "failed"));
+            let loaded = files.as_ref().is_some_and(|f| f.iter().any(|p| p.file == binding.plugin && p.state != capgate_plugin::PluginState::Failed));
             let operations = bound.get(&binding.plugin).map(|s| s.len()).unwrap_or(0);
             let mut problems = Vec::new();
             if !loaded {

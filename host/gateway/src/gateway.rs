@@ -59,9 +59,9 @@ pub(crate) struct Inner {
 }
 
 impl Gateway {
-    /// Starts the admin listener, loads every capability file, publishes the first snapshot,
-    /// opens its listeners and, if configured, starts watching for changes.
-    pub async fn start(config: Config) -> Gateway {
+    /// A gateway that serves nothing yet; [`crate::start`] opens its admin listener and then
+    /// calls [`Gateway::load`].
+    pub fn new(config: Config) -> Gateway {
         let catalog = Catalog::new(config.specs.clone(), env_of(&config), options_of(&config));
         let metrics = Arc::new(Metrics::new());
         let plugins = start_plugins(&config);
@@ -78,7 +78,7 @@ impl Gateway {
             invoker,
             mcp,
         });
-        let gateway = Gateway {
+        Gateway {
             inner: Arc::new(Inner {
                 shared,
                 catalog: Arc::new(Mutex::new(catalog)),
@@ -90,13 +90,13 @@ impl Gateway {
                 stop: CancellationToken::new(),
                 admin: Mutex::new(None),
             }),
-        };
-        if let Some(address) = gateway.config().admin.address {
-            match crate::admin::start(address, gateway.clone(), gateway.inner.stop.clone()).await {
-                Ok(bound) => *gateway.inner.admin.lock().expect("not poisoned") = Some(bound),
-                Err(error) => tracing::error!(%address, %error, "cannot open the admin listener"),
-            }
         }
+    }
+
+    /// Loads every capability file, publishes the first snapshot, opens its listeners, says it
+    /// is ready and, if configured, starts watching for changes.
+    pub async fn load(&self) {
+        let gateway = self;
         // Watch before the first load, so that a change made while it runs is not missed.
         let watching = if gateway.config().reload.watch {
             let (wake, woken) = mpsc::channel(1);
@@ -118,7 +118,16 @@ impl Gateway {
         if let Some((watcher, woken)) = watching {
             tokio::spawn(watch_loop(gateway.clone(), watcher, woken));
         }
-        gateway
+    }
+
+    /// Records where the admin listener listens (`admin_addr`).
+    pub(crate) fn set_admin_addr(&self, address: SocketAddr) {
+        *self.inner.admin.lock().expect("not poisoned") = Some(address);
+    }
+
+    /// Cancelled when the gateway stops: background work (the admin listener too) ends then.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.stop.clone()
     }
 
     pub fn config(&self) -> &Config {
@@ -432,12 +441,4 @@ impl Gateway {
         }
         *current = next;
     }
-}
-
-/// Runs the gateway until `shutdown` resolves.
-pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) {
-    let gateway = Gateway::start(config).await;
-    shutdown.await;
-    tracing::info!("shutting down: draining in-flight requests");
-    gateway.shutdown().await;
 }

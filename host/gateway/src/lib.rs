@@ -7,7 +7,7 @@
 //! server (listeners) --> front (pin the Snapshot, route by path) --> rest / mcp
 //!   --> invoke --> upstream (prepare, encode, client) --> output mapping --> http (responses)
 //! reload (watch --> catalog --> publish) builds and publishes the Snapshot; gateway ties it all
-//! together; admin reports on it.
+//! together; admin reports on it; `start` and `serve` (here) open the admin listener and run it.
 //! ```
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and the invariants.
@@ -28,4 +28,28 @@ pub mod rest;
 pub mod server;
 pub mod upstream;
 
-pub use gateway::{Gateway, serve};
+pub use gateway::Gateway;
+
+use capgate_model::config::Config;
+
+/// Starts a gateway: its admin listener (answering `/readyz` with 503 while loading), then the
+/// first load, its listeners and, if configured, the watcher.
+pub async fn start(config: Config) -> Gateway {
+    let gateway = Gateway::new(config);
+    if let Some(address) = gateway.config().admin.address {
+        match admin::start(address, gateway.clone()).await {
+            Ok(bound) => gateway.set_admin_addr(bound),
+            Err(error) => tracing::error!(%address, %error, "cannot open the admin listener"),
+        }
+    }
+    gateway.load().await;
+    gateway
+}
+
+/// Runs a gateway until `shutdown` resolves, then drains it.
+pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) {
+    let gateway = start(config).await;
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+}

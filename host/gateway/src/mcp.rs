@@ -100,7 +100,7 @@ impl Registry {
     /// changed (clients are told once it is published, by [`Registry::notify`]).
     fn update(&self, adapter: Arc<McpAdapter>) -> bool {
         let latest = self.latest.load();
-        let changed = !crate::reload::same_tools(&latest.adapter, &adapter);
+        let changed = !latest.adapter.lists_same_tools(&adapter);
         let tools = if changed {
             Version::of(adapter.clone()).tools
         } else {

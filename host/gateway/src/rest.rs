@@ -87,35 +87,7 @@ where
         }
         None => parts.uri.query().map(Cow::Borrowed),
     };
-    if let Some(length) = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && length > max_body
-    {
-        return Err(GatewayError::PayloadTooLarge { limit: max_body });
-    }
-    let bytes = match Limited::new(body, max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error)
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(GatewayError::PayloadTooLarge { limit: max_body });
-        }
-        Err(error) => {
-            // The listener's deadline for the whole body (`server::ReadDeadline`).
-            if let Some(ReadError::TimedOut(after)) = error.downcast_ref::<ReadError>() {
-                return Err(GatewayError::RequestTimeout { after: *after });
-            }
-            return Err(GatewayError::bad_request(
-                "body_unreadable",
-                "the request body could not be read",
-                None,
-            ));
-        }
-    };
+    let bytes = read_body(&parts.headers, body, max_body).await?;
     if let Action::Forward(_) = route.operation.action {
         let rest = params.last().map(|(_, v)| v.clone()).unwrap_or_default();
         let inputs = Inputs {
@@ -187,6 +159,43 @@ where
             plugins,
         )
         .await
+}
+
+/// The whole body, within `max_body` bytes (a declared length past it is refused before
+/// reading) and the listener's read deadline.
+async fn read_body<B>(headers: &HeaderMap, body: B, max_body: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(length) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && length > max_body
+    {
+        return Err(GatewayError::PayloadTooLarge { limit: max_body });
+    }
+    match Limited::new(body, max_body).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(GatewayError::PayloadTooLarge { limit: max_body })
+        }
+        Err(error) => {
+            // The listener's deadline for the whole body (`server::ReadDeadline`).
+            if let Some(ReadError::TimedOut(after)) = error.downcast_ref::<ReadError>() {
+                return Err(GatewayError::RequestTimeout { after: *after });
+            }
+            Err(GatewayError::bad_request(
+                "body_unreadable",
+                "the request body could not be read",
+                None,
+            ))
+        }
+    }
 }
 
 fn argument_error(e: ArgumentError) -> GatewayError {

@@ -174,6 +174,20 @@ pub struct McpAdapter {
 }
 
 impl McpAdapter {
+    /// Whether `other` (another version of this adapter) lists the same tools: an MCP client
+    /// would see no change, so it need not be told of one.
+    pub fn lists_same_tools(&self, other: &McpAdapter) -> bool {
+        self.origin.file == other.origin.file
+            && self.tools.len() == other.tools.len()
+            && self.tools.iter().zip(&other.tools).all(|(x, y)| {
+                x.name == y.name
+                    && x.title == y.title
+                    && x.description == y.description
+                    && x.hints == y.hints
+                    && x.input_schema == y.input_schema
+            })
+    }
+
     pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
         self.tools.iter().find(|t| t.name == name)
     }

@@ -322,22 +322,6 @@ fn diff(old: &Snapshot, new: &Snapshot, report: &mut Report) {
     report.tools_removed = old_tools.difference(&new_tools).map(named).collect();
 }
 
-/// Whether two versions of an adapter list the same tools (an MCP client would see no change).
-pub fn same_tools(
-    a: &capgate_model::snapshot::McpAdapter,
-    b: &capgate_model::snapshot::McpAdapter,
-) -> bool {
-    a.origin.file == b.origin.file
-        && a.tools.len() == b.tools.len()
-        && a.tools.iter().zip(&b.tools).all(|(x, y)| {
-            x.name == y.name
-                && x.title == y.title
-                && x.description == y.description
-                && x.hints == y.hints
-                && x.input_schema == y.input_schema
-        })
-}
-
 mod unix_millis {
     use std::time::SystemTime;
 

@@ -13,6 +13,6 @@ pub mod publish;
 mod thread;
 mod watch;
 
-pub use catalog::{Catalog, FileState, FileStatus, Report, same_tools};
+pub use catalog::{Catalog, FileState, FileStatus, Report};
 pub use thread::ReloadThread;
 pub use watch::Watcher;
