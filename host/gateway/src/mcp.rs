@@ -248,15 +248,6 @@ impl Hub {
         }
     }
 
-    /// The number of open endpoints.
-    pub fn len(&self) -> usize {
-        self.endpoints.lock().expect("not poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether `path` is an MCP path on `listener`: `/mcp` (the only adapter) or `/mcp/<ns>`.
     pub fn wants(listener: &Listener, path: &str) -> bool {
         !listener.mcp.is_empty() && (path == "/mcp" || path == "/mcp/" || path.starts_with("/mcp/"))

@@ -130,11 +130,6 @@ pub struct BindFailure {
 }
 
 impl Listeners {
-    /// The address a declared listener is bound to.
-    pub fn local_addr(&self, key: &ListenKey) -> Option<SocketAddr> {
-        self.running.get(key).map(|r| r.local)
-    }
-
     pub fn bound(&self) -> Vec<(ListenKey, SocketAddr)> {
         self.running.iter().map(|(k, r)| (*k, r.local)).collect()
     }

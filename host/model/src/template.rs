@@ -38,13 +38,6 @@ impl Placeholder {
             },
         }
     }
-
-    pub fn to_text(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{{{{{ns}.{}}}}}", self.name),
-            None => format!("{{{{{}}}}}", self.name),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,80 +43,12 @@ pub(super) fn encode(
         value.set_sensitive(true);
         headers.append(name.clone(), value);
     }
-    let with_sealed_fields = |value: &Value| -> Option<Value> {
-        let Value::Object(object) = value else {
-            return None;
-        };
-        let mut object = object.clone();
-        object.extend(sealed.body.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Some(Value::Object(object))
-    };
-    let merged = if sealed.body.is_empty() {
-        None
-    } else {
-        match &request.body {
-            None if !matches!(request.method, Method::GET | Method::DELETE | Method::HEAD) => {
-                Some(Payload::Structured(Value::Object(sealed.body.clone())))
-            }
-            Some(Payload::Structured(value)) => with_sealed_fields(value).map(Payload::Structured),
-            _ => None,
-        }
-    };
+    let merged = with_sealed_body(request);
     let request_body = merged.as_ref().or(request.body.as_ref());
-    let mut basic = None;
-    let scope = BindScope(&adapter.binds);
-    match &adapter.auth {
-        None => {}
-        Some(Auth::Bearer(token)) => {
-            let token = token.render_text(&scope).unwrap_or_default();
-            let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                .map_err(|_| misconfigured(adapter))?;
-            value.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, value);
-        }
-        Some(Auth::ApiKeyHeader { name, value }) => {
-            let text = value.render_text(&scope).unwrap_or_default();
-            let mut value =
-                HeaderValue::try_from(text.as_ref()).map_err(|_| misconfigured(adapter))?;
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
-        }
-        Some(Auth::ApiKeyQuery { name, value }) => {
-            let text = value.render_text(&scope).unwrap_or_default();
-            form::append_pair(&mut query, name, &Value::String(text.into_owned()), style);
-        }
-        Some(Auth::Basic { username, password }) => {
-            basic = Some((
-                username
-                    .render_text(&scope)
-                    .unwrap_or_default()
-                    .into_owned(),
-                password
-                    .render_text(&scope)
-                    .unwrap_or_default()
-                    .into_owned(),
-            ));
-        }
-    }
+    let basic = add_credentials(adapter, &mut headers, &mut query, style)?;
     let body = match request_body {
         None => None,
-        Some(Payload::Structured(value)) => match adapter.profile {
-            ProfileName::Stripe => Some(form_body(value, &mut headers)?),
-            ProfileName::Default => {
-                set_content_type(&mut headers, "application/json");
-                Some(Bytes::from(
-                    serde_json::to_vec(value).expect("JSON values serialize"),
-                ))
-            }
-        },
-        Some(Payload::Form(value)) => Some(form_body(value, &mut headers)?),
-        Some(Payload::Raw {
-            bytes,
-            content_type,
-        }) => {
-            set_content_type(&mut headers, content_type);
-            Some(bytes.clone())
-        }
+        Some(payload) => Some(body_bytes(adapter.profile, payload, &mut headers)?),
     };
     let url = request_url(
         &adapter.base_uri,
@@ -135,6 +67,93 @@ pub(super) fn encode(
         body,
         basic,
     })
+}
+
+/// The body with the sealed body fields joined in (they win over a transform's field of the
+/// same name); `None` when there are none, or the body is not an object to join them to.
+fn with_sealed_body(request: &UpstreamRequest) -> Option<Payload> {
+    let sealed = &request.sealed.body;
+    if sealed.is_empty() {
+        return None;
+    }
+    match &request.body {
+        None if !matches!(request.method, Method::GET | Method::DELETE | Method::HEAD) => {
+            Some(Payload::Structured(Value::Object(sealed.clone())))
+        }
+        Some(Payload::Structured(Value::Object(object))) => {
+            let mut object = object.clone();
+            object.extend(sealed.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Some(Payload::Structured(Value::Object(object)))
+        }
+        _ => None,
+    }
+}
+
+/// Adds the adapter's credentials, rendered from its bound variables: a header or a query
+/// parameter, or basic credentials (returned, for the client to set).
+fn add_credentials(
+    adapter: &UpstreamAdapter,
+    headers: &mut HeaderMap,
+    query: &mut String,
+    style: ArrayStyle,
+) -> Result<Option<(String, String)>, GatewayError> {
+    let scope = BindScope(&adapter.binds);
+    let render = |template: &capgate_model::template::Template| {
+        template
+            .render_text(&scope)
+            .unwrap_or_default()
+            .into_owned()
+    };
+    let sensitive = |text: String| {
+        let mut value = HeaderValue::try_from(text).map_err(|_| misconfigured(adapter))?;
+        value.set_sensitive(true);
+        Ok::<_, GatewayError>(value)
+    };
+    match &adapter.auth {
+        None => {}
+        Some(Auth::Bearer(token)) => {
+            let value = sensitive(format!("Bearer {}", render(token)))?;
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Some(Auth::ApiKeyHeader { name, value }) => {
+            headers.insert(name.clone(), sensitive(render(value))?);
+        }
+        Some(Auth::ApiKeyQuery { name, value }) => {
+            form::append_pair(query, name, &Value::String(render(value)), style);
+        }
+        Some(Auth::Basic { username, password }) => {
+            return Ok(Some((render(username), render(password))));
+        }
+    }
+    Ok(None)
+}
+
+/// A body's bytes by the profile (structured bodies: form for Stripe, JSON otherwise), with its
+/// content type unless a header already set one.
+fn body_bytes(
+    profile: ProfileName,
+    payload: &Payload,
+    headers: &mut HeaderMap,
+) -> Result<Bytes, GatewayError> {
+    match payload {
+        Payload::Structured(value) => match profile {
+            ProfileName::Stripe => form_body(value, headers),
+            ProfileName::Default => {
+                set_content_type(headers, "application/json");
+                Ok(Bytes::from(
+                    serde_json::to_vec(value).expect("JSON values serialize"),
+                ))
+            }
+        },
+        Payload::Form(value) => form_body(value, headers),
+        Payload::Raw {
+            bytes,
+            content_type,
+        } => {
+            set_content_type(headers, content_type);
+            Ok(bytes.clone())
+        }
+    }
 }
 
 fn form_body(value: &Value, headers: &mut HeaderMap) -> Result<Bytes, GatewayError> {

@@ -32,6 +32,9 @@ pub(super) struct Context<'a> {
 
 type McpList = Vec<(ListenKey, Arc<McpAdapter>)>;
 
+/// Compiles a capability's `exposes`. Every adapter's namespace (and the fixed `rest`, `tools`
+/// and `mcp`) is collected first: a `with` value or template written `ns.name` reads caller
+/// input `name` when `ns` is one of them, which is how the format says "the caller's".
 pub(super) fn compile(
     cx: &mut Context<'_>,
     capability: &Capability,
@@ -71,6 +74,8 @@ pub(super) fn compile(
     (routes, mcp)
 }
 
+/// Where an adapter listens. Without a port nothing can be served, so that is an error on the
+/// adapter; the address defaults as the gateway config says (`listen`).
 fn listen_key(
     cx: &mut Context<'_>,
     address: Option<&Spanned<String>>,
@@ -95,6 +100,8 @@ fn listen_key(
     })
 }
 
+/// A REST adapter's routes. An adapter whose caller authentication cannot be enforced serves
+/// nothing (never open); a resource whose path does not parse is skipped, the others are not.
 fn rest_adapter(
     cx: &mut Context<'_>,
     adapter: &RestAdapter,
@@ -259,6 +266,9 @@ fn rest_inputs(
     RestInputs::Declared(params)
 }
 
+/// A `forward` resource: every method, the rest of the path passed to the target adapter. Only
+/// the headers the resource trusts are copied, so a caller's credentials for the gateway never
+/// reach the upstream by way of a forward.
 fn forward_routes(
     cx: &mut Context<'_>,
     listen: ListenKey,
@@ -369,6 +379,8 @@ fn forward_routes(
     .collect()
 }
 
+/// Whether the adapter's own credentials read `variable`: such a missing bind makes a forward
+/// unavailable, as a call's would.
 fn auth_needs(adapter: &UpstreamAdapter, variable: &str) -> bool {
     adapter
         .auth
@@ -377,6 +389,8 @@ fn auth_needs(adapter: &UpstreamAdapter, variable: &str) -> bool {
         .any(|r| matches!(r, Ref::Bind(v) if v == variable))
 }
 
+/// An operation that needs bound variables without a value is still served: it answers 503
+/// naming them (a warning says so at load), so that setting the variable is all it takes.
 fn unavailable(cx: &mut Context<'_>, missing: &[String], at: &Loc) -> Action {
     cx.missing_binds.extend(missing.iter().cloned());
     cx.diags
@@ -435,6 +449,8 @@ fn caller_auth(
     })))
 }
 
+/// A declared input of a REST operation. Without `in` it is a query parameter (what a URL can
+/// carry); a path parameter is required unless the file says otherwise.
 fn exposed_param(cx: &mut Context<'_>, param: &Param) -> Option<ExposedParam> {
     let location = param.location.unwrap_or(ParamIn::Query);
     let selector = match (&param.value, location) {
@@ -605,6 +621,10 @@ fn operation(cx: &mut Context<'_>, parts: OperationParts<'_>) -> Option<Compiled
     })
 }
 
+/// The `with` arguments of a call. A value is a constant, a caller input (`ns.name` with `ns`
+/// an exposed namespace), or a template whose placeholders read caller inputs or bound
+/// variables: a bare `{{name}}` is the bound variable when the file binds one of that name
+/// (the file said so), else the caller input.
 fn compile_with(
     cx: &mut Context<'_>,
     with: &[WithEntry],
@@ -777,6 +797,9 @@ fn caller_spec(param: &UpstreamParam, name: &str) -> InputSpec {
     spec
 }
 
+/// How the response is shaped. No output parameters, or one that selects the whole document,
+/// pass the upstream body through untouched (cheaper, and exactly what the upstream said);
+/// several make an object of named shapes.
 fn output(
     cx: &mut Context<'_>,
     outputs: &[OutputParam],
@@ -817,6 +840,9 @@ fn output(
     })
 }
 
+/// One output parameter as a shape: a JSONPath selection of the upstream document, an object
+/// or array of shapes, a constant, or (for mocks, which have no upstream) a template over the
+/// caller's inputs.
 fn shape(cx: &mut Context<'_>, param: &OutputParam, has_call: bool) -> Option<Shape> {
     let mapping = match &param.mapping {
         Some(m) => match Selector::parse(&m.value) {
@@ -904,6 +930,8 @@ fn shape(cx: &mut Context<'_>, param: &OutputParam, has_call: bool) -> Option<Sh
     })
 }
 
+/// An MCP adapter and its tools. Tool names must be valid MCP names and unique per adapter: a
+/// bad name, or the second use of one, drops that tool with a diagnostic, not the adapter.
 fn mcp_adapter(
     cx: &mut Context<'_>,
     adapter: &SpecMcp,
@@ -986,6 +1014,8 @@ pub(crate) fn valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// One tool: its operation, its inputs (declared, or derived from what the operation uses) and
+/// the JSON Schema announced for them, made from the same `InputSpec`s that check calls.
 fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Option<Tool> {
     let name = &tool.name.value;
     if !valid_tool_name(name) {
@@ -1048,6 +1078,7 @@ fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Opti
     })
 }
 
+/// The caller inputs a mock's output templates read: a mock route takes exactly those.
 fn mock_input_refs(output: &Output) -> Vec<String> {
     fn walk(shape: &Shape, out: &mut Vec<String>) {
         match shape {
