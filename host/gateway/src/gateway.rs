@@ -96,13 +96,12 @@ impl Gateway {
     /// Loads every capability file, publishes the first snapshot, opens its listeners, says it
     /// is ready and, if configured, starts watching for changes.
     pub async fn load(&self) {
-        let gateway = self;
         // Watch before the first load, so that a change made while it runs is not missed.
-        let watching = if gateway.config().reload.watch {
+        let watching = if self.config().reload.watch {
             let (wake, woken) = mpsc::channel(1);
-            match Watcher::start(gateway.config().reload.debounce, wake) {
+            match Watcher::start(self.config().reload.debounce, wake) {
                 Ok(mut watcher) => {
-                    watcher.watch(&gateway.watched_dirs(), gateway.config().source.clone());
+                    watcher.watch(&self.watched_dirs(), self.config().source.clone());
                     Some((watcher, woken))
                 }
                 Err(error) => {
@@ -113,10 +112,10 @@ impl Gateway {
         } else {
             None
         };
-        gateway.reload().await;
-        gateway.inner.ready.store(true, Ordering::SeqCst);
+        self.reload().await;
+        self.inner.ready.store(true, Ordering::SeqCst);
         if let Some((watcher, woken)) = watching {
-            tokio::spawn(watch_loop(gateway.clone(), watcher, woken));
+            tokio::spawn(watch_loop(self.clone(), watcher, woken));
         }
     }
 
