@@ -4,6 +4,7 @@ mod clients;
 mod common;
 mod corpus;
 mod errors;
+mod hardening;
 mod mcp;
 mod plugins;
 mod reload;

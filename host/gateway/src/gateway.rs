@@ -36,6 +36,31 @@ use capgate_model::snapshot::{ListenKey, Snapshot};
 use capgate_model::spec::Env;
 use capgate_plugin::Plugins;
 
+/// The state of the catalog, the plugins and the listeners after a reload, read-only.
+#[derive(Default)]
+pub struct View {
+    pub generation: u64,
+    pub files: Vec<FileStatus>,
+    /// Plugin files with their state, when plugins are configured.
+    pub plugins: Option<Vec<capgate_plugin::PluginStatus>>,
+    /// Every open listener: its declared key and bound address.
+    pub listeners: Vec<(ListenKey, SocketAddr)>,
+    /// Every file a change to which may change what is served (specs, what they read, the
+    /// config file).
+    watched: Vec<PathBuf>,
+}
+
+impl View {
+    /// Whether some declared listener could not be opened.
+    fn listen_failing(&self) -> bool {
+        self.files.iter().any(|f| {
+            f.diagnostics
+                .iter()
+                .any(|d| d.code == capgate_model::diag::Code::ListenFailed)
+        })
+    }
+}
+
 /// A running gateway. Cheap to clone; every clone is the same gateway.
 #[derive(Clone)]
 pub struct Gateway {
@@ -44,9 +69,13 @@ pub struct Gateway {
 
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
-    /// Locked past a poisoning: a reload that panicked (a bug) must not take the admin
-    /// endpoints and every later reload down with it.
+    /// Locked only by the reload in turn (holding `reloading`), on the reload thread or after
+    /// it finished: never by a request or an admin call, which read `view`. Locked past a
+    /// poisoning: a reload that panicked (a bug) must not take every later reload down with it.
     catalog: Arc<Mutex<Catalog>>,
+    /// What the catalog, the plugins and the listeners looked like after the last reload: what
+    /// admin endpoints and the watch loop read, without waiting on a reload in progress.
+    view: ArcSwap<View>,
     listeners: tokio::sync::Mutex<Listeners>,
     /// Reloads run one at a time, in order.
     reloading: tokio::sync::Mutex<()>,
@@ -82,6 +111,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 shared,
                 catalog: Arc::new(Mutex::new(catalog)),
+                view: ArcSwap::from_pointee(View::default()),
                 listeners: tokio::sync::Mutex::new(Listeners::default()),
                 reloading: tokio::sync::Mutex::new(()),
                 reload_thread: ReloadThread::start(),
@@ -147,12 +177,25 @@ impl Gateway {
 
     /// Every plugin file's state, when plugins are configured.
     pub fn plugins(&self) -> Option<Vec<capgate_plugin::PluginStatus>> {
-        self.inner.shared.invoker.plugins().map(|p| p.status())
+        self.view().plugins.clone()
+    }
+
+    /// The state after the last reload; never waits for one in progress.
+    pub fn view(&self) -> Arc<View> {
+        self.inner.view.load_full()
     }
 
     /// Re-reads what changed and publishes it; `None` when nothing changed.
     pub async fn reload(&self) -> Option<Arc<Report>> {
         let _turn = self.inner.reloading.lock().await;
+        let report = self.reload_in_turn().await;
+        self.reconcile_listeners_in_turn().await;
+        self.update_view();
+        report
+    }
+
+    /// [`Gateway::reload`]'s work, the caller holding `reloading`.
+    async fn reload_in_turn(&self) -> Option<Arc<Report>> {
         let shared = &self.inner.shared;
         let previous = shared.published.load().snapshot.clone();
         let catalog = self.inner.catalog.clone();
@@ -198,18 +241,49 @@ impl Gateway {
                 None
             }
         };
-        let report = report.map(|report| {
+        report.map(|report| {
             let report = Arc::new(report);
             self.inner.published.send_replace(report.clone());
             report
-        });
-        self.reconcile_listeners().await;
-        report
+        })
+    }
+
+    /// Publishes the state of the catalog, the plugins and the listeners for readers; the
+    /// caller holds `reloading`, so the catalog lock is free.
+    fn update_view(&self) {
+        let catalog = self
+            .inner
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut watched: Vec<PathBuf> = catalog.watched_files().into_iter().collect();
+        watched.extend(self.config().source.clone());
+        let listeners = self
+            .inner
+            .listeners
+            .try_lock()
+            .map(|l| l.bound())
+            .unwrap_or_else(|_| self.view().listeners.clone());
+        self.inner.view.store(Arc::new(View {
+            generation: catalog.generation(),
+            files: catalog.status(),
+            plugins: self.inner.shared.invoker.plugins().map(|p| p.status()),
+            listeners,
+            watched,
+        }));
+    }
+
+    /// Retries the listeners that could not be opened.
+    async fn reconcile_listeners(&self) {
+        let _turn = self.inner.reloading.lock().await;
+        self.reconcile_listeners_in_turn().await;
+        self.update_view();
     }
 
     /// Opens the listeners the current snapshot declares and closes the others; records the
-    /// ones that cannot be opened so the files declaring them say so.
-    async fn reconcile_listeners(&self) {
+    /// ones that cannot be opened so the files declaring them say so. The caller holds
+    /// `reloading`.
+    async fn reconcile_listeners_in_turn(&self) {
         let wanted: Vec<ListenKey> = self
             .inner
             .shared
@@ -272,7 +346,7 @@ impl Gateway {
 
     /// Every open listener: its declared key and bound address.
     pub async fn listeners(&self) -> Vec<(ListenKey, SocketAddr)> {
-        self.inner.listeners.lock().await.bound()
+        self.view().listeners.clone()
     }
 
     /// The admin listener's address, if it is open.
@@ -289,20 +363,13 @@ impl Gateway {
         self.inner.ready.load(Ordering::SeqCst)
     }
 
+    /// Every file's state after the last reload.
     pub fn status(&self) -> Vec<FileStatus> {
-        self.inner
-            .catalog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .status()
+        self.view().files.clone()
     }
 
     pub fn generation(&self) -> u64 {
-        self.inner
-            .catalog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .generation()
+        self.view().generation
     }
 
     /// Stops the background work (watching, the admin listener) and closes MCP streams without
@@ -357,16 +424,7 @@ fn start_plugins(config: &Config) -> Option<Arc<Plugins>> {
 async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Receiver<()>) {
     let config = gateway.config();
     let mut current = config.clone();
-    let watched = |gateway: &Gateway| -> Vec<PathBuf> {
-        let catalog = gateway
-            .inner
-            .catalog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut files: Vec<PathBuf> = catalog.watched_files().into_iter().collect();
-        files.extend(gateway.config().source.clone());
-        files
-    };
+    let watched = |gateway: &Gateway| gateway.view().watched.clone();
     watcher.watch(&gateway.watched_dirs(), watched(&gateway));
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -377,13 +435,12 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
                 if woke.is_none() {
                     return;
                 }
-                gateway.apply_config_changes(&mut current);
+                gateway.apply_config_changes(&mut current).await;
                 gateway.reload().await;
                 watcher.watch(&gateway.watched_dirs(), watched(&gateway));
             }
             _ = retry.tick() => {
-                let failing = gateway.status().iter().any(|f| f.diagnostics.iter().any(|d| d.code == capgate_model::diag::Code::ListenFailed));
-                if failing {
+                if gateway.view().listen_failing() {
                     gateway.reconcile_listeners().await;
                 }
             }
@@ -395,7 +452,7 @@ impl Gateway {
     /// Re-reads the config file, if any. What compilation depends on (upstream overrides, bind
     /// values) applies at once; other changed settings are reported as needing a restart. A
     /// config file that no longer parses is reported and ignored.
-    fn apply_config_changes(&self, current: &mut Config) {
+    async fn apply_config_changes(&self, current: &mut Config) {
         let (Some(path), Some(reread)) = (current.source.clone(), current.reread()) else {
             return;
         };
@@ -422,6 +479,7 @@ impl Gateway {
                 transforms: next.plugins.bindings.clone(),
                 loaded_plugins: None,
             };
+            let _turn = self.inner.reloading.lock().await;
             self.inner
                 .catalog
                 .lock()

@@ -135,12 +135,17 @@ impl ListenConfig {
 pub struct AdminConfig {
     /// The admin listener (`/healthz`, `/readyz`, `/status`); `null` turns it off.
     pub address: Option<SocketAddr>,
+    /// The environment variable holding a bearer token that `/status` and `/metrics` then
+    /// require (`/healthz` and `/readyz` stay open for probes). When it names a variable that
+    /// is not set, the admin listener is not opened (failing closed) and an error says why.
+    pub token_env: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            token_env: None,
         }
     }
 }
@@ -450,9 +455,11 @@ pub enum ConfigError {
 impl Config {
     /// Reads a config file; relative paths in it are resolved against its directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::read::text(path, crate::read::SPEC_LIMIT).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         let mut config: Config = serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),

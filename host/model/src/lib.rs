@@ -9,7 +9,8 @@
 //! Nothing here runs a request, opens a socket or starts a thread: this crate has no async
 //! runtime, no HTTP stack, no MCP library and no WebAssembly engine, so it builds and tests in
 //! seconds, and `cargo tree -p capgate-model` shows it. The only I/O is `spec::load` (reading the
-//! files a capability names) and `config` (reading the gateway's own file).
+//! files a capability names) and `config` (reading the gateway's own file), both through
+//! [`read`], which reads only regular files, bounded in size.
 
 #![warn(clippy::too_many_lines)]
 
@@ -20,6 +21,7 @@ pub mod diag;
 pub mod exchange;
 pub mod form;
 pub mod jsonpath;
+pub mod read;
 pub mod route;
 pub mod secret;
 pub mod snapshot;

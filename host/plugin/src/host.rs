@@ -279,7 +279,7 @@ impl Plugins {
         loaded: &mut HashMap<String, Arc<Plugin>>,
         files: &mut Tried,
     ) -> bool {
-        let bytes = match std::fs::read(path) {
+        let bytes = match capgate_model::read::bytes(path, capgate_model::read::PLUGIN_LIMIT) {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(plugin = %name, %error, "cannot read plugin file");

@@ -279,7 +279,7 @@ fn content_hash(path: &Path, dependencies: &[PathBuf]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in std::iter::once(path).chain(dependencies.iter().map(PathBuf::as_path)) {
         file.hash(&mut hasher);
-        match std::fs::read(file) {
+        match capgate_model::read::bytes(file, capgate_model::read::SPEC_LIMIT) {
             Ok(bytes) => bytes.hash(&mut hasher),
             Err(error) => error.kind().hash(&mut hasher),
         }

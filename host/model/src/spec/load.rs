@@ -96,7 +96,7 @@ impl Env {
 
 /// Reads and decodes the file at `path`.
 pub fn load_file(path: &Path, env: &Env) -> LoadedFile {
-    match std::fs::read_to_string(path) {
+    match crate::read::text(path, crate::read::SPEC_LIMIT) {
         Ok(text) => load_str(path, &text, env),
         Err(err) => {
             let mut loaded = empty(path);
@@ -228,7 +228,7 @@ fn resolve_imports(loaded: &mut LoadedFile) {
 /// provide is not served, and a diagnostic at the `import` says so.
 fn read_import(loaded: &mut LoadedFile, import: &Import, location: &Path) -> Option<Document> {
     let at = import.at.key("location", import.location.line);
-    let text = match std::fs::read_to_string(location) {
+    let text = match crate::read::text(location, crate::read::SPEC_LIMIT) {
         Ok(text) => text,
         Err(err) => {
             loaded
@@ -463,7 +463,8 @@ fn bind_file(
         None if Path::new(rest).is_absolute() => vec![PathBuf::from(rest)],
         None => vec![base.join(rest), PathBuf::from(rest)],
     };
-    let found = candidates.iter().position(|c| c.is_file());
+    // Anything that exists is found, to be read (or refused: a FIFO, a device) below.
+    let found = candidates.iter().position(|c| c.exists());
     let Some(index) = found else {
         loaded
             .diagnostics
@@ -486,7 +487,7 @@ fn bind_file(
             .found(path.display().to_string())
             .expected(format!("a file at {}", candidates[0].display()));
     }
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::read::text(&path, crate::read::SPEC_LIMIT) {
         Ok(text) => text,
         Err(err) => {
             loaded.diagnostics.error(

@@ -12,19 +12,38 @@ pub mod yaml;
 pub use load::{Env, ImportedAdapter, LoadedFile, load_file, load_str};
 pub use model::*;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lists the capability candidates under `dir`: every `.yaml`/`.yml` file, recursively, sorted by
 /// path. Entries whose name starts with `.` are skipped (editor swap files, and the `..data`
 /// machinery of Kubernetes ConfigMap volumes, whose files are reached through their symlinks).
+///
+/// Links are followed (ConfigMap files are links), but each folder is walked once, by identity:
+/// a link back to an ancestor (`ln -s . loop`) is skipped, not walked forever, and so is
+/// anything deeper than [`MAX_DEPTH`] folders.
 pub fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    walk(dir, &mut out)?;
+    let mut seen = BTreeSet::new();
+    walk(dir, 0, &mut seen, &mut out)?;
     out.sort();
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// How deep [`list_files`] looks under the specs folder.
+pub const MAX_DEPTH: usize = 16;
+
+fn walk(
+    dir: &Path,
+    depth: usize,
+    seen: &mut BTreeSet<(u64, u64)>,
+    out: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    if let Some(identity) = identity(&std::fs::metadata(dir)?) {
+        if !seen.insert(identity) {
+            return Ok(());
+        }
+    }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -37,12 +56,26 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
             continue;
         };
         if meta.is_dir() {
-            walk(&path, out)?;
+            if depth + 1 < MAX_DEPTH {
+                walk(&path, depth + 1, seen, out)?;
+            }
         } else if is_yaml(&path) {
             out.push(path);
         }
     }
     Ok(())
+}
+
+/// A folder's device and inode: the same folder reached by two paths has one identity.
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
 }
 
 /// Whether `path` names a YAML file by its extension.
@@ -64,6 +97,25 @@ mod tests {
     use crate::compile::{Options, compile_file};
 
     const SEED: &str = include_str!("../../../../specs/identity-sessions.yaml");
+
+    #[cfg(unix)]
+    #[test]
+    fn link_loops_in_the_specs_folder_are_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "x: 1\n").unwrap();
+        std::fs::create_dir(dir.path().join("team")).unwrap();
+        std::fs::write(dir.path().join("team/b.yaml"), "x: 1\n").unwrap();
+        for link in ["loop1", "loop2", "team/up"] {
+            let target = if link.starts_with("team") { ".." } else { "." };
+            std::os::unix::fs::symlink(target, dir.path().join(link)).unwrap();
+        }
+        let files = super::list_files(dir.path()).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a.yaml", "team/b.yaml"]);
+    }
 
     fn any_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
