@@ -171,3 +171,208 @@ async fn files_that_never_finish_reading_are_diagnostics_not_a_frozen_gateway() 
         .count();
     assert_eq!(seeds, 1, "{status}");
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (any 127.0.0.x is local).
+async fn connect_from(from: [u8; 4], addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server closed `stream` (end of file or a reset) within `within`; reads and
+/// drops whatever arrives meanwhile.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0; 64 * 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.is_ok()
+}
+
+/// Connects from `from` until a connection is admitted and answers (at most 5 s): a place
+/// given back is noticed when the server reads the end of the closed connection.
+async fn admitted_again(from: [u8; 4], addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..50 {
+        let mut stream = connect_from(from, addr).await;
+        let request = b"GET /v1/v1/identity/verification-sessions?limit=1 HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let mut buf = [0; 16];
+        if stream.write_all(request).await.is_ok()
+            && matches!(stream.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no connection from {from:?} admitted within 5 s");
+}
+
+/// Sends one HTTP/1.1 request for the seed's list on `stream` and reads the answer's status
+/// line.
+async fn one_request(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /v1/v1/identity/verification-sessions?limit=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.limits.max_connections_per_peer = 20;
+    })
+    .await;
+    let rest = h.gateway.local_addr(8080).await.unwrap();
+    let mut hoard = Vec::new();
+    for _ in 0..20 {
+        let mut stream = connect_from([127, 0, 0, 2], rest).await;
+        assert_eq!(one_request(&mut stream).await, "HTTP/1.1 200 OK");
+        hoard.push(stream);
+    }
+    // The twenty-first from the same address is closed before it is read.
+    let mut over = connect_from([127, 0, 0, 2], rest).await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    // Everyone else is served, and so are the twenty already open.
+    still_serving(&h).await;
+    assert_eq!(one_request(&mut hoard[0]).await, "HTTP/1.1 200 OK");
+    // A place given back is taken again.
+    drop(hoard.pop());
+    admitted_again([127, 0, 0, 2], rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_over_its_connection_cap_closes_new_connections_cleanly() {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        c.limits.max_connections = 3;
+    })
+    .await;
+    let rest = h.gateway.local_addr(8080).await.unwrap();
+    let mut open = Vec::new();
+    for last in 4..7 {
+        let mut stream = connect_from([127, 0, 0, last], rest).await;
+        assert_eq!(one_request(&mut stream).await, "HTTP/1.1 200 OK");
+        open.push(stream);
+    }
+    let mut over = connect_from([127, 0, 0, 7], rest).await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    drop(open.pop());
+    admitted_again([127, 0, 0, 7], rest).await;
+}
+
+/// An HTTP/2 connection (prior knowledge) to `addr`, with the given stream window; the
+/// connection's own task is returned to be awaited.
+async fn http2(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+fn list_request(addr: SocketAddr) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!(
+        "http://{addr}/v1/v1/identity/verification-sessions?limit=40"
+    ))
+    .header("host", "localhost")
+    .body(http_body_util::Empty::new())
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        c.limits.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let rest = h.gateway.local_addr(8080).await.unwrap();
+    let (mut sender, connection) = http2(rest, 65_535).await;
+    let response = sender.send_request(list_request(rest)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // The server says GOAWAY once the connection has idled a second.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the idle HTTP/2 connection is still open after 5 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_opens_its_window_is_disconnected_and_capped() {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.limits.response_write_timeout = Duration::from_secs(1);
+        c.limits.max_unsent_response_bytes = 20_000;
+    })
+    .await;
+    // Forty sessions make the list's answer larger than the cap and than the 16 KiB the
+    // gateway hands to hyper at once.
+    for _ in 0..40 {
+        common::create_session_directly(&h.sim).await;
+    }
+    let rest = h.gateway.local_addr(8080).await.unwrap();
+    let (mut sender, connection) = http2(rest, 0).await;
+    // Headers are not flow-controlled: the first answer's status arrives, its body cannot.
+    let first = sender.send_request(list_request(rest)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    // While that body waits, another response over the cap is refused.
+    let second = sender.send_request(list_request(rest)).await.unwrap();
+    assert_eq!(second.status(), 503);
+    still_serving(&h).await;
+    // Past the write deadline the connection is closed.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(
+        ended.is_ok(),
+        "a stalled HTTP/2 connection is still open after 5 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_never_reads_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.limits.response_write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let admin = h.gateway.admin_addr().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(admin).await.unwrap();
+    // Far more answers than the socket buffers hold, pipelined, and never read.
+    let requests = b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(3_000);
+    stream.write_all(&requests).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    still_serving(&h).await;
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)).await,
+        "a connection that never reads is still open"
+    );
+}

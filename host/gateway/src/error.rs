@@ -43,6 +43,16 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive within {} ms", .after.as_millis())]
     RequestTimeout { after: Duration },
+    /// The upstream request this call would make has a URL longer than the gateway sends.
+    #[error(
+        "the upstream request URL would be {length} bytes long, more than the limit of {limit}; send fewer or shorter parameters"
+    )]
+    UriTooLong { length: usize, limit: usize },
+    /// The connection has more response bytes waiting than a client that reads may leave.
+    #[error(
+        "more than {limit} bytes of responses are waiting for this connection to read them; read them, or open another connection"
+    )]
+    SlowReader { limit: usize },
     /// The operation cannot run as configured (a bound variable without a value, say).
     #[error("{message}")]
     NotConfigured { message: String },
@@ -95,6 +105,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            GatewayError::SlowReader { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamInvalid { .. }
@@ -112,7 +124,9 @@ impl GatewayError {
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::RequestTimeout { .. } => Fault::Caller,
+            | GatewayError::RequestTimeout { .. }
+            | GatewayError::UriTooLong { .. }
+            | GatewayError::SlowReader { .. } => Fault::Caller,
             GatewayError::NotConfigured { .. } => Fault::Spec,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamInvalid { .. }
@@ -144,6 +158,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",
             GatewayError::RequestTimeout { .. } => "request_timeout",
+            GatewayError::UriTooLong { .. } => "uri_too_long",
+            GatewayError::SlowReader { .. } => "slow_reader",
             GatewayError::NotConfigured { .. } => "not_configured",
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
             GatewayError::UpstreamInvalid { .. } => "upstream_invalid_response",

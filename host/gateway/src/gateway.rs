@@ -322,9 +322,16 @@ impl Gateway {
 
     /// How every listener, the admin one too, treats its connections.
     pub fn connection_settings(&self) -> server::Settings {
+        let limits = &self.config().limits;
         server::Settings {
-            read_timeout: self.config().limits.request_read_timeout,
+            read_timeout: limits.request_read_timeout,
             drain_timeout: self.config().reload.drain_timeout,
+            max_connections: limits.max_connections,
+            max_connections_per_peer: limits.max_connections_per_peer,
+            idle_timeout: limits.idle_timeout,
+            keep_alive_interval: limits.keep_alive_interval,
+            write_timeout: limits.response_write_timeout,
+            max_unsent_bytes: limits.max_unsent_response_bytes,
         }
     }
 

@@ -35,6 +35,10 @@ use capgate_model::config::Config;
 /// Starts a gateway: its admin listener (answering `/readyz` with 503 while loading), then the
 /// first load, its listeners and, if configured, the watcher.
 pub async fn start(config: Config) -> Gateway {
+    match server::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
     let gateway = Gateway::new(config);
     if let Some(address) = gateway.config().admin.address {
         match admin::start(address, gateway.clone()).await {

@@ -18,14 +18,19 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use capgate_model::snapshot::ListenKey;
 
+use crate::error::GatewayError;
 use crate::response::HttpResponse;
+
+mod connection;
+
+pub use connection::{Admission, Refusal};
+use connection::{Admitted, Tracked, Verdict, Watch};
 
 /// What answers the requests of one listener.
 pub trait Handler: Clone + Send + Sync + 'static {
@@ -41,6 +46,23 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// `reload.drain_timeout`: how long a closing listener waits for its connections.
     pub drain_timeout: Duration,
+    /// `limits.max_connections`: open connections per listener (0: no cap).
+    pub max_connections: usize,
+    /// `limits.max_connections_per_peer`: open connections per listener from one IP address
+    /// (0: no cap).
+    pub max_connections_per_peer: usize,
+    /// `limits.idle_timeout`: a connection without a request in progress for this long is
+    /// closed (gracefully; HTTP/2 with GOAWAY). 0 turns it off.
+    pub idle_timeout: Duration,
+    /// `limits.keep_alive_interval`: HTTP/2 pings this often, and a peer that does not answer
+    /// one within it is disconnected. 0 turns pings off.
+    pub keep_alive_interval: Duration,
+    /// `limits.response_write_timeout`: how long a response (and any one write) may wait for
+    /// the client to read it; past it, the connection is closed. 0 turns it off.
+    pub write_timeout: Duration,
+    /// `limits.max_unsent_response_bytes`: response bytes a connection may leave unread;
+    /// further responses on it get 503 until it reads. 0 turns it off.
+    pub max_unsent_bytes: usize,
 }
 
 /// A request body that must arrive in full within a time limit, counted from when it is first
@@ -207,6 +229,9 @@ impl Listeners {
 
 /// Accepts connections on `listener` and answers them with `handler` until `stop`, then lets
 /// the open connections finish within the drain deadline. `name` names the listener in logs.
+///
+/// Connections over the listener's or the peer's cap are closed at once; `accept` errors (out
+/// of file descriptors) back off, doubling from 10 ms to 1 s, and are logged once per burst.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     name: String,
@@ -214,74 +239,248 @@ pub async fn serve<H: Handler>(
     settings: Settings,
     stop: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    let admission = Admission::new(settings.max_connections, settings.max_connections_per_peer);
+    let mut bursts = Bursts::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %name, %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let delay = bursts.accept_failed(&name, &error);
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let read_timeout = Some(settings.read_timeout).filter(|t| !t.is_zero());
-        let asked = Arc::new(AtomicBool::new(false));
-        let service = {
-            let asked = asked.clone();
-            let handler = handler.clone();
-            hyper::service::service_fn(move |request: http::Request<Incoming>| {
-                asked.store(true, Ordering::Relaxed);
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(request).await) }
-            })
+        bursts.accepted(&name);
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                bursts.refused(&name, refusal, peer.ip());
+                drop(stream);
+                continue;
+            }
         };
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // A caller that trickles its headers is disconnected (and so is an HTTP/1
-            // connection idle that long between requests), rather than holding a task.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let connection = watcher.watch(connection.into_owned());
-            tokio::pin!(connection);
-            // Until its first request, a connection gets the read timeout too: one that sends
-            // nothing, or stalls before HTTP/1 headers or in HTTP/2's preface, is closed.
-            if let Some(limit) = read_timeout {
-                tokio::select! {
-                    result = &mut connection => {
-                        if let Err(error) = result {
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    () = tokio::time::sleep(limit) => {
-                        if !asked.load(Ordering::Relaxed) {
-                            tracing::debug!("no request within the read timeout; closing the connection");
-                            return;
-                        }
-                    }
-                }
-            }
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            admitted,
+            handler.clone(),
+            settings,
+            stop.clone(),
+        ));
     }
     drop(listener);
+    if let Some(summary) = bursts.summary() {
+        tracing::warn!(listener = %name, "{summary}");
+    }
     let deadline = settings.drain_timeout;
+    let drained = async {
+        loop {
+            let notified = admission.drained.notified();
+            if admission.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!(listener = %name, "drained"),
+        () = drained => tracing::debug!(listener = %name, "drained"),
         () = tokio::time::sleep(deadline) => {
             tracing::warn!(listener = %name, deadline_ms = deadline.as_millis() as u64, "drain deadline passed; closing the remaining connections");
         }
     }
+}
+
+/// Serves one admitted connection until it ends, is closed for idling or stalling, or the
+/// listener stops (then gracefully: in-flight requests finish).
+async fn connection<H: Handler>(
+    stream: tokio::net::TcpStream,
+    admitted: Admitted,
+    handler: H,
+    settings: Settings,
+    stop: CancellationToken,
+) {
+    let _admitted = admitted;
+    let _ = stream.set_nodelay(true);
+    let read_timeout = Some(settings.read_timeout).filter(|t| !t.is_zero());
+    let watch = Watch::new();
+    let asked = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (asked, watch) = (asked.clone(), watch.clone());
+        hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            asked.store(true, Ordering::Relaxed);
+            let handler = handler.clone();
+            let stream = watch.stream();
+            let watch = watch.clone();
+            async move {
+                let response = handler.handle(request).await;
+                let response = within_unsent_cap(response, &watch, settings.max_unsent_bytes);
+                Ok::<_, Infallible>(response.map(|body| connection::Body::new(body, stream)))
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A caller that trickles its headers is disconnected (and so is an HTTP/1 connection idle
+    // that long between requests), rather than holding a task.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let keep_alive = Some(settings.keep_alive_interval).filter(|t| !t.is_zero());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(keep_alive)
+        .keep_alive_timeout(settings.keep_alive_interval.max(Duration::from_secs(1)))
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buf_size(SEND_BUFFER);
+    let io = TokioIo::new(Tracked::new(stream, watch.clone()));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    // Until its first request, a connection gets the read timeout too: one that sends nothing,
+    // or stalls before HTTP/1 headers or in HTTP/2's preface, is closed.
+    let first_request = async {
+        match read_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(first_request);
+    let mut checks = tokio::time::interval(CHECK_EVERY);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut first_request, if !asked.load(Ordering::Relaxed) => {
+                tracing::debug!("no request within the read timeout; closing the connection");
+                return;
+            }
+            () = stop.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = checks.tick() => match watch.verdict(settings.idle_timeout, settings.write_timeout) {
+                Verdict::Keep => {}
+                Verdict::Idle if !closing => {
+                    tracing::debug!("idle connection; closing it");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                Verdict::Idle => {}
+                Verdict::Stalled => {
+                    tracing::debug!(unsent_bytes = watch.unsent_bytes(), "a response waited past the write deadline; closing the connection");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// How often a connection checks whether it idles or stalls.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 100;
+/// What HTTP/2 buffers per stream for a client that has not opened its window.
+const SEND_BUFFER: usize = 64 * 1024;
+
+/// `response`, or a 503 when its bytes would take what this connection leaves unread over
+/// `cap`.
+fn within_unsent_cap(response: HttpResponse, watch: &Watch, cap: usize) -> HttpResponse {
+    let size = http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0) as usize;
+    let waiting = watch.unsent_bytes();
+    if cap == 0 || waiting == 0 || waiting.saturating_add(size) <= cap {
+        return response;
+    }
+    tracing::debug!(
+        waiting,
+        size,
+        "a connection leaves too many response bytes unread"
+    );
+    crate::response::error(&GatewayError::SlowReader { limit: cap })
+}
+
+/// Accept failures and refused connections, counted per burst so that each burst is logged
+/// once, when it starts, and summed up when it ends.
+#[derive(Default)]
+struct Bursts {
+    failures: u64,
+    refused: u64,
+    delay: Duration,
+}
+
+impl Bursts {
+    fn accept_failed(&mut self, name: &str, error: &std::io::Error) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(listener = %name, %error, "accept failed (out of file descriptors?); backing off, and logging this burst once");
+        }
+        self.failures += 1;
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.delay
+    }
+
+    fn refused(&mut self, name: &str, refusal: Refusal, peer: std::net::IpAddr) {
+        if self.refused == 0 {
+            let cap = match refusal {
+                Refusal::Listener => "the listener's connection cap (limits.max_connections)",
+                Refusal::Peer => "the per-address cap (limits.max_connections_per_peer)",
+            };
+            tracing::warn!(listener = %name, %peer, "refusing connections over {cap}; logging this burst once");
+        }
+        self.refused += 1;
+    }
+
+    fn accepted(&mut self, name: &str) {
+        if self.failures > 0 {
+            tracing::info!(listener = %name, failures = self.failures, "accepting again");
+            self.failures = 0;
+            self.delay = Duration::ZERO;
+        }
+    }
+
+    fn summary(&self) -> Option<String> {
+        (self.refused > 0).then(|| format!("{} connections refused over a cap", self.refused))
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (a listener's connection cap is
+/// pointless under a 1,024-descriptor soft limit), and returns the limit now in force.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    Ok(0)
 }

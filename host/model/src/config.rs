@@ -237,6 +237,26 @@ pub struct Limits {
     /// its body (past it, 408). 0 turns it off.
     #[serde(with = "millis")]
     pub request_read_timeout: Duration,
+    /// Open connections per listener; past it, new connections are closed at once. 0: no cap.
+    pub max_connections: usize,
+    /// Open connections per listener from one IP address; past it, that address's new
+    /// connections are closed at once. Behind a load balancer (all connections from a few
+    /// addresses), raise it or set 0 (no cap).
+    pub max_connections_per_peer: usize,
+    /// A connection without a request in progress for this long is closed (HTTP/2 with a
+    /// GOAWAY). 0 turns it off.
+    #[serde(with = "millis")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive: a ping this often; a client that does not answer within the same
+    /// time is disconnected. 0 turns pings off.
+    #[serde(with = "millis")]
+    pub keep_alive_interval: Duration,
+    /// How long a response may wait for the client to read it; past it, the connection is
+    /// closed. 0 turns it off.
+    #[serde(with = "millis")]
+    pub response_write_timeout: Duration,
+    /// Response bytes one connection may leave unread; past it, its next responses are 503.
+    pub max_unsent_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -249,6 +269,12 @@ impl Default for Limits {
             upstream_max_connections: 512,
             upstream_max_idle: 128,
             request_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
+            idle_timeout: Duration::from_secs(60),
+            keep_alive_interval: Duration::from_secs(30),
+            response_write_timeout: Duration::from_secs(60),
+            max_unsent_response_bytes: 32 * 1024 * 1024,
         }
     }
 }

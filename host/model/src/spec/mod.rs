@@ -39,10 +39,10 @@ fn walk(
     seen: &mut BTreeSet<(u64, u64)>,
     out: &mut Vec<PathBuf>,
 ) -> std::io::Result<()> {
-    if let Some(identity) = identity(&std::fs::metadata(dir)?) {
-        if !seen.insert(identity) {
-            return Ok(());
-        }
+    if let Some(identity) = identity(&std::fs::metadata(dir)?)
+        && !seen.insert(identity)
+    {
+        return Ok(());
     }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
