@@ -376,3 +376,71 @@ async fn an_http1_client_that_never_reads_is_disconnected() {
         "a connection that never reads is still open"
     );
 }
+
+/// A mock capability answering `GET /v` on 8080 with `{"version": version}`.
+fn versioned(version: &str) -> String {
+    format!(
+        "naftiko: 1.0.0-alpha2\ncapability:\n  exposes:\n    - type: rest\n      port: 8080\n      namespace: v\n      resources:\n        - path: /v\n          operations:\n            - method: GET\n              outputParameters:\n                - name: version\n                  type: string\n                  value: \"{version}\"\n"
+    )
+}
+
+/// Waits (at most 10 s) until `GET /v` answers `version`.
+async fn serves_version(h: &Harness, version: &str) {
+    let url = format!("{}/v", h.base(8080).await);
+    let wait = async {
+        loop {
+            if let Ok(response) = h.http.get(&url).send().await
+                && let Ok(body) = response.json::<Value>().await
+                && body["version"] == version
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("version {version} not served within 10 s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_survives_the_specs_folder_disappearing_for_a_moment() {
+    let parent = tempfile::tempdir().unwrap();
+    let specs = parent.path().join("specs");
+    std::fs::create_dir(&specs).unwrap();
+    std::fs::write(specs.join("v.yaml"), versioned("one")).unwrap();
+    let sim = stripe_sim::StripeSim::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let mut config = common::test_config(&specs, &sim);
+    config.reload.watch = true;
+    with_admin(&mut config);
+    let h = Harness {
+        gateway: capgate::start(config).await,
+        sim,
+        specs: tempfile::tempdir().unwrap(),
+        http: reqwest::Client::new(),
+    };
+    serves_version(&h, "one").await;
+
+    // Moved away and back (the same folder), then edited.
+    let away = parent.path().join("specs.away");
+    std::fs::rename(&specs, &away).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::rename(&away, &specs).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(specs.join("v.yaml"), versioned("two")).unwrap();
+    serves_version(&h, "two").await;
+
+    // Removed and made again (another folder), with another version inside.
+    std::fs::remove_dir_all(&specs).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::create_dir(&specs).unwrap();
+    std::fs::write(specs.join("v.yaml"), versioned("three")).unwrap();
+    serves_version(&h, "three").await;
+    // And it is watched: a later edit is served too.
+    std::fs::write(specs.join("v.yaml"), versioned("four")).unwrap();
+    serves_version(&h, "four").await;
+    let state = file_status(&h, "v.yaml").await;
+    assert_eq!(state["state"], "serving", "{state}");
+}

@@ -433,8 +433,11 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
     let mut current = config.clone();
     let watched = |gateway: &Gateway| gateway.view().watched.clone();
     watcher.watch(&gateway.watched_dirs(), watched(&gateway));
-    let mut retry = tokio::time::interval(Duration::from_secs(5));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Once a second: is a watched folder gone or replaced (its kernel watch is then dead)?
+    // Every fifth: retry listeners that could not be opened.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             () = gateway.inner.stop.cancelled() => return,
@@ -442,12 +445,22 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
                 if woke.is_none() {
                     return;
                 }
+                // Re-arm before reading, so that nothing written after the read is missed.
+                if watcher.stale() {
+                    watcher.watch(&gateway.watched_dirs(), watched(&gateway));
+                }
                 gateway.apply_config_changes(&mut current).await;
                 gateway.reload().await;
                 watcher.watch(&gateway.watched_dirs(), watched(&gateway));
             }
-            _ = retry.tick() => {
-                if gateway.view().listen_failing() {
+            _ = tick.tick() => {
+                ticks += 1;
+                if watcher.stale() {
+                    watcher.watch(&gateway.watched_dirs(), watched(&gateway));
+                    gateway.reload().await;
+                    watcher.watch(&gateway.watched_dirs(), watched(&gateway));
+                }
+                if ticks % 5 == 0 && gateway.view().listen_failing() {
                     gateway.reconcile_listeners().await;
                 }
             }
