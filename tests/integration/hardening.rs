@@ -444,3 +444,74 @@ async fn hot_reload_survives_the_specs_folder_disappearing_for_a_moment() {
     let state = file_status(&h, "v.yaml").await;
     assert_eq!(state["state"], "serving", "{state}");
 }
+
+/// A mock capability with `GET /v` on 8080 and, when `tool`, an MCP adapter `v-mcp` on 9090
+/// with one tool.
+fn with_tool(version: &str, tool: bool) -> String {
+    let mut spec = versioned(version);
+    if tool {
+        spec.push_str(&format!(
+            "    - type: mcp\n      port: 9090\n      namespace: v-mcp\n      tools:\n        - name: version\n          description: answers {version}\n          outputParameters:\n            - name: version\n              type: string\n              value: \"{version}\"\n"
+        ));
+    }
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_off_mid_write_does_not_close_what_it_serves() {
+    let h = Harness::with_specs(&[("v.yaml", &with_tool("one", true))], |c| {
+        c.reload.watch = true;
+        c.reload.debounce = Duration::from_millis(300);
+    })
+    .await;
+    serves_version(&h, "one").await;
+    let mcp = format!("{}/mcp/v-mcp", h.base(9090).await);
+    let mcp_answers = || async {
+        let response = reqwest::Client::new()
+            .post(&mcp)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/list")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}}}})
+                .to_string(),
+            )
+            .send()
+            .await;
+        response.is_ok_and(|r| r.status() == 200)
+    };
+    assert!(mcp_answers().await);
+    let generation = h.gateway.generation();
+
+    // A non-atomic rewrite that pauses past the debounce with only the first half written:
+    // the MCP adapter is missing from what is on disk for a while.
+    let path = h.specs_dir().join("v.yaml");
+    let full = with_tool("two", true);
+    let half = with_tool("two", false);
+    std::fs::write(&path, &half).unwrap();
+    let pause = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < pause {
+        assert!(
+            mcp_answers().await,
+            "the MCP adapter closed while its file was half written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.gateway.generation(),
+        generation,
+        "the half-written file was published"
+    );
+    std::fs::write(&path, &full).unwrap();
+    serves_version(&h, "two").await;
+    assert!(mcp_answers().await);
+
+    // A real removal of the adapter is published, one quiet period after the reload that saw it.
+    std::fs::write(&path, with_tool("three", false)).unwrap();
+    serves_version(&h, "three").await;
+    assert!(!mcp_answers().await, "the removed adapter is still served");
+}

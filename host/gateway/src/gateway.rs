@@ -48,6 +48,8 @@ pub struct View {
     /// Every file a change to which may change what is served (specs, what they read, the
     /// config file).
     watched: Vec<PathBuf>,
+    /// A change that takes something away waits for its quiet period: refresh again after it.
+    recheck_after: Option<Duration>,
 }
 
 impl View {
@@ -91,7 +93,17 @@ impl Gateway {
     /// A gateway that serves nothing yet; [`crate::start`] opens its admin listener and then
     /// calls [`Gateway::load`].
     pub fn new(config: Config) -> Gateway {
-        let catalog = Catalog::new(config.specs.clone(), env_of(&config), options_of(&config));
+        let catalog = Catalog::new(
+            config.specs.clone(),
+            env_of(&config),
+            options_of(&config),
+            // Without a watcher nothing refreshes again: a shrink is published at once then.
+            if config.reload.watch {
+                config.reload.debounce
+            } else {
+                Duration::ZERO
+            },
+        );
         let metrics = Arc::new(Metrics::new());
         let plugins = start_plugins(&config);
         let invoker = Arc::new(Invoker::new(
@@ -270,6 +282,7 @@ impl Gateway {
             plugins: self.inner.shared.invoker.plugins().map(|p| p.status()),
             listeners,
             watched,
+            recheck_after: catalog.has_pending().then(|| catalog.quiet()),
         }));
     }
 
@@ -438,8 +451,20 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    // When to refresh again for a change that waits for its quiet period.
+    let mut recheck_at: Option<tokio::time::Instant> = None;
     loop {
+        if recheck_at.is_none()
+            && let Some(after) = gateway.view().recheck_after
+        {
+            recheck_at = Some(tokio::time::Instant::now() + after + Duration::from_millis(10));
+        }
+        let recheck = recheck_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
+            () = tokio::time::sleep_until(recheck), if recheck_at.is_some() => {
+                recheck_at = None;
+                gateway.reload().await;
+            }
             () = gateway.inner.stop.cancelled() => return,
             woke = woken.recv() => {
                 if woke.is_none() {
@@ -460,7 +485,7 @@ async fn watch_loop(gateway: Gateway, mut watcher: Watcher, mut woken: mpsc::Rec
                     gateway.reload().await;
                     watcher.watch(&gateway.watched_dirs(), watched(&gateway));
                 }
-                if ticks % 5 == 0 && gateway.view().listen_failing() {
+                if ticks.is_multiple_of(5) && gateway.view().listen_failing() {
                     gateway.reconcile_listeners().await;
                 }
             }

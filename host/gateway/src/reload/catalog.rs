@@ -58,6 +58,9 @@ struct Entry {
     state: FileState,
     generation: u64,
     loaded_at: SystemTime,
+    /// A version (by fingerprint) that serves less than the serving one, first seen when:
+    /// it is published once it has stayed the same for the quiet period.
+    shrink: Option<(u64, Instant)>,
 }
 
 /// What one refresh changed.
@@ -96,10 +99,16 @@ pub struct Catalog {
     /// Listeners that could not be opened, with the reason.
     listen_failures: BTreeMap<ListenKey, String>,
     generation: u64,
+    /// How long a file that would serve less (or is gone) must stay so before it is published.
+    quiet: Duration,
+    /// Files gone from the folder, first seen gone when.
+    vanished: BTreeMap<PathBuf, Instant>,
 }
 
 impl Catalog {
-    pub fn new(dir: PathBuf, env: Env, options: compile::Options) -> Catalog {
+    /// `quiet`: how long a change that takes something away must hold before it is published
+    /// (the reload debounce).
+    pub fn new(dir: PathBuf, env: Env, options: compile::Options, quiet: Duration) -> Catalog {
         Catalog {
             dir,
             env,
@@ -108,7 +117,19 @@ impl Catalog {
             collisions: BTreeMap::new(),
             listen_failures: BTreeMap::new(),
             generation: 0,
+            quiet,
+            vanished: BTreeMap::new(),
         }
+    }
+
+    /// Whether a change that takes something away waits for its quiet period: the caller
+    /// should refresh again after [`Catalog::quiet`].
+    pub fn has_pending(&self) -> bool {
+        !self.vanished.is_empty() || self.files.values().any(|e| e.shrink.is_some())
+    }
+
+    pub fn quiet(&self) -> Duration {
+        self.quiet
     }
 
     pub fn dir(&self) -> &Path {
@@ -181,9 +202,19 @@ impl Catalog {
             .filter(|p| !present.contains(p))
             .cloned()
             .collect();
+        self.vanished.retain(|p, _| removed.contains(p));
         for path in removed {
-            self.files.remove(&path);
-            report.files_removed.push(path);
+            // A file that is gone is removed once it has stayed gone for the quiet period
+            // (a deploy tool that deletes and rewrites must not close what it serves).
+            let since = *self
+                .vanished
+                .entry(path.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= self.quiet {
+                self.vanished.remove(&path);
+                self.files.remove(&path);
+                report.files_removed.push(path);
+            }
         }
         let now = SystemTime::now();
         for path in &paths {
@@ -193,17 +224,20 @@ impl Catalog {
                 .map(|e| e.latest.dependencies.as_slice())
                 .unwrap_or(&[]);
             let fingerprint = content_hash(path, known_dependencies);
-            if self
-                .files
-                .get(path)
-                .is_some_and(|e| e.fingerprint == fingerprint)
+            if let Some(entry) = self.files.get_mut(path)
+                && entry.fingerprint == fingerprint
             {
+                // Back to the serving version: nothing waits any more.
+                entry.shrink = None;
                 continue;
             }
             let loaded = spec::load_file(path, &self.env);
             let compiled = Arc::new(compile::compile_file(&loaded, &self.options));
             // The dependencies are known only after loading; fingerprint them now.
             let fingerprint = content_hash(path, &compiled.dependencies);
+            if self.holds_back(path, fingerprint, &compiled) {
+                continue;
+            }
             let previous = self.files.remove(path);
             let (state, serving) =
                 decide(&compiled, previous.as_ref().and_then(|e| e.serving.clone()));
@@ -220,6 +254,7 @@ impl Catalog {
                     state,
                     generation,
                     loaded_at: now,
+                    shrink: None,
                 },
             );
         }
@@ -238,6 +273,68 @@ impl Catalog {
         report.took = started.elapsed();
         Some((snapshot, report))
     }
+}
+
+impl Catalog {
+    /// Whether a new version of `path` waits: it would serve less than the serving version (a
+    /// route, a tool, an adapter or a listener gone, as a file cut off mid-write does) and has
+    /// not yet stayed the same for the quiet period. A half-written file is never published
+    /// that way; a real removal is, one quiet period later.
+    fn holds_back(&mut self, path: &Path, fingerprint: u64, compiled: &CompiledFile) -> bool {
+        let quiet = self.quiet;
+        let Some(entry) = self.files.get_mut(path) else {
+            return false;
+        };
+        let Some(serving) = &entry.serving else {
+            return false;
+        };
+        if compiled.kind == FileKind::Broken || !serves_less(serving, compiled) {
+            entry.shrink = None;
+            return false;
+        }
+        match entry.shrink {
+            Some((seen, since)) if seen == fingerprint && since.elapsed() >= quiet => {
+                entry.shrink = None;
+                false
+            }
+            Some((seen, _)) if seen == fingerprint => true,
+            _ => {
+                tracing::info!(file = %path.display(), quiet_ms = quiet.as_millis() as u64, "a change would take routes or tools away; publishing it once it has stayed the same that long");
+                entry.shrink = Some((fingerprint, Instant::now()));
+                true
+            }
+        }
+    }
+}
+
+/// Whether `new` lacks a REST route or an MCP tool (or adapter, or listener) that `old` serves.
+fn serves_less(old: &CompiledFile, new: &CompiledFile) -> bool {
+    let routes = |f: &CompiledFile| -> BTreeSet<(ListenKey, String, String)> {
+        f.rest
+            .iter()
+            .map(|r| {
+                (
+                    r.listen,
+                    r.route.method.to_string(),
+                    r.route.pattern.clone(),
+                )
+            })
+            .collect()
+    };
+    let tools = |f: &CompiledFile| -> BTreeSet<(ListenKey, String, String)> {
+        f.mcp
+            .iter()
+            .flat_map(|(key, adapter)| {
+                let tools = adapter
+                    .tools
+                    .iter()
+                    .map(move |t| (*key, adapter.namespace.clone(), t.name.clone()));
+                // An adapter without tools still serves its endpoint.
+                std::iter::once((*key, adapter.namespace.clone(), String::new())).chain(tools)
+            })
+            .collect()
+    };
+    !routes(old).is_subset(&routes(new)) || !tools(old).is_subset(&tools(new))
 }
 
 /// Chooses what serves after a load: the new version, unless it does not load at all, stopped
