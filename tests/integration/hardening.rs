@@ -515,3 +515,152 @@ async fn a_file_cut_off_mid_write_does_not_close_what_it_serves() {
     serves_version(&h, "three").await;
     assert!(!mcp_answers().await, "the removed adapter is still served");
 }
+
+#[tokio::test]
+async fn a_request_too_long_to_send_is_the_callers_414_before_any_attempt() {
+    let h = Harness::seed().await;
+    let sessions = h.sessions().await;
+    let long_id = format!("vs_{}", "a".repeat(60_000));
+    let expands: String = (0..4_000).map(|i| format!("&expand[]=f{i}")).collect();
+    for url in [
+        format!("{sessions}/{long_id}"),
+        format!("{sessions}?limit=1{expands}"),
+    ] {
+        let started = std::time::Instant::now();
+        let response = h.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 414);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["code"], "uri_too_long", "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "retried: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        h.sim.requests().is_empty(),
+        "an attempt reached the upstream"
+    );
+}
+
+/// An upstream on a free port that answers every request with `answer`, recording each
+/// request's head and body as text.
+async fn raw_upstream(
+    answer: String,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = upstream.local_addr().unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            let (recorded, answer) = (recorded.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                let mut pending = String::new();
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    // Every complete request (a head, and a body of its content-length).
+                    while let Some(end) = pending.find("\r\n\r\n") {
+                        let head = pending[..end].to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        if pending.len() < end + 4 + length {
+                            break;
+                        }
+                        let request: String = pending.drain(..end + 4 + length).collect();
+                        recorded.lock().unwrap().push(request);
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test]
+async fn an_answer_the_client_cannot_read_is_one_502_without_retry() {
+    // An upstream that answers every request with 150 headers (the client reads at most 100).
+    let mut answer = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..150 {
+        answer.push_str(&format!("x-header-{i}: v\r\n"));
+    }
+    answer.push_str("content-length: 2\r\n\r\n{}");
+    let (address, requests) = raw_upstream(answer).await;
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        c.upstreams[0].base_uri = Some(format!("http://{address}"));
+    })
+    .await;
+    let response = h
+        .http
+        .get(format!("{}?limit=1", h.sessions().await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_invalid_response", "{body}");
+    assert_eq!(requests.lock().unwrap().len(), 1, "the call was retried");
+}
+
+#[tokio::test]
+async fn forwarded_methods_are_retried_only_when_a_retry_cannot_act_twice() {
+    let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}".to_owned();
+    let (address, requests) = raw_upstream(answer).await;
+    let spec = "naftiko: 1.0.0-alpha2\ncapability:\n  consumes:\n    - type: http\n      namespace: stripe\n      baseUri: https://api.stripe.com\n      resources:\n        - name: none\n          path: /v1/none\n          operations:\n            - name: none\n              method: GET\n  exposes:\n    - type: rest\n      port: 8080\n      namespace: raw\n      resources:\n        - path: /raw/{{path}}\n          forward: {targetNamespace: stripe}\n";
+    let h = Harness::with_specs(&[("forward.yaml", spec)], |c| {
+        c.upstreams[0].base_uri = Some(format!("http://{address}"));
+    })
+    .await;
+    let url = format!("{}/raw/v1/things/t_1", h.base(8080).await);
+    let mut expected = 0;
+    for (method, attempts) in [
+        (http::Method::PATCH, 1),
+        (http::Method::PUT, 1),
+        (http::Method::DELETE, 3),
+        (http::Method::POST, 3),
+    ] {
+        let response = h
+            .http
+            .request(method.clone(), &url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{method}");
+        expected += attempts;
+        let seen = requests.lock().unwrap().clone();
+        assert_eq!(seen.len(), expected, "{method}: {seen:?}");
+        let last = seen.last().unwrap();
+        assert!(
+            last.starts_with(&format!("{method} /v1/things/t_1 ")),
+            "{last}"
+        );
+        // A forward passes the body on, DELETE's too (as ARCHITECTURE.md says).
+        assert!(last.ends_with("\r\n\r\na=1"), "{method}: {last}");
+        if method == http::Method::POST {
+            let keys: std::collections::BTreeSet<String> = seen[seen.len() - 3..]
+                .iter()
+                .map(|r| {
+                    r.lines()
+                        .find(|l| l.to_ascii_lowercase().starts_with("idempotency-key"))
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            assert_eq!(keys.len(), 1, "each attempt carries the same key: {keys:?}");
+        }
+    }
+}

@@ -223,12 +223,14 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
 }
 
 fn init_tracing(format: LogFormat, filter: Option<&str>) {
-    let filter = std::env::var("RUST_LOG")
+    let requested = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| filter.map(str::to_owned))
         .unwrap_or_else(|| "info".to_owned());
+    let payloads = std::env::var(LOG_MCP_PAYLOADS).is_ok_and(|v| v == "1");
+    let (filter, dropped) = log_filter(&requested, payloads);
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -236,6 +238,43 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    if !dropped.is_empty() {
+        tracing::warn!(
+            ?dropped,
+            "rmcp log directives ignored: below info, rmcp logs whole tool arguments and results; set {LOG_MCP_PAYLOADS}=1 to allow them"
+        );
+    }
+    if payloads {
+        tracing::warn!(
+            "{LOG_MCP_PAYLOADS}=1: rmcp may log whole MCP messages, tool arguments and results (secrets, personal data) at debug level"
+        );
+    }
+}
+
+/// The setting that lets rmcp log below `info`, where it logs whole MCP messages.
+const LOG_MCP_PAYLOADS: &str = "CAPGATE_UNSAFE_LOG_MCP_PAYLOADS";
+
+/// The `tracing` filter for `requested`: unless `payloads`, rmcp is held at `info` whatever
+/// was asked (its `debug` and `trace` events carry whole tool arguments and results), and the
+/// directives that asked for more are returned to be reported.
+fn log_filter(requested: &str, payloads: bool) -> (String, Vec<String>) {
+    if payloads {
+        return (requested.to_owned(), Vec::new());
+    }
+    let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    for directive in requested
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        if directive.starts_with("rmcp") {
+            dropped.push(directive.to_owned());
+        } else {
+            kept.push(directive);
+        }
+    }
+    kept.push("rmcp=info");
+    (kept.join(","), dropped)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -257,5 +296,19 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rmcp_stays_at_info_unless_payload_logging_is_asked_for() {
+        assert_eq!(log_filter("debug", false).0, "debug,rmcp=info");
+        let (filter, dropped) = log_filter("info, rmcp=trace,capgate=debug", false);
+        assert_eq!(filter, "info,capgate=debug,rmcp=info");
+        assert_eq!(dropped, ["rmcp=trace"]);
+        assert_eq!(log_filter("rmcp=trace", true).0, "rmcp=trace");
     }
 }

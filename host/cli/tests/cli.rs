@@ -141,3 +141,98 @@ fn demo_prints_where_everything_is() {
     );
     assert!(out.contains("Stripe stand-in   http://127.0.0.1:"), "{out}");
 }
+
+/// A POST over a fresh HTTP/1.1 connection; the answer's head and body.
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn debug_logs_never_show_tool_arguments_or_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
+    let (rest, mcp) = (free_port(), free_port());
+    let seed = seed
+        .replace("port: 8080", &format!("port: {rest}"))
+        .replace("port: 9090", &format!("port: {mcp}"));
+    std::fs::write(dir.path().join("identity-sessions.yaml"), seed).unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = capgate()
+        .args(["demo", "--specs", &dir.path().display().to_string()])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("Ctrl-C") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the demo stopped before it was ready"),
+        }
+    }
+    // A legacy session, so that the call goes through rmcp's own service and its logging.
+    let path = "/mcp/identity-sessions-mcp";
+    let marker = "marker-7f3a@example.com";
+    let (head, _) = post(
+        mcp,
+        path,
+        &[],
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    let session = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id: ")
+                .map(|_| l[16..].trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session: {head}"));
+    let session_headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    post(
+        mcp,
+        path,
+        &session_headers,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    let call = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"stripe-post-identity-verification-sessions","arguments":{{"body":{{"type":"document","metadata":{{"email":"{marker}"}}}}}}}}}}"#
+    );
+    let (_, answer) = post(mcp, path, &session_headers, &call);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        answer.contains(marker),
+        "the call did not go through: {answer}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("DEBUG"), "debug logging was not on");
+    assert!(
+        !logged.contains(marker),
+        "a tool argument or result reached the log"
+    );
+}

@@ -232,6 +232,9 @@ pub struct Limits {
     pub upstream_max_connections: usize,
     /// Idle connections kept per upstream origin.
     pub upstream_max_idle: usize,
+    /// Longest upstream URL sent; a call that would need a longer one is the caller's 414,
+    /// before any attempt.
+    pub max_upstream_url_bytes: usize,
     /// How long a caller may take to send a request's headers (past it, the connection is
     /// closed; an HTTP/1 connection idle that long between requests is closed too) and then
     /// its body (past it, 408). 0 turns it off.
@@ -268,6 +271,7 @@ impl Default for Limits {
             upstream_timeout: Duration::from_secs(30),
             upstream_max_connections: 512,
             upstream_max_idle: 128,
+            max_upstream_url_bytes: 16 * 1024,
             request_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_peer: 1_000,

@@ -73,9 +73,7 @@ impl Client {
             upstream: adapter.namespace.clone(),
             after: self.limits.upstream_timeout,
         };
-        let may_retry =
-            self.retry.max_retries > 0 && retry_allowed(adapter.profile, &request.method);
-        if may_retry
+        if self.retry.max_retries > 0
             && adapter.profile == ProfileName::Stripe
             && request.method == Method::POST
             && !request.headers.contains_key("idempotency-key")
@@ -87,7 +85,21 @@ impl Client {
                 HeaderValue::try_from(key).expect("ascii"),
             );
         }
+        let may_retry = self.retry.max_retries > 0
+            && retry_allowed(
+                adapter.profile,
+                &request.method,
+                request.headers.contains_key("idempotency-key"),
+            );
         let encoded = encode(adapter, &request)?;
+        // A URL no server takes is the caller's to shorten: refused before any attempt.
+        let length = encoded.url.as_str().len();
+        if length > self.limits.max_upstream_url_bytes {
+            return Err(GatewayError::UriTooLong {
+                length,
+                limit: self.limits.max_upstream_url_bytes,
+            });
+        }
         let slot = self.slot(&adapter.origin);
         let mut attempt = 0u32;
         loop {
@@ -165,6 +177,10 @@ impl Client {
         let mut response = builder.send().await.map_err(|e| {
             if e.is_timeout() {
                 Failure::Timeout
+            } else if unreadable_answer(&e) {
+                // The upstream answered, but not in a form the client reads (more than 100
+                // headers, say): asking again gets the same answer.
+                Failure::Invalid(format!("its answer could not be read: {}", without_url(&e)))
             } else {
                 Failure::Connect(without_url(&e))
             }
@@ -204,6 +220,18 @@ enum Failure {
     Invalid(String),
 }
 
+/// Whether the request reached the upstream and its answer could not be parsed.
+fn unreadable_answer(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            return hyper.is_parse() || hyper.is_parse_status() || hyper.is_parse_too_large();
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// A reqwest error's text without its URL (which may carry an API key in the query).
 fn without_url(error: &reqwest::Error) -> String {
     let mut error = error.to_string();
@@ -213,11 +241,19 @@ fn without_url(error: &reqwest::Error) -> String {
     error
 }
 
-/// Whether a failed request of `method` may be retried at all: with Stripe, any method (POSTs
-/// carry an idempotency key); elsewhere only methods that are idempotent by definition.
-fn retry_allowed(profile: ProfileName, method: &Method) -> bool {
+/// Whether a failed request of `method` may be retried at all. With Stripe, as its SDKs do:
+/// GET, HEAD, DELETE and OPTIONS, and any request carrying an `Idempotency-Key` (every POST
+/// does: the gateway adds one); a forwarded PUT or PATCH without a key is sent once. Elsewhere
+/// only methods that are idempotent by definition.
+fn retry_allowed(profile: ProfileName, method: &Method, has_key: bool) -> bool {
     match profile {
-        ProfileName::Stripe => true,
+        ProfileName::Stripe => {
+            has_key
+                || matches!(
+                    *method,
+                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+                )
+        }
         ProfileName::Default => matches!(
             *method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
@@ -263,7 +299,18 @@ mod tests {
         assert!(should_retry(&response(429, Some("true"))));
         assert!(!should_retry(&response(429, None)));
         assert!(!should_retry(&response(400, None)));
-        assert!(retry_allowed(ProfileName::Stripe, &Method::POST));
-        assert!(!retry_allowed(ProfileName::Default, &Method::POST));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::POST, true));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::GET, false));
+        for method in [Method::PATCH, Method::PUT, Method::POST] {
+            assert!(
+                !retry_allowed(ProfileName::Stripe, &method, false),
+                "{method}"
+            );
+            assert!(
+                retry_allowed(ProfileName::Stripe, &method, true),
+                "{method}"
+            );
+        }
+        assert!(!retry_allowed(ProfileName::Default, &Method::POST, true));
     }
 }
