@@ -664,3 +664,65 @@ async fn forwarded_methods_are_retried_only_when_a_retry_cannot_act_twice() {
         }
     }
 }
+
+#[tokio::test]
+async fn rest_listeners_check_host_and_origin_as_mcp_does() {
+    let h = Harness::seed().await;
+    let sessions = h.sessions().await;
+    let create = |host: Option<&str>, origin: Option<&str>| {
+        let mut request = h
+            .http
+            .post(&sessions)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("type=document");
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    // A cross-site form POST from a page elsewhere, and a rebinding host name: refused, in
+    // Stripe's error shape, before anything reaches the upstream.
+    for (host, origin, code) in [
+        (None, Some("https://evil.example"), "origin_not_allowed"),
+        (Some("rebind.evil.example:8080"), None, "host_not_allowed"),
+    ] {
+        let response = create(host, origin).await.unwrap();
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    assert!(
+        h.sim.requests().is_empty(),
+        "a refused request reached the upstream"
+    );
+    // Loopback names, no Origin (not a browser), and a local page are served.
+    for (host, origin) in [
+        (None, None),
+        (Some("localhost:8080"), None),
+        (None, Some("http://localhost:3000")),
+    ] {
+        assert_eq!(
+            create(host, origin).await.unwrap().status(),
+            200,
+            "{host:?} {origin:?}"
+        );
+    }
+
+    // `rest.allowed_hosts: []` allows any host (behind a balancer that checks it).
+    let open = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        c.rest.allowed_hosts = Some(Vec::new());
+    })
+    .await;
+    let response = open
+        .http
+        .get(format!("{}?limit=1", open.sessions().await))
+        .header("host", "api.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

@@ -39,6 +39,9 @@ pub enum GatewayError {
     },
     #[error("authentication required: send valid {scheme} credentials")]
     Unauthorized { scheme: &'static str },
+    /// A `Host` or `Origin` that the listener's allow-list does not name.
+    #[error("{what} {value:?} is not allowed here (see rest.allowed_{what}s)")]
+    NotAllowed { what: &'static str, value: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive within {} ms", .after.as_millis())]
@@ -101,6 +104,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::NotAllowed { .. } => StatusCode::FORBIDDEN,
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,6 +125,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. }
             | GatewayError::Unauthorized { .. }
+            | GatewayError::NotAllowed { .. }
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::PayloadTooLarge { .. }
@@ -154,6 +159,8 @@ impl GatewayError {
             GatewayError::BadRequest { code, .. } => code,
             GatewayError::Refused { code, .. } => code,
             GatewayError::Unauthorized { .. } => "authentication_required",
+            GatewayError::NotAllowed { what: "host", .. } => "host_not_allowed",
+            GatewayError::NotAllowed { .. } => "origin_not_allowed",
             GatewayError::NotFound { .. } => "resource_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",

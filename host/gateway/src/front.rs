@@ -15,6 +15,7 @@ use crate::error::GatewayError;
 use crate::invoke::Invoker;
 use crate::mcp::Hub;
 use crate::metrics::Metrics;
+use crate::origin;
 use crate::response::{self, HttpResponse};
 use crate::server::{self, ReadDeadline};
 
@@ -35,6 +36,7 @@ pub struct Shared {
     pub published: ArcSwap<Published>,
     pub invoker: Arc<Invoker>,
     pub mcp: Hub,
+    pub rest_policy: RestPolicy,
 }
 
 impl Shared {
@@ -59,6 +61,12 @@ impl Shared {
             self.metrics.request("mcp", response.status());
             return response;
         }
+        if let Err(error) = self.rest_may_call(key, &request) {
+            tracing::warn!(%error, "refused a REST request");
+            let response = response::error(&error);
+            self.metrics.request("rest", response.status());
+            return response;
+        }
         let response = crate::rest::handle(
             &self.invoker,
             listener,
@@ -69,6 +77,60 @@ impl Shared {
         .await;
         self.metrics.request("rest", response.status());
         response
+    }
+}
+
+/// The REST listeners' `Host` and `Origin` allow-lists, resolved once from the config.
+pub struct RestPolicy {
+    /// For listeners bound to a loopback address, and for the others.
+    loopback_hosts: Vec<String>,
+    other_hosts: Vec<String>,
+    origins: Vec<String>,
+    trust_forwarded_host: bool,
+}
+
+impl RestPolicy {
+    pub fn new(config: &capgate_model::config::RestConfig) -> RestPolicy {
+        RestPolicy {
+            loopback_hosts: config.hosts_for(std::net::Ipv4Addr::LOCALHOST.into()),
+            other_hosts: config.hosts_for(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            origins: config.origins(),
+            trust_forwarded_host: config.trust_forwarded_host,
+        }
+    }
+}
+
+impl Shared {
+    /// Checks a REST request's `Host` and `Origin` against the listener's allow-lists.
+    fn rest_may_call<B>(
+        &self,
+        key: ListenKey,
+        request: &http::Request<B>,
+    ) -> Result<(), GatewayError> {
+        let policy = &self.rest_policy;
+        let address = self.config.listen.force_address.unwrap_or(key.address);
+        let hosts = if address.is_loopback() {
+            &policy.loopback_hosts
+        } else {
+            &policy.other_hosts
+        };
+        let host = origin::host_of(
+            request.headers(),
+            request.uri(),
+            policy.trust_forwarded_host,
+        );
+        if !origin::host_allowed(host, hosts) {
+            return Err(GatewayError::NotAllowed {
+                what: "host",
+                value: host.to_owned(),
+            });
+        }
+        origin::origin_allowed(request.headers(), &policy.origins).map_err(|value| {
+            GatewayError::NotAllowed {
+                what: "origin",
+                value,
+            }
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::front::{Door, Published, Shared};
+use crate::front::{Door, Published, RestPolicy, Shared};
 use crate::invoke::Invoker;
 use crate::mcp::Hub;
 use crate::metrics::Metrics;
@@ -113,6 +113,7 @@ impl Gateway {
         ));
         let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {
+            rest_policy: RestPolicy::new(&config.rest),
             metrics,
             config,
             published: ArcSwap::from_pointee(Published::default()),

@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod invoke;
 pub mod mcp;
 pub mod metrics;
+pub mod origin;
 pub mod reload;
 pub mod response;
 pub mod rest;

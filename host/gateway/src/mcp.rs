@@ -332,51 +332,12 @@ impl Hub {
     /// Checks the `Host` (or, behind a trusted proxy, `X-Forwarded-Host`) against the allow-list,
     /// ignoring the port. An empty list allows any host.
     fn check_host(&self, headers: &HeaderMap, uri: &http::Uri) -> Result<(), String> {
-        if self.config.allowed_hosts.is_empty() {
-            return Ok(());
-        }
-        let forwarded = self
-            .config
-            .trust_forwarded_host
-            .then(|| {
-                headers
-                    .get("x-forwarded-host")
-                    .and_then(|v| v.to_str().ok())
-            })
-            .flatten()
-            .and_then(|v| v.split(',').next())
-            .map(str::trim);
-        let host = forwarded
-            .or_else(|| {
-                headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-            })
-            .or_else(|| uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let name = host_without_port(host);
-        if self
-            .config
-            .allowed_hosts
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(name) || allowed.eq_ignore_ascii_case(host))
-        {
+        let host = crate::origin::host_of(headers, uri, self.config.trust_forwarded_host);
+        if crate::origin::host_allowed(host, &self.config.allowed_hosts) {
             Ok(())
         } else {
             Err(host.to_owned())
         }
-    }
-}
-
-fn host_without_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
-            name
-        }
-        _ => host,
     }
 }
 
@@ -699,17 +660,4 @@ fn with_status(mut value: Value, status: StatusCode) -> Value {
 /// can read, with the same Stripe-shaped body REST callers get.
 fn gateway_error_result(error: &GatewayError) -> CallToolResult {
     CallToolResult::structured_error(with_status(error.to_json(), error.status()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_are_compared_without_ports() {
-        assert_eq!(host_without_port("localhost:9090"), "localhost");
-        assert_eq!(host_without_port("[::1]:9090"), "::1");
-        assert_eq!(host_without_port("example.com"), "example.com");
-        assert_eq!(host_without_port("::1"), "::1");
-    }
 }

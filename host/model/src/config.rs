@@ -24,6 +24,7 @@ pub struct Config {
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub mcp: McpConfig,
+    pub rest: RestConfig,
     /// Values for bind variables that take precedence over the process environment (for
     /// example a demo key). Their values are secrets like any other bound value.
     #[serde(skip_serializing)]
@@ -50,6 +51,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("retry", &self.retry)
             .field("mcp", &self.mcp)
+            .field("rest", &self.rest)
             .field("env", &crate::secret::RedactedValues(&self.env))
             .field("log", &self.log)
             .field("reload", &self.reload)
@@ -85,6 +87,7 @@ impl Default for Config {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             mcp: McpConfig::default(),
+            rest: RestConfig::default(),
             env: BTreeMap::new(),
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
@@ -347,6 +350,38 @@ impl Default for McpConfig {
             max_sessions: 10_000,
             direct_tool_calls: true,
         }
+    }
+}
+
+/// Who may call REST listeners from where, as MCP's `allowed_hosts` / `allowed_origins`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestConfig {
+    /// Allowed `Host` values (without ports). Unset: the loopback names on a listener bound to
+    /// a loopback address (against DNS rebinding), any host elsewhere; `[]`: any host.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Allowed `Origin` values (`scheme://host:port`, `:*` for any port). Requests without an
+    /// `Origin` pass (browsers always send one cross-site). Unset: the loopback origins, as
+    /// MCP's default.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Take the host from `X-Forwarded-Host` when present (behind a load balancer that sets it).
+    pub trust_forwarded_host: bool,
+}
+
+impl RestConfig {
+    /// The hosts a REST listener bound to `address` allows (empty: any).
+    pub fn hosts_for(&self, address: IpAddr) -> Vec<String> {
+        match &self.allowed_hosts {
+            Some(hosts) => hosts.clone(),
+            None if address.is_loopback() => McpConfig::default().allowed_hosts,
+            None => Vec::new(),
+        }
+    }
+
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .clone()
+            .unwrap_or_else(|| McpConfig::default().allowed_origins)
     }
 }
 
