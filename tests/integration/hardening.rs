@@ -726,3 +726,34 @@ async fn rest_listeners_check_host_and_origin_as_mcp_does() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hoarding_mcp_sessions_only_evicts_its_own() {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.mcp.max_sessions_per_peer = 3;
+    })
+    .await;
+    let url = crate::mcp::mcp_url(&h).await;
+    let neighbour = reqwest::Client::new();
+    let theirs = crate::mcp::open_session(&neighbour, &url).await;
+    let hoarder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut hoarded = Vec::new();
+    for _ in 0..30 {
+        hoarded.push(crate::mcp::open_session(&hoarder, &url).await);
+    }
+    still_serving(&h).await;
+    // The neighbour's session survives; the hoarder keeps only its three newest.
+    assert!(crate::mcp::session_open(&neighbour, &url, &theirs).await);
+    let mut open = Vec::new();
+    for id in &hoarded {
+        open.push(crate::mcp::session_open(&hoarder, &url, id).await);
+    }
+    let expected: Vec<bool> = (0..30).map(|i| i >= 27).collect();
+    assert_eq!(open, expected);
+    // And a new client still gets a session.
+    crate::mcp::open_session(&neighbour, &url).await;
+}

@@ -764,59 +764,71 @@ async fn a_dropped_direct_call_aborts_its_upstream_request() {
     );
 }
 
-#[tokio::test]
-async fn legacy_sessions_are_capped_per_endpoint() {
-    let seed =
-        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
-    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| c.mcp.max_sessions = 2).await;
-    let url = mcp_url(&h).await;
+/// Opens a legacy (2025-11-25) session with `client` at `url`; its id.
+pub async fn open_session(client: &reqwest::Client, url: &str) -> String {
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let open = || {
-        h.http
-            .post(&url)
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .body(initialize.to_string())
-            .send()
-    };
-    let mut sessions = Vec::new();
-    for _ in 0..2 {
-        let response = open().await.unwrap();
-        assert_eq!(response.status(), 200);
-        sessions.push(response.headers()["mcp-session-id"].clone());
-    }
-    let refused = open().await.unwrap();
-    assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "30");
-    let body: Value = refused.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("too many open MCP sessions"),
-        "{body}"
-    );
-
-    // The open sessions are served on; closing one makes room.
-    let initialized = h
-        .http
-        .post(&url)
+    let response = client
+        .post(url)
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
-        .header("mcp-session-id", sessions[1].clone())
+        .body(initialize.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Whether the legacy session `id` is still open (its `notifications/initialized` accepted).
+pub async fn session_open(client: &reqwest::Client, url: &str, id: &str) -> bool {
+    let response = client
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", id)
         .header("mcp-protocol-version", "2025-11-25")
         .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
         .send()
         .await
         .unwrap();
-    assert_eq!(initialized.status(), 202);
+    match response.status().as_u16() {
+        202 => true,
+        404 => false,
+        other => panic!("unexpected status {other} for a session"),
+    }
+}
+
+#[tokio::test]
+async fn past_the_listeners_session_cap_the_longest_idle_session_makes_room() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| c.mcp.max_sessions = 2).await;
+    let url = mcp_url(&h).await;
+    let first = open_session(&h.http, &url).await;
+    let second = open_session(&h.http, &url).await;
+    // The first is used after the second: the second is now the longest idle.
+    assert!(session_open(&h.http, &url, &first).await);
+    // A newcomer is never refused; the longest-idle session makes room.
+    let third = open_session(&h.http, &url).await;
+    assert!(
+        !session_open(&h.http, &url, &second).await,
+        "the longest-idle session stays"
+    );
+    assert!(session_open(&h.http, &url, &first).await);
+    assert!(session_open(&h.http, &url, &third).await);
+    // Closing one makes room without evicting anyone.
     let closed = h
         .http
         .delete(&url)
-        .header("mcp-session-id", sessions[0].clone())
+        .header("mcp-session-id", &first)
         .send()
         .await
         .unwrap();
     assert!(closed.status().is_success(), "{}", closed.status());
-    assert_eq!(open().await.unwrap().status(), 200);
+    let fourth = open_session(&h.http, &url).await;
+    assert!(session_open(&h.http, &url, &third).await);
+    assert!(session_open(&h.http, &url, &fourth).await);
 }

@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, StatusCode};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter,
@@ -37,20 +36,23 @@ use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
 use capgate_plugin::PluginSet;
 
 mod direct;
+mod sessions;
+
+use sessions::{Book, Budgeted};
 
 /// Every MCP endpoint of the gateway.
 pub struct Hub {
     invoker: Arc<Invoker>,
     config: McpConfig,
     endpoints: Mutex<HashMap<(ListenKey, String), Arc<Endpoint>>>,
+    /// Each listener's legacy sessions, all its endpoints together.
+    books: Mutex<HashMap<ListenKey, Arc<Book>>>,
 }
 
 struct Endpoint {
     registry: Arc<Registry>,
     handler: Handler,
-    service: StreamableHttpService<Handler, LocalSessionManager>,
-    /// The legacy sessions `service` keeps, to count them.
-    sessions: Arc<LocalSessionManager>,
+    service: StreamableHttpService<Handler, Budgeted>,
     stop: CancellationToken,
 }
 
@@ -159,10 +161,11 @@ impl Hub {
             invoker,
             config,
             endpoints: Mutex::new(HashMap::new()),
+            books: Mutex::new(HashMap::new()),
         }
     }
 
-    fn endpoint(&self, adapter: &Arc<McpAdapter>) -> Arc<Endpoint> {
+    fn endpoint(&self, key: ListenKey, adapter: &Arc<McpAdapter>) -> Arc<Endpoint> {
         let registry = Arc::new(Registry::new(adapter.clone()));
         let stop = CancellationToken::new();
         let handler = Handler {
@@ -179,7 +182,23 @@ impl Hub {
             .with_max_request_body_bytes(self.config.max_body_bytes)
             .with_json_response(true)
             .with_cancellation_token(stop.clone());
-        let sessions = Arc::new(sessions);
+        let book = self
+            .books
+            .lock()
+            .expect("not poisoned")
+            .entry(key)
+            .or_insert_with(|| {
+                Book::new(
+                    self.config.max_sessions,
+                    self.config.max_sessions_per_peer,
+                    self.config.session_idle_timeout,
+                )
+            })
+            .clone();
+        let sessions = Arc::new(Budgeted {
+            inner: Arc::new(sessions),
+            book,
+        });
         let service = {
             let handler = handler.clone();
             StreamableHttpService::new(move || Ok(handler.clone()), sessions.clone(), config)
@@ -188,7 +207,6 @@ impl Hub {
             registry,
             handler,
             service,
-            sessions,
             stop,
         })
     }
@@ -207,7 +225,7 @@ impl Hub {
                         }
                     }
                     None => {
-                        endpoints.insert((*key, namespace.clone()), self.endpoint(adapter));
+                        endpoints.insert((*key, namespace.clone()), self.endpoint(*key, adapter));
                     }
                 }
             }
@@ -309,18 +327,23 @@ impl Hub {
             .expect("not poisoned")
             .get(&(key, adapter.namespace.clone()))
             .cloned();
-        if let Some(endpoint) = &endpoint
-            && request.method() == http::Method::POST
-            && !request.headers().contains_key("mcp-session-id")
-            && endpoint.sessions.sessions.read().await.len() >= self.config.max_sessions
-        {
-            return endpoint.serve_when_full(request, &self.config).await;
-        }
+        // rmcp opens a session inside this task: the budget learns whose it is from here.
+        let peer = request
+            .extensions()
+            .get::<crate::server::Peer>()
+            .map(|p| p.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         match endpoint {
             Some(endpoint) if self.config.direct_tool_calls => {
-                endpoint.serve(request, self.config.max_body_bytes).await
+                sessions::PEER
+                    .scope(peer, endpoint.serve(request, self.config.max_body_bytes))
+                    .await
             }
-            Some(endpoint) => endpoint.service.handle(request).await,
+            Some(endpoint) => {
+                sessions::PEER
+                    .scope(peer, endpoint.service.handle(request))
+                    .await
+            }
             None => jsonrpc_error(
                 StatusCode::NOT_FOUND,
                 -32601,
@@ -337,72 +360,6 @@ impl Hub {
             Ok(())
         } else {
             Err(host.to_owned())
-        }
-    }
-}
-
-impl Endpoint {
-    /// Answers a request that may open a legacy session while the endpoint has as many as it
-    /// keeps: an `initialize` gets 503 (the sessions there are served on, and so are stateless
-    /// requests); anything else goes on as usual.
-    async fn serve_when_full<B>(
-        &self,
-        request: http::Request<B>,
-        config: &McpConfig,
-    ) -> HttpResponse
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display + 'static,
-    {
-        let (parts, body) = request.into_parts();
-        let mut body = Box::pin(body);
-        let mut read = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(error) => {
-                    let status = match (&error as &dyn std::any::Any).downcast_ref() {
-                        Some(crate::server::ReadError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
-                        _ => StatusCode::BAD_REQUEST,
-                    };
-                    return jsonrpc_error(status, -32700, &format!("{error}"));
-                }
-            };
-            if let Ok(data) = frame.into_data() {
-                if read.len() + data.len() > config.max_body_bytes {
-                    return jsonrpc_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        -32600,
-                        "the request body is too large",
-                    );
-                }
-                read.extend_from_slice(&data);
-            }
-        }
-        let body = read.freeze();
-        let method = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|message| Some(message.get("method")?.as_str()?.to_owned()));
-        if method.as_deref() == Some("initialize") {
-            tracing::warn!(
-                limit = config.max_sessions,
-                "refused a new MCP session: the endpoint has as many as it keeps"
-            );
-            let mut response = jsonrpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                -32000,
-                "too many open MCP sessions on this endpoint; try again later",
-            );
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
-            return response;
-        }
-        let request = http::Request::from_parts(parts, Full::new(body));
-        if config.direct_tool_calls {
-            self.serve(request, config.max_body_bytes).await
-        } else {
-            self.service.handle(request).await
         }
     }
 }

@@ -38,6 +38,10 @@ pub trait Handler: Clone + Send + Sync + 'static {
     -> impl Future<Output = HttpResponse> + Send;
 }
 
+/// The address of the client a request came from, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// How every listener treats its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -265,6 +269,7 @@ pub async fn serve<H: Handler>(
         };
         tokio::spawn(connection(
             stream,
+            peer,
             admitted,
             handler.clone(),
             settings,
@@ -297,6 +302,7 @@ pub async fn serve<H: Handler>(
 /// listener stops (then gracefully: in-flight requests finish).
 async fn connection<H: Handler>(
     stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     admitted: Admitted,
     handler: H,
     settings: Settings,
@@ -309,8 +315,9 @@ async fn connection<H: Handler>(
     let asked = Arc::new(AtomicBool::new(false));
     let service = {
         let (asked, watch) = (asked.clone(), watch.clone());
-        hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             asked.store(true, Ordering::Relaxed);
+            request.extensions_mut().insert(Peer(peer));
             let handler = handler.clone();
             let stream = watch.stream();
             let watch = watch.clone();

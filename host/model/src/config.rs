@@ -325,10 +325,13 @@ pub struct McpConfig {
     /// Idle time after which a legacy (2025-era) session is closed.
     #[serde(with = "millis")]
     pub session_idle_timeout: Duration,
-    /// Most legacy sessions one MCP endpoint keeps open; past it, an `initialize` gets 503
-    /// (open sessions and stateless requests are still served). Concurrent `initialize`s may
-    /// pass it by a few.
+    /// Most legacy sessions one listener keeps open, all its MCP endpoints together; a new
+    /// session past it closes the listener's longest-idle one. 0: no cap.
     pub max_sessions: usize,
+    /// Most legacy sessions per client address on one listener; a new one past it closes that
+    /// client's own longest-idle session. Behind a load balancer (every client one address),
+    /// raise it or set 0 (no budget). 0: no budget.
+    pub max_sessions_per_peer: usize,
     /// Answer plain stateless `tools/call` requests (2026-07-28 era) without rmcp's per-request
     /// service; every other message still goes through rmcp. Off only to rule it out when
     /// debugging: the answers are the same, byte for byte.
@@ -346,8 +349,9 @@ impl Default for McpConfig {
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             trust_forwarded_host: false,
             max_body_bytes: 1024 * 1024,
-            session_idle_timeout: Duration::from_secs(3600),
+            session_idle_timeout: Duration::from_secs(600),
             max_sessions: 10_000,
+            max_sessions_per_peer: 64,
             direct_tool_calls: true,
         }
     }
