@@ -757,3 +757,123 @@ async fn a_client_hoarding_mcp_sessions_only_evicts_its_own() {
     // And a new client still gets a session.
     crate::mcp::open_session(&neighbour, &url).await;
 }
+
+#[tokio::test]
+async fn a_body_given_to_a_get_is_refused_not_dropped() {
+    let spec = "naftiko: 1.0.0-alpha2\ncapability:\n  consumes:\n    - type: http\n      namespace: stripe\n      baseUri: https://api.stripe.com\n      resources:\n        - name: sessions\n          path: /v1/identity/verification_sessions\n          operations:\n            - name: list\n              method: GET\n              inputParameters:\n                - {name: limit, in: query, type: integer}\n                - {name: body, in: body, type: object}\n  exposes:\n    - type: rest\n      port: 8080\n      namespace: r\n      resources:\n        - path: /list\n          operations:\n            - method: GET\n              call: stripe.list\n              with: {limit: rest.limit, body: rest.body}\n";
+    let h = Harness::with_specs(&[("g.yaml", spec)], |_| {}).await;
+    let url = format!("{}/list?limit=1", h.base(8080).await);
+    let refused = h
+        .http
+        .get(&url)
+        .json(&json!({"body": {"status": "verified"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("in the query string"), "{body}");
+    assert!(
+        h.sim.requests().is_empty(),
+        "the call went out without its body"
+    );
+    // Without one, the call goes out as before.
+    h.http.get(&url).send().await.unwrap();
+    assert_eq!(h.sim.requests().len(), 1);
+}
+
+/// Opens a 2026-era `subscriptions/listen` stream with `client`; the response (its body is the
+/// open stream) and its status.
+async fn listen(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": true},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}}});
+    client
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_streams_are_budgeted_per_client() {
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.mcp.max_listen_streams_per_peer = 2;
+    })
+    .await;
+    let url = crate::mcp::mcp_url(&h).await;
+    let hoarder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = listen(&hoarder, &url).await;
+        assert_eq!(stream.status(), 200);
+        held.push(stream);
+    }
+    let over = listen(&hoarder, &url).await;
+    assert_eq!(over.status(), 429);
+    assert!(over.headers().contains_key("retry-after"));
+    // Another client is served, and so is everything else.
+    let neighbour = listen(&reqwest::Client::new(), &url).await;
+    assert_eq!(neighbour.status(), 200);
+    still_serving(&h).await;
+    // A stream closed gives its place back.
+    drop(held.pop());
+    let wait = async {
+        loop {
+            let again = listen(&hoarder, &url).await;
+            if again.status() == 200 {
+                return again;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _again = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("a closed stream's place is given back");
+}
+
+#[tokio::test]
+async fn pass_through_keeps_location_and_content_encoding_and_json_types_take_parameters() {
+    let answer = "HTTP/1.1 201 Created\r\nlocation: /v1/things/t_2\r\ncontent-encoding: gzip\r\ncontent-type: application/octet-stream\r\ncontent-length: 3\r\n\r\nabc".to_owned();
+    let (address, _) = raw_upstream(answer).await;
+    let spec = "naftiko: 1.0.0-alpha2\ncapability:\n  consumes:\n    - type: http\n      namespace: stripe\n      baseUri: https://api.stripe.com\n      resources:\n        - name: none\n          path: /v1/none\n          operations:\n            - name: none\n              method: GET\n  exposes:\n    - type: rest\n      port: 8080\n      namespace: raw\n      resources:\n        - path: /raw/{{path}}\n          forward: {targetNamespace: stripe}\n";
+    let h = Harness::with_specs(&[("forward.yaml", spec)], |c| {
+        c.upstreams[0].base_uri = Some(format!("http://{address}"));
+    })
+    .await;
+    let response = h
+        .http
+        .post(format!("{}/raw/v1/things", h.base(8080).await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["location"], "/v1/things/t_2");
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"abc");
+
+    // A JSON media type with parameters is JSON.
+    let seed = Harness::seed().await;
+    let created = seed
+        .http
+        .post(seed.sessions().await)
+        .header("content-type", "application/vnd.api+json; charset=utf-8")
+        .body(r#"{"type": "document"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
+}

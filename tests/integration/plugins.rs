@@ -623,7 +623,7 @@ async fn misbehaving_plugins_fail_only_their_request() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("unusable result"),
+            .ends_with("failed: the plugin returned an unusable result"),
         "{body}"
     );
 

@@ -83,13 +83,18 @@ async fn list_encodes_brackets_in_the_query_and_never_sends_a_body() {
         "{}?limit=2&expand[]=data.verified_outputs&created[gte]=1&status=requires_input",
         h.sessions().await
     );
-    let response = h
+    // Fields in a GET's body are refused, not sent on as query parameters.
+    let before = h.sim.requests().len();
+    let refused = h
         .http
-        .get(url)
-        .json(&json!({"ignored": true}))
+        .get(&url)
+        .json(&json!({"status": "verified"}))
         .send()
         .await
         .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(h.sim.requests().len(), before);
+    let response = h.http.get(url).json(&json!({})).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("request-id"));
     let list: Value = response.json().await.unwrap();

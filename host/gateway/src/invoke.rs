@@ -309,7 +309,7 @@ fn failed<T>(
             tracing::warn!(plugin = %transform.plugin, operation = %context.operation, request_id = %context.request_id, failure = %failure, "plugin failed; request refused (fail-closed)");
             Err(GatewayError::Plugin {
                 plugin: transform.plugin.clone(),
-                detail: failure.to_string(),
+                detail: failure.summary().to_owned(),
             })
         }
     }
@@ -346,8 +346,16 @@ fn shape_response(
 
 fn pass_through(response: UpstreamResponse) -> Outcome {
     let mut headers = passed_back(&response);
-    if let Some(content_type) = response.headers.get(http::header::CONTENT_TYPE) {
-        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    // The bytes pass unchanged, so what describes them passes too: their type and encoding,
+    // and where a redirect or a created resource points.
+    for name in [
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_ENCODING,
+        http::header::LOCATION,
+    ] {
+        if let Some(value) = response.headers.get(&name) {
+            headers.insert(name, value.clone());
+        }
     }
     Outcome {
         status: response.status,

@@ -53,6 +53,8 @@ struct Endpoint {
     registry: Arc<Registry>,
     handler: Handler,
     service: StreamableHttpService<Handler, Budgeted>,
+    /// The listener's session and stream budgets.
+    book: Arc<Book>,
     stop: CancellationToken,
 }
 
@@ -187,17 +189,11 @@ impl Hub {
             .lock()
             .expect("not poisoned")
             .entry(key)
-            .or_insert_with(|| {
-                Book::new(
-                    self.config.max_sessions,
-                    self.config.max_sessions_per_peer,
-                    self.config.session_idle_timeout,
-                )
-            })
+            .or_insert_with(|| Book::new(&self.config))
             .clone();
         let sessions = Arc::new(Budgeted {
             inner: Arc::new(sessions),
-            book,
+            book: book.clone(),
         });
         let service = {
             let handler = handler.clone();
@@ -207,6 +203,7 @@ impl Hub {
             registry,
             handler,
             service,
+            book,
             stop,
         })
     }
@@ -333,6 +330,46 @@ impl Hub {
             .get::<crate::server::Peer>()
             .map(|p| p.0.ip())
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        // A `subscriptions/listen` stream holds a place in its listener's budget while open.
+        let place = match &endpoint {
+            Some(endpoint) if is_listen(request.headers()) => match endpoint.book.open_stream(peer)
+            {
+                Ok(place) => Some(place),
+                Err(why) => {
+                    tracing::warn!(%peer, "refused a subscriptions/listen stream: {why}");
+                    let mut response = jsonrpc_error(StatusCode::TOO_MANY_REQUESTS, -32000, why);
+                    response.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("30"),
+                    );
+                    return response;
+                }
+            },
+            _ => None,
+        };
+        let response = self.dispatch(endpoint, peer, request).await;
+        match place {
+            Some(place) => response.map(|body| {
+                // The place is given back when the stream's body is dropped.
+                http_body_util::BodyExt::boxed(Holding {
+                    body,
+                    _place: place,
+                })
+            }),
+            None => response,
+        }
+    }
+
+    async fn dispatch<B>(
+        &self,
+        endpoint: Option<Arc<Endpoint>>,
+        peer: std::net::IpAddr,
+        request: http::Request<B>,
+    ) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + 'static,
+    {
         match endpoint {
             Some(endpoint) if self.config.direct_tool_calls => {
                 sessions::PEER
@@ -361,6 +398,39 @@ impl Hub {
         } else {
             Err(host.to_owned())
         }
+    }
+}
+
+/// Whether a request is a 2026-era `subscriptions/listen` (its `Mcp-Method` header says so).
+fn is_listen(headers: &HeaderMap) -> bool {
+    headers
+        .get("mcp-method")
+        .is_some_and(|v| v.as_bytes() == b"subscriptions/listen")
+}
+
+/// A response body that holds something (a stream's budget place) until it is dropped.
+struct Holding<T> {
+    body: crate::response::HttpBody,
+    _place: T,
+}
+
+impl<T: Unpin> http_body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

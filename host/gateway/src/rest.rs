@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, Method, Response};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value};
 
@@ -111,6 +111,22 @@ where
         )
     })?;
     let body = parse_body(&parts.headers, &bytes)?;
+    // A GET, HEAD or DELETE takes its parameters from the path and the query: fields in its
+    // body would be sent as query parameters without the caller asking, so they are refused.
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE)
+        && body
+            .as_ref()
+            .is_some_and(|b| b.as_object().is_none_or(|o| !o.is_empty()))
+    {
+        return Err(GatewayError::bad_request(
+            "parameter_invalid",
+            format!(
+                "{} takes its parameters in the query string, not in a request body",
+                parts.method
+            ),
+            None,
+        ));
+    }
     let values = match &route.inputs {
         RestInputs::Implicit {
             specs,
@@ -279,10 +295,9 @@ fn parse_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<Value>, Gatew
                 )
             });
     }
-    if content_type.is_empty()
-        || content_type.starts_with("application/json")
-        || content_type.ends_with("+json")
-    {
+    // The media type without its parameters (`; charset=utf-8`).
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.is_empty() || essence == "application/json" || essence.ends_with("+json") {
         return serde_json::from_slice(bytes).map(Some).map_err(|e| {
             GatewayError::bad_request("body_invalid", format!("invalid JSON body: {e}"), None)
         });

@@ -332,6 +332,12 @@ pub struct McpConfig {
     /// client's own longest-idle session. Behind a load balancer (every client one address),
     /// raise it or set 0 (no budget). 0: no budget.
     pub max_sessions_per_peer: usize,
+    /// Most open `subscriptions/listen` streams (2026-era) per listener; past it, a new one
+    /// gets 429. 0: no cap.
+    pub max_listen_streams: usize,
+    /// Most open `subscriptions/listen` streams per client address on one listener; past it,
+    /// that client's new one gets 429. 0: no budget.
+    pub max_listen_streams_per_peer: usize,
     /// Answer plain stateless `tools/call` requests (2026-07-28 era) without rmcp's per-request
     /// service; every other message still goes through rmcp. Off only to rule it out when
     /// debugging: the answers are the same, byte for byte.
@@ -352,6 +358,8 @@ impl Default for McpConfig {
             session_idle_timeout: Duration::from_secs(600),
             max_sessions: 10_000,
             max_sessions_per_peer: 64,
+            max_listen_streams: 10_000,
+            max_listen_streams_per_peer: 16,
             direct_tool_calls: true,
         }
     }

@@ -59,6 +59,20 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// What a caller is told: the kind of failure, without the plugin's own words (a trap's
+    /// backtrace, a parser's complaint), which go to the log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Failure::NotLoaded => "the plugin is not loaded",
+            Failure::Timeout => "the plugin ran past its deadline",
+            Failure::OutOfMemory => "the plugin ran out of memory",
+            Failure::Trap(_) => "the plugin trapped",
+            Failure::Malformed(_) => "the plugin returned an unusable result",
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -34,6 +34,30 @@ pub struct Book {
     per_peer: usize,
     idle: Duration,
     sessions: Mutex<HashMap<SessionId, Booked>>,
+    /// Open `subscriptions/listen` streams: in all, and by client address.
+    streams: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    max_streams: usize,
+    streams_per_peer: usize,
+}
+
+/// An open `subscriptions/listen` stream's place in its listener's [`Book`]; given back on
+/// drop (when the stream's response body is dropped).
+pub struct StreamPlace {
+    book: Arc<Book>,
+    peer: IpAddr,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut streams = self.book.streams.lock().expect("not poisoned");
+        streams.0 -= 1;
+        if let Some(count) = streams.1.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                streams.1.remove(&self.peer);
+            }
+        }
+    }
 }
 
 struct Booked {
@@ -45,13 +69,38 @@ struct Booked {
 
 impl Book {
     /// `0` for a budget turns it off.
-    pub fn new(max: usize, per_peer: usize, idle: Duration) -> Arc<Book> {
+    pub fn new(config: &capgate_model::config::McpConfig) -> Arc<Book> {
         let unlimited = |n: usize| if n == 0 { usize::MAX } else { n };
         Arc::new(Book {
-            max: unlimited(max),
-            per_peer: unlimited(per_peer),
-            idle,
+            max: unlimited(config.max_sessions),
+            per_peer: unlimited(config.max_sessions_per_peer),
+            idle: config.session_idle_timeout,
             sessions: Mutex::new(HashMap::new()),
+            streams: Mutex::new((0, HashMap::new())),
+            max_streams: unlimited(config.max_listen_streams),
+            streams_per_peer: unlimited(config.max_listen_streams_per_peer),
+        })
+    }
+
+    /// A place for one more `subscriptions/listen` stream of `peer`, or why there is none.
+    pub fn open_stream(self: &Arc<Self>, peer: IpAddr) -> Result<StreamPlace, &'static str> {
+        let mut streams = self.streams.lock().expect("not poisoned");
+        if streams.0 >= self.max_streams {
+            return Err(
+                "this listener has as many subscriptions/listen streams open as it keeps (mcp.max_listen_streams)",
+            );
+        }
+        let mine = streams.1.entry(peer).or_insert(0);
+        if *mine >= self.streams_per_peer {
+            return Err(
+                "this client has as many subscriptions/listen streams open as it may (mcp.max_listen_streams_per_peer)",
+            );
+        }
+        *mine += 1;
+        streams.0 += 1;
+        Ok(StreamPlace {
+            book: self.clone(),
+            peer,
         })
     }
 
@@ -224,10 +273,19 @@ mod tests {
         out.iter().map(|(id, _)| id.to_string()).collect()
     }
 
+    fn config(max: usize, per_peer: usize, idle: Duration) -> capgate_model::config::McpConfig {
+        capgate_model::config::McpConfig {
+            max_sessions: max,
+            max_sessions_per_peer: per_peer,
+            session_idle_timeout: idle,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn room_is_made_by_evicting_the_longest_idle_the_peers_own_first() {
-        let book = Book::new(4, 2, Duration::from_secs(600));
         let s = Duration::from_secs;
+        let book = Book::new(&config(4, 2, s(600)));
         book_one(&book, "a-old", [10, 0, 0, 1], s(50));
         book_one(&book, "a-new", [10, 0, 0, 1], s(10));
         book_one(&book, "b-old", [10, 0, 0, 2], s(90));
@@ -239,7 +297,7 @@ mod tests {
         assert_eq!(book.len(), 4);
         assert_eq!(ids(&book.make_room([10, 0, 0, 4].into())), ["b-old"]);
         // Sessions idle past the timeout are dropped first.
-        let book = Book::new(0, 0, s(60));
+        let book = Book::new(&config(0, 0, s(60)));
         book_one(&book, "stale", [10, 0, 0, 1], s(61));
         assert_eq!(ids(&book.make_room([10, 0, 0, 1].into())), ["stale"]);
         assert_eq!(book.len(), 0);

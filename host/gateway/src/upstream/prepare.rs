@@ -248,7 +248,22 @@ impl<'a> Placed<'a> {
                     }
                 }
             }
-            Location::Body if !self.sends_body => {}
+            // A GET, DELETE or HEAD sends no body: what a caller gives for one is refused, not
+            // dropped without a word (bound values there are the file's doing, and dropped).
+            Location::Body if !self.sends_body => {
+                let empty = value.is_null() || value.as_object().is_some_and(Map::is_empty);
+                if !secret && !empty {
+                    return Err(GatewayError::bad_request(
+                        "parameter_invalid",
+                        format!(
+                            "{} sends no request body, so body parameter {} cannot be sent; \
+                             send its fields as the operation's query parameters",
+                            self.upstream.method, param.name
+                        ),
+                        Some(&param.name),
+                    ));
+                }
+            }
             Location::Body
                 if param.name == "body"
                     && (value.is_object() || self.whole_body.is_none() && !value.is_object()) =>
