@@ -99,6 +99,20 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// REST latency with the corpus loaded, alone and while `/status` is polled.
+    StatusPoll {
+        #[arg(long, default_value = "tests/data/corpus/stripe-capabilities")]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// `/status` requests per second while polling.
+        #[arg(long, default_value_t = 10)]
+        polls: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// Startup time and peak memory with one file and with all 322 corpus files.
     Footprint {
         /// The corpus folder.
@@ -119,6 +133,15 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
+        Scenario::StatusPoll {
+            corpus,
+            rate,
+            polls,
+            seconds,
+            rounds,
+        } => {
+            scenarios::status_poll(&corpus, rate, polls, Duration::from_secs(seconds), rounds).await
+        }
         Scenario::NullProxy { listen, upstream } => null_proxy::run(listen, upstream).await,
         Scenario::Mcp {
             rate,

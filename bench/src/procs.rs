@@ -150,7 +150,12 @@ pub fn gateway(
     command
         .args(["serve", "--specs"])
         .arg(specs)
-        .args(["--upstream", &format!("*=http://{sim}"), "--admin", "off"])
+        .args(["--upstream", &format!("*=http://{sim}")])
+        .args(if extra.contains(&"--admin") {
+            &[][..]
+        } else {
+            &["--admin", "off"][..]
+        })
         .args(extra)
         .env("STRIPE_API_KEY", "sk_test_capgate_bench")
         .env("RUST_LOG", "warn")

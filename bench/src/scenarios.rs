@@ -978,3 +978,100 @@ impl Compared {
         );
     }
 }
+
+/// REST latency at a fixed rate with the 322 corpus files loaded, alone and while `/status`
+/// (about 1.2 MB with the corpus) is polled at `polls` per second, in alternating rounds.
+pub async fn status_poll(
+    corpus: &Path,
+    rate: u64,
+    polls: u64,
+    duration: Duration,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let client = load::client();
+    let sim = unverified_stand_in(&client).await?;
+    let (rest_port, mcp_port, admin_port) =
+        (procs::free_port(), procs::free_port(), procs::free_port());
+    let admin = format!("127.0.0.1:{admin_port}");
+    let _gateway = procs::gateway(
+        corpus,
+        sim.addr,
+        &[(8080, rest_port), (9090, mcp_port)],
+        &["--no-watch", "--admin", &admin],
+    )?;
+    let through = Target::get(
+        "REST",
+        &format!(
+            "http://127.0.0.1:{rest_port}/v1/v1/identity/verification-sessions/{}",
+            sim.session
+        ),
+    );
+    let started = Instant::now();
+    while !matches!(load::once(&client, &through).await, Ok((200, _))) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "capgate did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = Target::get("status", &format!("http://{admin}/status"));
+    let (code, body) = load::once(&client, &status).await?;
+    anyhow::ensure!(code == 200, "/status answers {code}");
+    // Warm up, then alternate which goes first.
+    load::fixed_rate(&through, rate, Duration::from_secs(1)).await;
+    let (mut quiet, mut polled) = (
+        Series::new("REST alone"),
+        Series::new(&format!("REST while /status is polled {polls}/s")),
+    );
+    let mut poll_times = Vec::new();
+    for round in 0..rounds {
+        for polling in if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            if !polling {
+                quiet
+                    .runs
+                    .push(load::fixed_rate(&through, rate, duration).await);
+                continue;
+            }
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let poller = {
+                let (stop, client, status) = (stop.clone(), client.clone(), status.clone());
+                tokio::spawn(async move {
+                    let mut times = Vec::new();
+                    let mut tick =
+                        tokio::time::interval(Duration::from_millis(1000 / polls.max(1)));
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        tick.tick().await;
+                        let sent = Instant::now();
+                        if let Ok((200, _)) = load::once(&client, &status).await {
+                            times.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    times
+                })
+            };
+            polled
+                .runs
+                .push(load::fixed_rate(&through, rate, duration).await);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            poll_times.extend(poller.await?);
+        }
+    }
+    println!(
+        "## /status polled while REST runs at {rate} requests/s (322 corpus files; {rounds} rounds of {}s)",
+        duration.as_secs()
+    );
+    table("REST latency", &[&quiet, &polled]);
+    println!(
+        "\npolling /status ({:.2} MB, {} polls, median {:.2} ms each) moves REST p50 by {:+.3} ms and p99 by {:+.3} ms (target: p50 < 0.05 ms)",
+        body.len() as f64 / 1e6,
+        poll_times.len(),
+        crate::median(poll_times.clone()),
+        polled.p50() - quiet.p50(),
+        polled.p99() - quiet.p99()
+    );
+    Ok(())
+}

@@ -877,3 +877,54 @@ async fn pass_through_keeps_location_and_content_encoding_and_json_types_take_pa
         .unwrap();
     assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
 }
+
+#[tokio::test]
+async fn the_admin_token_guards_status_and_metrics_but_not_probes() {
+    // Any variable set for the test process will do as the token's source.
+    let token = std::env::var("CARGO_PKG_NAME").expect("cargo sets it for tests");
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.admin.token_env = Some("CARGO_PKG_NAME".into());
+    })
+    .await;
+    let admin = format!("http://{}", h.gateway.admin_addr().expect("admin is open"));
+    for path in ["/healthz", "/readyz"] {
+        let response = h.http.get(format!("{admin}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    for path in ["/status", "/metrics"] {
+        let response = h.http.get(format!("{admin}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert!(response.headers().contains_key("www-authenticate"));
+        let wrong = h
+            .http
+            .get(format!("{admin}{path}"))
+            .bearer_auth("not-it")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = h
+            .http
+            .get(format!("{admin}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+        assert!(
+            !right
+                .text()
+                .await
+                .unwrap()
+                .contains(&format!("Bearer {token}"))
+        );
+    }
+    // A token variable that is not set keeps the admin listener closed, not open to all.
+    let closed = Harness::with_specs(&[("identity-sessions.yaml", &seed())], |c| {
+        with_admin(c);
+        c.admin.token_env = Some("CAPGATE_TEST_NO_SUCH_VARIABLE".into());
+    })
+    .await;
+    assert_eq!(closed.gateway.admin_addr(), None);
+}
