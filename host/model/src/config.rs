@@ -25,6 +25,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub mcp: McpConfig,
     pub rest: RestConfig,
+    pub consumers: ConsumersConfig,
     /// Values for bind variables that take precedence over the process environment (for
     /// example a demo key). Their values are secrets like any other bound value.
     #[serde(skip_serializing)]
@@ -52,6 +53,7 @@ impl std::fmt::Debug for Config {
             .field("retry", &self.retry)
             .field("mcp", &self.mcp)
             .field("rest", &self.rest)
+            .field("consumers", &self.consumers)
             .field("env", &crate::secret::RedactedValues(&self.env))
             .field("log", &self.log)
             .field("reload", &self.reload)
@@ -88,6 +90,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             mcp: McpConfig::default(),
             rest: RestConfig::default(),
+            consumers: ConsumersConfig::default(),
             env: BTreeMap::new(),
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
@@ -365,6 +368,41 @@ impl Default for McpConfig {
     }
 }
 
+/// Consumers (see `capgate_model::consumers`) and where one is required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumersConfig {
+    /// The consumers file, watched and reloaded like the specs (a broken edit keeps the last
+    /// good set).
+    pub file: Option<PathBuf>,
+    /// The adapters that require a consumer's key. Where none applies, an adapter's own
+    /// `authentication` (if any) is what callers need; where one does, the consumer's key is.
+    pub require: Vec<Requirement>,
+}
+
+/// Adapters that require a consumer: every part a glob (`*` when left out), and an optional
+/// declared port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Requirement {
+    /// The capability (its file name without the extension).
+    pub capability: String,
+    /// The REST or MCP adapter's namespace.
+    pub adapter: String,
+    /// The port the adapter declares.
+    pub port: Option<u16>,
+}
+
+impl Default for Requirement {
+    fn default() -> Self {
+        Requirement {
+            capability: "*".into(),
+            adapter: "*".into(),
+            port: None,
+        }
+    }
+}
+
 /// Who may call REST listeners from where, as MCP's `allowed_hosts` / `allowed_origins`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -550,6 +588,11 @@ impl Config {
             && dir.is_relative()
         {
             config.plugins.dir = Some(base.join(dir));
+        }
+        if let Some(file) = &config.consumers.file
+            && file.is_relative()
+        {
+            config.consumers.file = Some(base.join(file));
         }
         config.source = Some(path.to_owned());
         Ok(config)

@@ -17,6 +17,7 @@
 pub mod arguments;
 pub mod compile;
 pub mod config;
+pub mod consumers;
 pub mod diag;
 pub mod exchange;
 pub mod form;

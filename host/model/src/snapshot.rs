@@ -83,6 +83,8 @@ pub struct Origin {
 #[derive(Debug)]
 pub struct RestRoute {
     pub method: Method,
+    /// The REST adapter's namespace.
+    pub namespace: Arc<str>,
     /// The adapter's caller authentication, if it declares one.
     pub auth: Option<Arc<CallerAuth>>,
     /// The path as written in the spec.

@@ -119,6 +119,7 @@ fn rest_adapter(
     ) else {
         return Vec::new();
     };
+    let namespace: Arc<str> = Arc::from(adapter.namespace.value.as_str());
     let mut routes = Vec::new();
     for resource in &adapter.resources {
         let path_at = resource.at.key("path", resource.path.line);
@@ -137,7 +138,7 @@ fn rest_adapter(
         };
         if let Some(forward) = &resource.forward {
             routes.extend(forward_routes(
-                cx, listen, resource, forward, segments, &auth,
+                cx, listen, &namespace, resource, forward, segments, &auth,
             ));
             continue;
         }
@@ -153,6 +154,7 @@ fn rest_adapter(
         for op in &resource.operations {
             let route = RestResourceRoute {
                 listen,
+                namespace: &namespace,
                 resource,
                 segments: &segments,
                 path_at: &path_at,
@@ -167,6 +169,7 @@ fn rest_adapter(
 /// What the routes of one REST resource share.
 struct RestResourceRoute<'a> {
     listen: ListenKey,
+    namespace: &'a Arc<str>,
     resource: &'a RestResource,
     segments: &'a [Segment],
     path_at: &'a Loc,
@@ -221,6 +224,7 @@ fn rest_operation(
         segments: route.segments.to_vec(),
         route: Arc::new(RestRoute {
             method,
+            namespace: route.namespace.clone(),
             auth: route.auth.clone(),
             path: resource.path.value.clone(),
             pattern: canonical(route.segments),
@@ -269,9 +273,11 @@ fn rest_inputs(
 /// A `forward` resource: every method, the rest of the path passed to the target adapter. Only
 /// the headers the resource trusts are copied, so a caller's credentials for the gateway never
 /// reach the upstream by way of a forward.
+#[allow(clippy::too_many_arguments)]
 fn forward_routes(
     cx: &mut Context<'_>,
     listen: ListenKey,
+    namespace: &Arc<str>,
     resource: &RestResource,
     forward: &crate::spec::Forward,
     mut segments: Vec<Segment>,
@@ -365,6 +371,7 @@ fn forward_routes(
         segments: segments.clone(),
         route: Arc::new(RestRoute {
             method,
+            namespace: namespace.clone(),
             auth: auth.clone(),
             path: resource.path.value.clone(),
             pattern: canonical(&segments),
