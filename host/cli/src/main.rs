@@ -1,5 +1,6 @@
 //! The `capgate` command: parse the command line, start tracing, call into the library.
 
+mod consumer;
 mod demo;
 mod scaffold;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Work with transform plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Add consumers and rotate their keys (keys are printed once; the file keeps hashes).
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
     /// Run the Stripe stand-in and the gateway on the shipped specs, and print how to try them.
     Demo {
         /// The specs folder.
@@ -71,6 +75,38 @@ enum PluginCommand {
         /// Where to create it.
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsumerCommand {
+    /// Add a consumer with a new API key and one scope, and print the key (once).
+    Add {
+        name: String,
+        /// The consumers file (created if missing).
+        #[arg(long, default_value = "consumers.yaml")]
+        file: PathBuf,
+        /// Glob of the capabilities (file names without extension) it may call.
+        #[arg(long, default_value = "*")]
+        capability: String,
+        /// Glob of the REST or MCP adapter namespaces.
+        #[arg(long, default_value = "*")]
+        adapter: String,
+        /// Glob of the operation or tool names.
+        #[arg(long = "operation", default_value = "*")]
+        name_glob: String,
+        /// read (GET routes, read-only tools), write or any.
+        #[arg(long, default_value = "any", value_parser = ["read", "write", "any"])]
+        access: String,
+    },
+    /// Give a consumer a new key; its other keys expire after the grace period.
+    Rotate {
+        name: String,
+        #[arg(long, default_value = "consumers.yaml")]
+        file: PathBuf,
+        /// Seconds the old keys keep working.
+        #[arg(long, default_value_t = 86_400)]
+        grace_seconds: u64,
     },
 }
 
@@ -175,6 +211,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "build it:  (cd {} && cargo build --release --target wasm32-wasip2)",
                 root.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consumer(ConsumerCommand::Add {
+            name,
+            file,
+            capability,
+            adapter,
+            name_glob,
+            access,
+        }) => {
+            let scope = consumer::ScopeArgs {
+                capability: &capability,
+                adapter: &adapter,
+                name: &name_glob,
+                access: &access,
+            };
+            let key = consumer::add(&file, &name, &scope).map_err(anyhow::Error::msg)?;
+            println!("added consumer {name} to {}", file.display());
+            println!("its API key (shown this once; send it as `Authorization: Bearer <key>`):");
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consumer(ConsumerCommand::Rotate {
+            name,
+            file,
+            grace_seconds,
+        }) => {
+            let grace = std::time::Duration::from_secs(grace_seconds);
+            let key = consumer::rotate(&file, &name, grace).map_err(anyhow::Error::msg)?;
+            println!("new API key for {name} (its other keys stop working in {grace_seconds} s):");
+            println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { specs } => {

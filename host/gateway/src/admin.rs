@@ -200,6 +200,7 @@ fn status(gateway: &Gateway, view: &View, snapshot: &Snapshot, ready: bool) -> s
         "files": view.files,
         "listeners": listeners,
         "plugins": plugins(gateway, view, snapshot),
+        "consumers": gateway.consumers().status(),
     })
 }
 

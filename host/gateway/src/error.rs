@@ -39,6 +39,17 @@ pub enum GatewayError {
     },
     #[error("authentication required: send valid {scheme} credentials")]
     Unauthorized { scheme: &'static str },
+    /// A consumer past one of its rate limits.
+    #[error("rate limit exceeded: retry in {} ms", .retry_after.as_millis().max(1))]
+    RateLimited {
+        retry_after: Duration,
+        burst: u32,
+        /// The policy's window in whole seconds (`burst / rate`, rounded up).
+        window: u64,
+    },
+    /// A consumer without a scope that grants the call.
+    #[error("consumer {consumer} may not call {what}")]
+    NoGrant { consumer: String, what: String },
     /// A `Host` or `Origin` that the listener's allow-list does not name.
     #[error("{what} {value:?} is not allowed here (see rest.allowed_{what}s)")]
     NotAllowed { what: &'static str, value: String },
@@ -104,7 +115,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            GatewayError::NotAllowed { .. } => StatusCode::FORBIDDEN,
+            GatewayError::NotAllowed { .. } | GatewayError::NoGrant { .. } => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,6 +138,8 @@ impl GatewayError {
             GatewayError::BadRequest { .. }
             | GatewayError::Unauthorized { .. }
             | GatewayError::NotAllowed { .. }
+            | GatewayError::NoGrant { .. }
+            | GatewayError::RateLimited { .. }
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::PayloadTooLarge { .. }
@@ -161,6 +175,8 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => "authentication_required",
             GatewayError::NotAllowed { what: "host", .. } => "host_not_allowed",
             GatewayError::NotAllowed { .. } => "origin_not_allowed",
+            GatewayError::NoGrant { .. } => "permission_denied",
+            GatewayError::RateLimited { .. } => "rate_limit",
             GatewayError::NotFound { .. } => "resource_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",

@@ -37,6 +37,7 @@ pub struct Shared {
     pub invoker: Arc<Invoker>,
     pub mcp: Hub,
     pub rest_policy: RestPolicy,
+    pub consumers: Arc<crate::consumer::Consumers>,
 }
 
 impl Shared {
@@ -56,7 +57,7 @@ impl Shared {
         if Hub::wants(listener, request.uri().path()) {
             let response = self
                 .mcp
-                .handle(key, listener, &published.plugins, request)
+                .handle(key, listener, &published.plugins, &self.consumers, request)
                 .await;
             self.metrics.request("mcp", response.status());
             return response;
@@ -69,6 +70,8 @@ impl Shared {
         }
         let response = crate::rest::handle(
             &self.invoker,
+            &self.consumers,
+            key.port,
             listener,
             &published.plugins,
             self.config.limits.max_body_bytes,

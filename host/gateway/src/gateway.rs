@@ -114,6 +114,7 @@ impl Gateway {
         let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {
             rest_policy: RestPolicy::new(&config.rest),
+            consumers: Arc::new(crate::consumer::Consumers::new(&config.consumers)),
             metrics,
             config,
             published: ArcSwap::from_pointee(Published::default()),
@@ -193,6 +194,11 @@ impl Gateway {
         self.view().plugins.clone()
     }
 
+    /// The consumers and where they are required.
+    pub fn consumers(&self) -> &crate::consumer::Consumers {
+        &self.inner.shared.consumers
+    }
+
     /// The state after the last reload; never waits for one in progress.
     pub fn view(&self) -> Arc<View> {
         self.inner.view.load_full()
@@ -214,17 +220,20 @@ impl Gateway {
         let catalog = self.inner.catalog.clone();
         let plugins = shared.invoker.plugins().cloned();
         let bound = !self.config().plugins.bindings.is_empty();
-        let Some((plugins_changed, loaded, refreshed)) = self
+        let consumers = shared.consumers.clone();
+        let Some((plugins_changed, loaded, refreshed, consumers_changed)) = self
             .inner
             .reload_thread
             .run(move || {
+                let consumers_changed = consumers.refresh();
                 let plugins_changed = plugins.as_ref().map(|p| p.refresh()).unwrap_or_default();
                 let loaded = plugins.map(|p| p.loaded()).unwrap_or_default();
                 let mut catalog = catalog.lock().unwrap_or_else(PoisonError::into_inner);
                 if bound {
                     catalog.set_loaded_plugins(loaded.files());
                 }
-                (plugins_changed, loaded, catalog.refresh(&previous))
+                let refreshed = catalog.refresh(&previous);
+                (plugins_changed, loaded, refreshed, consumers_changed)
             })
             .await
         else {
@@ -233,6 +242,10 @@ impl Gateway {
             );
             return None;
         };
+        if consumers_changed {
+            // What each consumer sees may have changed: MCP clients list their tools again.
+            shared.mcp.notify_all();
+        }
         let report = match refreshed {
             Some((snapshot, mut report)) => {
                 report.plugins_changed = plugins_changed;
@@ -271,6 +284,7 @@ impl Gateway {
             .unwrap_or_else(PoisonError::into_inner);
         let mut watched: Vec<PathBuf> = catalog.watched_files().into_iter().collect();
         watched.extend(self.config().source.clone());
+        watched.extend(self.inner.shared.consumers.file().cloned());
         let listeners = self
             .inner
             .listeners

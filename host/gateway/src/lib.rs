@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod consumer;
 pub mod error;
 pub mod front;
 pub mod gateway;

@@ -27,11 +27,13 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::consumer::{Caller, Consumers};
 use crate::error::GatewayError;
 use crate::invoke::{Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse};
 use capgate_model::arguments::{Strictness, validate_arguments};
 use capgate_model::config::McpConfig;
+use capgate_model::consumers::Target;
 use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
 use capgate_plugin::PluginSet;
 
@@ -89,6 +91,27 @@ impl Version {
 struct Pinned {
     adapter: Arc<McpAdapter>,
     plugins: PluginSet,
+    /// The consumer calling, where the adapter requires one: it sees only the tools its scopes
+    /// grant.
+    caller: Option<Caller>,
+}
+
+impl Pinned {
+    /// The tool `name`, if this request's caller may see it.
+    fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
+        self.adapter.tool(name).filter(|tool| self.sees(tool))
+    }
+
+    fn sees(&self, tool: &Tool) -> bool {
+        self.caller.as_ref().is_none_or(|caller| {
+            caller.may(&Target {
+                capability: &self.adapter.origin.capability,
+                adapter: &self.adapter.namespace,
+                name: &tool.name,
+                read_only: tool.hints.read_only,
+            })
+        })
+    }
 }
 
 impl Registry {
@@ -241,6 +264,14 @@ impl Hub {
         }
     }
 
+    /// Tells the clients of every adapter that its tool list may have changed (the consumers
+    /// changed, and with them what each one sees).
+    pub fn notify_all(&self) {
+        for endpoint in self.endpoints.lock().expect("not poisoned").values() {
+            endpoint.registry.notify();
+        }
+    }
+
     /// Closes the endpoints (and their sessions and streams) of adapters `snapshot` no longer
     /// has, after it was published.
     pub fn prune(&self, snapshot: &Snapshot) {
@@ -275,6 +306,7 @@ impl Hub {
         key: ListenKey,
         listener: &Listener,
         plugins: &PluginSet,
+        consumers: &Consumers,
         mut request: http::Request<B>,
     ) -> HttpResponse
     where
@@ -309,14 +341,40 @@ impl Hub {
                 &format!("host {host:?} is not allowed"),
             );
         }
-        if let Some(auth) = &adapter.auth
-            && let Err(error) = crate::auth::check(auth, request.headers(), request.uri().query())
+        // Where a consumer is required, its key replaces the adapter's own authentication.
+        let caller = if consumers.required(key.port, &adapter.origin.capability, &adapter.namespace)
         {
-            return response::error(&error);
-        }
+            let caller = match consumers.identify(request.headers()) {
+                Ok(caller) => caller,
+                Err(error) => return response::error(&error),
+            };
+            if let Err(error) = consumers.admit(&caller, &adapter.origin.capability) {
+                // An HTTP 429 (what a stateless client reads) whose JSON-RPC error (what a
+                // session reads) says when to retry.
+                let mut limited = response::error(&error);
+                let retry_after_ms = match &error {
+                    GatewayError::RateLimited { retry_after, .. } => retry_after.as_millis() as u64,
+                    _ => 0,
+                };
+                let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000,
+                    "message": error.to_string(), "data": {"retry_after_ms": retry_after_ms}}});
+                *limited.body_mut() = crate::response::full(body.to_string());
+                return limited;
+            }
+            Some(caller)
+        } else {
+            if let Some(auth) = &adapter.auth
+                && let Err(error) =
+                    crate::auth::check(auth, request.headers(), request.uri().query())
+            {
+                return response::error(&error);
+            }
+            None
+        };
         request.extensions_mut().insert(Pinned {
             adapter: adapter.clone(),
             plugins: plugins.clone(),
+            caller,
         });
         let endpoint = self
             .endpoints
@@ -502,6 +560,7 @@ impl Handler {
             .unwrap_or_else(|| Pinned {
                 adapter: self.registry.latest.load().adapter.clone(),
                 plugins: self.invoker.loaded_plugins(),
+                caller: None,
             })
     }
 }
@@ -532,9 +591,23 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let pinned = self.pinned(&context);
-        Ok(ListToolsResult::with_all_items(
-            self.registry.tools_of(&pinned.adapter).to_vec(),
-        ))
+        let tools = self.registry.tools_of(&pinned.adapter);
+        let tools = match &pinned.caller {
+            None => tools.to_vec(),
+            // Only what the consumer's scopes grant (a tool it may not call does not exist
+            // for it).
+            Some(_) => tools
+                .iter()
+                .filter(|t| {
+                    pinned
+                        .adapter
+                        .tool(&t.name)
+                        .is_some_and(|tool| pinned.sees(tool))
+                })
+                .cloned()
+                .collect(),
+        };
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
@@ -555,7 +628,7 @@ impl ServerHandler for Handler {
     ) -> Result<CallToolResponse, ErrorData> {
         // The adapter and plugins of the snapshot this request pinned, for the whole call.
         let pinned = self.pinned(&context);
-        let Some(tool) = pinned.adapter.tool(&request.name) else {
+        let Some(tool) = pinned.tool(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("unknown tool: {}", request.name),
                 None,

@@ -37,6 +37,23 @@ pub fn error(error: &GatewayError) -> HttpResponse {
             .headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, value);
     }
+    if let GatewayError::RateLimited {
+        retry_after,
+        burst,
+        window,
+    } = error
+    {
+        let headers = response.headers_mut();
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        // IETF draft-ietf-httpapi-ratelimit-headers: the policy, and what is left of it.
+        if let Ok(policy) = HeaderValue::try_from(format!("\"burst\";q={burst};w={window}")) {
+            headers.insert("ratelimit-policy", policy);
+        }
+        if let Ok(left) = HeaderValue::try_from(format!("\"burst\";r=0;t={seconds}")) {
+            headers.insert("ratelimit", left);
+        }
+    }
     if let GatewayError::MethodNotAllowed { allowed, .. } = error
         && let Ok(value) = HeaderValue::try_from(
             allowed

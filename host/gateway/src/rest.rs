@@ -15,14 +15,20 @@ use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
 use capgate_model::arguments::{ArgumentError, Problem, Strictness, validate_arguments};
+use capgate_model::consumers::Target;
 use capgate_model::form;
 use capgate_model::route::Match;
 use capgate_model::snapshot::{Action, ExposedParam, Listener, Location, RestInputs, RestRoute};
 use capgate_plugin::PluginSet;
 
+use crate::consumer::{Caller, Consumers};
+
 /// Answers one REST request on `listener`.
+#[allow(clippy::too_many_arguments)]
 pub async fn handle<B>(
     invoker: &Invoker,
+    consumers: &Consumers,
+    port: u16,
     listener: &Listener,
     plugins: &PluginSet,
     max_body: usize,
@@ -50,7 +56,10 @@ where
         } => {
             let params: Vec<(String, String)> =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            run(invoker, plugins, route, params, max_body, request).await
+            match consumer_of(consumers, port, route, request.headers()) {
+                Ok(caller) => run(invoker, plugins, route, params, max_body, caller, request).await,
+                Err(error) => Err(error),
+            }
         }
     };
     match result {
@@ -66,12 +75,45 @@ where
     }
 }
 
+/// The consumer calling `route`, when its adapter requires one: identified by its key and
+/// granted the route by a scope (else 401 or 403).
+fn consumer_of(
+    consumers: &Consumers,
+    port: u16,
+    route: &RestRoute,
+    headers: &HeaderMap,
+) -> Result<Option<Caller>, GatewayError> {
+    let origin = &route.operation.origin;
+    if !consumers.required(port, &origin.capability, &route.namespace) {
+        return Ok(None);
+    }
+    let caller = consumers.identify(headers)?;
+    let name = route
+        .operation
+        .name
+        .split_once('.')
+        .map_or(route.operation.name.as_str(), |(_, name)| name);
+    let target = Target {
+        capability: &origin.capability,
+        adapter: &route.namespace,
+        name,
+        read_only: matches!(route.method, Method::GET | Method::HEAD),
+    };
+    if !caller.may(&target) {
+        return Err(caller.refused(&format!("{} {}", route.method, route.path)));
+    }
+    consumers.admit(&caller, &origin.capability)?;
+    Ok(Some(caller))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run<B>(
     invoker: &Invoker,
     plugins: &PluginSet,
     route: &RestRoute,
     params: Vec<(String, String)>,
     max_body: usize,
+    caller: Option<Caller>,
     request: http::Request<B>,
 ) -> Result<Outcome, GatewayError>
 where
@@ -80,7 +122,13 @@ where
 {
     let (mut parts, body) = request.into_parts();
     // The caller's credentials end here: neither inputs nor a forwarded request carry them.
+    // Where a consumer is required, its key replaces the adapter's own authentication.
     let query: Option<Cow<str>> = match &route.auth {
+        _ if caller.is_some() => {
+            parts.headers.remove(http::header::AUTHORIZATION);
+            parts.headers.remove("x-api-key");
+            parts.uri.query().map(Cow::Borrowed)
+        }
         Some(auth) => {
             crate::auth::check(auth, &parts.headers, parts.uri.query())?;
             crate::auth::strip(auth, &mut parts.headers, parts.uri.query()).map(Cow::Owned)

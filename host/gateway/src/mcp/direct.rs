@@ -69,9 +69,8 @@ impl Endpoint {
                     .handle(http::Request::from_parts(parts, Full::new(body)))
                     .await;
             };
-            let adapter = &pinned.adapter;
             // rmcp checks arguments mirrored in `Mcp-Param-*` headers (`x-mcp-header`).
-            if let Some(tool) = adapter.tool(&call.params.name)
+            if let Some(tool) = pinned.tool(&call.params.name)
                 && tool.inputs.iter().all(|input| input.header.is_none())
             {
                 self.handler.invoker.metrics().tool_call("direct");
