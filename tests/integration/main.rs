@@ -2,6 +2,7 @@
 
 mod clients;
 mod common;
+mod consumers;
 mod corpus;
 mod errors;
 mod hardening;

@@ -1,0 +1,332 @@
+//! Consumers (issue 19): API keys, scopes on REST and MCP, and the consumers file reloaded
+//! like the specs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Harness};
+use capgate_model::config::Requirement;
+use capgate_model::consumers::{digest, hex};
+
+const READER: &str = "cg_00000000000000000000000000000000000000000000aaaa";
+const WRITER: &str = "cg_00000000000000000000000000000000000000000000bbbb";
+const EXPIRED: &str = "cg_00000000000000000000000000000000000000000000cccc";
+const LIMITED: &str = "cg_00000000000000000000000000000000000000000000dddd";
+
+fn key(key: &str, extra: &str) -> String {
+    format!(
+        "      - sha256: {}\n        prefix: {}\n{extra}",
+        hex(&digest(key)),
+        &key[..7]
+    )
+}
+
+/// A reader (GETs and read-only tools of every capability), and a writer (the other routes
+/// and tools) of identity ones.
+fn consumers_file(writer_access: &str) -> String {
+    format!(
+        "consumers:\n  - name: reader\n    keys:\n{}{}    scopes:\n      - access: read\n  - name: writer\n    keys:\n{}    scopes:\n      - capability: identity-*\n        access: {writer_access}\n  - name: limited\n    keys:\n{}    scopes:\n      - access: any\n    limits:\n      - rate: 2\n        burst: 3\n",
+        key(READER, ""),
+        key(EXPIRED, "        expires_at: 1000\n"),
+        key(WRITER, ""),
+        key(LIMITED, "")
+    )
+}
+
+async fn harness(dir: &tempfile::TempDir) -> Harness {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let file = dir.path().join("consumers.yaml");
+    std::fs::write(&file, consumers_file("write")).unwrap();
+    Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        c.reload.watch = true;
+        c.admin.address = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.consumers.file = Some(file);
+        c.consumers.require = vec![Requirement::default()];
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rest_needs_a_consumers_key_and_its_scopes_decide() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir).await;
+    let sessions = h.sessions().await;
+    let list = |key: Option<&str>| {
+        let mut request = h.http.get(format!("{sessions}?limit=1"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    // No key, an unknown key, an expired key: the same 401, naming no consumer.
+    let mut bodies = Vec::new();
+    for key in [None, Some("cg_unknown"), Some(EXPIRED)] {
+        let response = list(key).await.unwrap();
+        assert_eq!(response.status(), 401, "{key:?}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        bodies.push(response.text().await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
+    assert!(!bodies[0].contains("reader") && !bodies[0].contains("writer"));
+    // The reader reads, and may not write.
+    assert_eq!(list(Some(READER)).await.unwrap().status(), 200);
+    let create = |key: &str| {
+        h.http
+            .post(&sessions)
+            .bearer_auth(key)
+            .form(&[("type", "document")])
+            .send()
+    };
+    let refused = create(READER).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "permission_denied", "{body}");
+    assert_eq!(create(WRITER).await.unwrap().status(), 200);
+    // X-Api-Key works too; the consumer's key never reaches the upstream.
+    let by_header = h
+        .http
+        .get(format!("{sessions}?limit=1"))
+        .header("x-api-key", READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 200);
+    for request in h.sim.requests() {
+        let seen = format!("{request:?}");
+        assert!(!seen.contains(READER) && !seen.contains(WRITER), "{seen}");
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {}", common::KEY).as_str())
+        );
+    }
+
+    // The consumers file reloads: the writer loses write access...
+    let generation = h.gateway.generation();
+    std::fs::write(dir.path().join("consumers.yaml"), consumers_file("read")).unwrap();
+    let wait = async {
+        while create(WRITER).await.unwrap().status() != 403 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the edit applies");
+    // ...and a broken edit keeps the last good set, with a diagnostic naming its line.
+    std::fs::write(
+        dir.path().join("consumers.yaml"),
+        consumers_file("read").replace(
+            "access: read\n  - name: writer",
+            "acess: read\n  - name: writer",
+        ),
+    )
+    .unwrap();
+    let admin = format!("http://{}", h.gateway.admin_addr().unwrap());
+    let wait = async {
+        loop {
+            let status: Value = reqwest::get(format!("{admin}/status"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["consumers"]["diagnostics"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("a diagnostic");
+    let diagnostic = &status["consumers"]["diagnostics"][0];
+    assert_eq!(diagnostic["code"], "unknown-key", "{diagnostic}");
+    assert_eq!(diagnostic["line"], 10, "{diagnostic}");
+    assert_eq!(
+        list(Some(READER)).await.unwrap().status(),
+        200,
+        "the last good set serves"
+    );
+    // /status shows consumers, their prefixes and scopes, never a digest.
+    let text = status.to_string();
+    assert!(text.contains("cg_0000"), "{text}");
+    assert!(!text.contains(&hex(&digest(READER))), "a digest in /status");
+    let _ = generation;
+}
+
+/// A 2026-era `tools/list`, with `key` as a bearer token.
+async fn tools_list(h: &Harness, key: Option<&str>) -> (u16, Value) {
+    let mut request = h
+        .http
+        .post(crate::mcp::mcp_url(h).await)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}}}})
+            .to_string(),
+        );
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn mcp_consumers_see_only_the_tools_their_scopes_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir).await;
+    let (status, _) = tools_list(&h, None).await;
+    assert_eq!(status, 401);
+    let (status, reader) = tools_list(&h, Some(READER)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        names(&reader),
+        [
+            "stripe-get-identity-verification-sessions",
+            "stripe-get-identity-verification-sessions-2"
+        ]
+    );
+    // `write` grants the other four (the POSTs), not the reads.
+    let (_, writer) = tools_list(&h, Some(WRITER)).await;
+    let writes = names(&writer);
+    assert_eq!(writes.len(), 4, "{writes:?}");
+    assert!(
+        writes.iter().all(|n| n.starts_with("stripe-post-")),
+        "{writes:?}"
+    );
+    // A tool the reader does not see does not exist for it, on the direct path and rmcp's.
+    let call = |key: &'static str, progress: bool| {
+        let mut params = json!({"name": "stripe-post-identity-verification-sessions",
+            "arguments": {"body": {"type": "document"}},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}}});
+        if progress {
+            params["_meta"]["progressToken"] = json!("p");
+        }
+        let h = &h;
+        async move {
+            let response = h
+                .http
+                .post(crate::mcp::mcp_url(h).await)
+                .bearer_auth(key)
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "stripe-post-identity-verification-sessions")
+                .body(
+                    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
+                        .to_string(),
+                )
+                .send()
+                .await
+                .unwrap();
+            response.text().await.unwrap()
+        }
+    };
+    let before = h.sim.requests().len();
+    for progress in [false, true] {
+        let answer = call(READER, progress).await;
+        assert!(answer.contains("unknown tool"), "{answer}");
+    }
+    assert_eq!(
+        h.sim.requests().len(),
+        before,
+        "a hidden tool reached the upstream"
+    );
+    let answer = call(WRITER, false).await;
+    assert!(
+        answer.contains("\"isError\":false") || answer.contains("verification_session"),
+        "{answer}"
+    );
+}
+
+/// The official Python SDK, given a consumer's key, sees only that consumer's tools.
+#[tokio::test]
+async fn the_python_sdk_with_a_bearer_key_sees_only_its_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir).await;
+    let url = crate::mcp::mcp_url(&h).await;
+    let output = tokio::process::Command::new(common::tools::python())
+        .arg(common::root().join("tests/clients/python_mcp_consumer.py"))
+        .arg(&url)
+        .arg(READER)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for mode in ["legacy", "auto"] {
+        assert_eq!(
+            seen[mode],
+            json!([
+                "stripe-get-identity-verification-sessions",
+                "stripe-get-identity-verification-sessions-2"
+            ]),
+            "{mode}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_past_its_rate_gets_429_with_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir).await;
+    let url = format!("{}?limit=1", h.sessions().await);
+    let get = || h.http.get(&url).bearer_auth(LIMITED).send();
+    // A burst of three, then the rate (2/s).
+    for _ in 0..3 {
+        assert_eq!(get().await.unwrap().status(), 200);
+    }
+    let limited = get().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limited.headers()["ratelimit-policy"], "\"burst\";q=3;w=2");
+    assert_eq!(limited.headers()["ratelimit"], "\"burst\";r=0;t=1");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit", "{body}");
+    // Another consumer is not held back.
+    let other = h.http.get(&url).bearer_auth(READER).send().await.unwrap();
+    assert_eq!(other.status(), 200);
+    // MCP counts against the same limit: an HTTP 429 whose JSON-RPC error says when.
+    let (status, answer) = tools_list(&h, Some(LIMITED)).await;
+    assert_eq!(status, 429);
+    assert!(
+        answer["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+    // Half a second later, one more is allowed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get().await.unwrap().status(), 200);
+}
