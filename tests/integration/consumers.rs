@@ -14,6 +14,7 @@ const READER: &str = "cg_00000000000000000000000000000000000000000000aaaa";
 const WRITER: &str = "cg_00000000000000000000000000000000000000000000bbbb";
 const EXPIRED: &str = "cg_00000000000000000000000000000000000000000000cccc";
 const LIMITED: &str = "cg_00000000000000000000000000000000000000000000dddd";
+const QUOTA: &str = "cg_00000000000000000000000000000000000000000000eeee";
 
 fn key(key: &str, extra: &str) -> String {
     format!(
@@ -27,11 +28,12 @@ fn key(key: &str, extra: &str) -> String {
 /// and tools) of identity ones.
 fn consumers_file(writer_access: &str) -> String {
     format!(
-        "consumers:\n  - name: reader\n    keys:\n{}{}    scopes:\n      - access: read\n  - name: writer\n    keys:\n{}    scopes:\n      - capability: identity-*\n        access: {writer_access}\n  - name: limited\n    keys:\n{}    scopes:\n      - access: any\n    limits:\n      - rate: 2\n        burst: 3\n",
+        "consumers:\n  - name: reader\n    keys:\n{}{}    scopes:\n      - access: read\n  - name: writer\n    keys:\n{}    scopes:\n      - capability: identity-*\n        access: {writer_access}\n  - name: limited\n    keys:\n{}    scopes:\n      - access: any\n    limits:\n      - rate: 2\n        burst: 3\n  - name: quota\n    keys:\n{}    scopes:\n      - access: any\n    limits:\n      - quota: 2\n        per: day\n        name: \"*-2\"\n",
         key(READER, ""),
         key(EXPIRED, "        expires_at: 1000\n"),
         key(WRITER, ""),
-        key(LIMITED, "")
+        key(LIMITED, ""),
+        key(QUOTA, "")
     )
 }
 
@@ -319,14 +321,193 @@ async fn a_consumer_past_its_rate_gets_429_with_when_to_retry() {
     // Another consumer is not held back.
     let other = h.http.get(&url).bearer_auth(READER).send().await.unwrap();
     assert_eq!(other.status(), 200);
-    // MCP counts against the same limit: an HTTP 429 whose JSON-RPC error says when.
-    let (status, answer) = tools_list(&h, Some(LIMITED)).await;
-    assert_eq!(status, 429);
+    // Listing tools costs nothing; a stateless tool call counts against the same limit, and
+    // past it is an HTTP 429 whose JSON-RPC error says when to retry.
+    let (status, _) = tools_list(&h, Some(LIMITED)).await;
+    assert_eq!(status, 200);
+    let (status, answer) =
+        stateless_call(&h, LIMITED, "stripe-get-identity-verification-sessions").await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"]["code"], -32029, "{answer}");
+    assert!(
+        answer["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+    assert_eq!(
+        answer["error"]["data"]["policy"]["name"], "burst",
+        "{answer}"
+    );
+    // In a 2025-11-25 session the refusal is the call's JSON-RPC error, with the same data.
+    let url = crate::mcp::mcp_url(&h).await;
+    let session = open_session(&h, &url, LIMITED).await;
+    let answer = session_call(
+        &h,
+        &url,
+        LIMITED,
+        &session,
+        "stripe-get-identity-verification-sessions",
+    )
+    .await;
+    assert_eq!(answer["error"]["code"], -32029, "{answer}");
     assert!(
         answer["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0,
         "{answer}"
     );
     // Half a second later, one more is allowed.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(get().await.unwrap().status(), 200);
+    let admitted = get().await.unwrap();
+    assert_eq!(admitted.status(), 200);
+    // A consumer's successful answers say how its tightest limit stands.
+    assert_eq!(admitted.headers()["ratelimit-policy"], "\"burst\";q=3;w=2");
+    assert!(
+        admitted.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"burst\";r=0;t="),
+        "{:?}",
+        admitted.headers()["ratelimit"]
+    );
+    let metrics = h.gateway.metrics().render();
+    assert!(
+        metrics.contains("capgate_limit_decisions_total{consumer=\"limited\",decision=\"limited\",store=\"local\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_quota_counts_only_the_calls_its_globs_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir).await;
+    // The quota (2 a day) names the tools ending in `-2` (retrieve one session): listing
+    // sessions is free, retrieving counts.
+    let list = "stripe-get-identity-verification-sessions";
+    let retrieve = "stripe-get-identity-verification-sessions-2";
+    for _ in 0..4 {
+        let (status, answer) = stateless_call(&h, QUOTA, list).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for _ in 0..2 {
+        let (status, answer) = stateless_call(&h, QUOTA, retrieve).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = stateless_call(&h, QUOTA, retrieve).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"]["data"]["policy"]["name"], "day", "{answer}");
+    assert_eq!(answer["error"]["data"]["policy"]["calls"], 2, "{answer}");
+    // Retry when the UTC day ends.
+    let retry_ms = answer["error"]["data"]["retry_after_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    assert!(
+        retry_ms / 1000 <= to_midnight && retry_ms / 1000 + 5 >= to_midnight,
+        "{retry_ms} ms vs {to_midnight} s"
+    );
+}
+
+/// A 2026-07-28 (stateless) `tools/call` of `tool` with `key`; its status and JSON body.
+async fn stateless_call(h: &Harness, key: &str, tool: &str) -> (u16, Value) {
+    let id = if tool.ends_with("-2") {
+        common::create_session_directly(&h.sim).await
+    } else {
+        String::new()
+    };
+    let arguments = if tool.ends_with("-2") {
+        json!({"session": id})
+    } else {
+        json!({})
+    };
+    let response = h
+        .http
+        .post(crate::mcp::mcp_url(h).await)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .body(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+                "name": tool, "arguments": arguments,
+                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                    "io.modelcontextprotocol/clientCapabilities": {}}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, json_of(&response.text().await.unwrap()))
+}
+
+/// The JSON-RPC message of a JSON or SSE answer.
+fn json_of(text: &str) -> Value {
+    if let Ok(value) = serde_json::from_str(text) {
+        return value;
+    }
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+        .find(|message| message.get("id").is_some())
+        .unwrap_or(Value::Null)
+}
+
+/// Opens a 2025-11-25 session with `key`; its id.
+async fn open_session(h: &Harness, url: &str, key: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let response = h
+        .http
+        .post(url)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(initialize.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = h
+        .http
+        .post(url)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initialized.status(), 202);
+    id
+}
+
+/// A `tools/call` of `tool` (no arguments) in session `id`; its JSON-RPC answer.
+async fn session_call(h: &Harness, url: &str, key: &str, id: &str, tool: &str) -> Value {
+    let response = h
+        .http
+        .post(url)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": tool, "arguments": {}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    json_of(&response.text().await.unwrap())
 }

@@ -6,10 +6,9 @@
 //! `ArcSwap`). Keys are taken from `Authorization: Bearer cg_...` or `X-Api-Key`; an unknown,
 //! expired or malformed key is a 401 that says nothing of which consumers exist.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher};
@@ -17,8 +16,10 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::error::GatewayError;
-use capgate_model::config::ConsumersConfig;
-use capgate_model::consumers::{self, Consumer, ConsumerSet, Target};
+use crate::limits::{Counted, Limiter, Standing};
+use crate::metrics::Metrics;
+use capgate_model::config::{ConsumersConfig, Limits};
+use capgate_model::consumers::{self, Call, Consumer, ConsumerSet, Target};
 use capgate_model::diag::Diagnostic;
 
 /// The consumers of the gateway and where they are required.
@@ -28,20 +29,7 @@ pub struct Consumers {
     set: ArcSwap<ConsumerSet>,
     /// The file's text last read and the diagnostics of the last read that failed.
     last: Mutex<(Option<Vec<u8>>, Vec<Diagnostic>)>,
-    /// Each consumer's limits' theoretical arrival times (GCRA), in seconds since `epoch`.
-    arrivals: Mutex<HashMap<(String, usize), f64>>,
-    epoch: Instant,
-}
-
-/// How one limit stands after a request it admitted.
-#[derive(Debug, Clone, Copy)]
-pub struct Standing {
-    pub burst: u32,
-    pub remaining: u32,
-    /// Seconds until the limit is full again.
-    pub reset: f64,
-    /// The window the policy is stated in: `burst / rate` seconds.
-    pub window: f64,
+    limiter: Limiter,
 }
 
 /// A caller identified by its key.
@@ -53,7 +41,7 @@ pub struct Caller {
 }
 
 impl Consumers {
-    pub fn new(config: &ConsumersConfig) -> Consumers {
+    pub fn new(config: &ConsumersConfig, limits: &Limits, metrics: Arc<Metrics>) -> Consumers {
         let glob = |pattern: &str| {
             Glob::new(pattern)
                 .unwrap_or_else(|_| Glob::new("*").expect("a valid glob"))
@@ -69,8 +57,7 @@ impl Consumers {
             require,
             set: ArcSwap::from_pointee(ConsumerSet::default()),
             last: Mutex::new((None, Vec::new())),
-            arrivals: Mutex::new(HashMap::new()),
-            epoch: Instant::now(),
+            limiter: Limiter::new(limits, metrics),
         };
         consumers.refresh();
         consumers
@@ -132,53 +119,22 @@ impl Consumers {
         })
     }
 
-    /// Counts a request of `caller` to `capability` against its limits (GCRA: a sustained rate
-    /// with a burst), in this process. Past one, the 429 says when to retry.
-    pub fn admit(
+    /// Counts `call` against the caller's limits that count it (in this process or in the
+    /// shared store); past one, the 429 says when to retry.
+    pub async fn admit(
         &self,
         caller: &Caller,
-        capability: &str,
+        call: &Call<'_>,
     ) -> Result<Option<Standing>, GatewayError> {
         let consumer = &caller.consumer;
         if consumer.limits.is_empty() {
             return Ok(None);
         }
-        let now = self.epoch.elapsed().as_secs_f64();
-        let mut arrivals = self.arrivals.lock().expect("not poisoned");
-        let mut tightest: Option<Standing> = None;
-        let mut updates = Vec::new();
-        for (index, limit) in consumer.limits.iter().enumerate() {
-            if !limit.capability.is_match(capability) {
-                continue;
-            }
-            let interval = 1.0 / limit.rate;
-            let tolerance = interval * f64::from(limit.burst.max(1) - 1);
-            let key = (consumer.name.clone(), index);
-            let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
-            if tat - now > tolerance {
-                let retry_after = tat - now - tolerance;
-                return Err(GatewayError::RateLimited {
-                    retry_after: std::time::Duration::from_secs_f64(retry_after),
-                    burst: limit.burst,
-                    window: (f64::from(limit.burst) / limit.rate).ceil().max(1.0) as u64,
-                });
-            }
-            let next = tat + interval;
-            let used = ((next - now) / interval).ceil() as u32;
-            let standing = Standing {
-                burst: limit.burst,
-                remaining: limit.burst.saturating_sub(used),
-                reset: next - now,
-                window: f64::from(limit.burst) / limit.rate,
-            };
-            if tightest.is_none_or(|t| standing.remaining < t.remaining) {
-                tightest = Some(standing);
-            }
-            updates.push((key, next));
-        }
-        // Only a request every limit admits counts against them.
-        arrivals.extend(updates);
-        Ok(tightest)
+        let counted = Counted {
+            consumer: &consumer.name,
+            limits: consumer.limits.iter().filter(|l| l.counts(call)).collect(),
+        };
+        self.limiter.admit(&counted).await
     }
 
     /// Consumers with their labels, scopes and key prefixes (never a digest), and the last
@@ -200,6 +156,16 @@ impl Consumers {
                         "name": s.name.glob().glob(),
                         "access": s.access,
                     })).collect::<Vec<_>>(),
+                    "limits": c.limits.iter().map(|l| {
+                        let policy = l.kind.policy();
+                        json!({
+                            "policy": policy.name,
+                            "calls": policy.quota,
+                            "window_seconds": policy.window,
+                            "capability": l.capability.glob().glob(),
+                            "name": l.name.glob().glob(),
+                        })
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();

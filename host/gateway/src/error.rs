@@ -43,10 +43,12 @@ pub enum GatewayError {
     #[error("rate limit exceeded: retry in {} ms", .retry_after.as_millis().max(1))]
     RateLimited {
         retry_after: Duration,
-        burst: u32,
-        /// The policy's window in whole seconds (`burst / rate`, rounded up).
-        window: u64,
+        /// The limit that refused, for the `RateLimit-Policy` header.
+        policy: capgate_model::consumers::Policy,
     },
+    /// The shared limits store did not answer in time and `limits.on_store_error` is `deny`.
+    #[error("rate limits cannot be checked right now; retry shortly")]
+    LimitStoreUnavailable,
     /// A consumer without a scope that grants the call.
     #[error("consumer {consumer} may not call {what}")]
     NoGrant { consumer: String, what: String },
@@ -117,6 +119,7 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::NotAllowed { .. } | GatewayError::NoGrant { .. } => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::LimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -153,7 +156,7 @@ impl GatewayError {
             GatewayError::Plugin { .. } => Fault::Plugin,
             GatewayError::Refused { status, .. } if status.is_client_error() => Fault::Caller,
             GatewayError::Refused { .. } => Fault::Plugin,
-            GatewayError::Internal => Fault::Gateway,
+            GatewayError::Internal | GatewayError::LimitStoreUnavailable => Fault::Gateway,
         }
     }
 
@@ -164,6 +167,8 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable { .. }
                 | GatewayError::UpstreamTimeout { .. }
                 | GatewayError::NotConfigured { .. }
+                | GatewayError::LimitStoreUnavailable
+                | GatewayError::RateLimited { .. }
         )
     }
 
@@ -177,6 +182,7 @@ impl GatewayError {
             GatewayError::NotAllowed { .. } => "origin_not_allowed",
             GatewayError::NoGrant { .. } => "permission_denied",
             GatewayError::RateLimited { .. } => "rate_limit",
+            GatewayError::LimitStoreUnavailable => "rate_limit_store_unavailable",
             GatewayError::NotFound { .. } => "resource_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",

@@ -114,7 +114,11 @@ impl Gateway {
         let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {
             rest_policy: RestPolicy::new(&config.rest),
-            consumers: Arc::new(crate::consumer::Consumers::new(&config.consumers)),
+            consumers: Arc::new(crate::consumer::Consumers::new(
+                &config.consumers,
+                &config.limits,
+                metrics.clone(),
+            )),
             metrics,
             config,
             published: ArcSwap::from_pointee(Published::default()),

@@ -21,6 +21,7 @@ pub mod error;
 pub mod front;
 pub mod gateway;
 pub mod invoke;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod origin;

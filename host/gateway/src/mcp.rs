@@ -15,9 +15,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter,
-    Tool as McpTool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
+    Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    SubscriptionFilter, Tool as McpTool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -33,7 +33,7 @@ use crate::invoke::{Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse};
 use capgate_model::arguments::{Strictness, validate_arguments};
 use capgate_model::config::McpConfig;
-use capgate_model::consumers::Target;
+use capgate_model::consumers::{Call, Target};
 use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
 use capgate_plugin::PluginSet;
 
@@ -92,11 +92,27 @@ struct Pinned {
     adapter: Arc<McpAdapter>,
     plugins: PluginSet,
     /// The consumer calling, where the adapter requires one: it sees only the tools its scopes
-    /// grant.
+    /// grant, and its tool calls count against its limits.
     caller: Option<Caller>,
+    consumers: Option<Arc<Consumers>>,
+    /// Whether the front door already counted this request's tool call (a stateless one).
+    admitted: bool,
 }
 
 impl Pinned {
+    /// Counts a call of `tool` against the caller's limits, unless the front door did.
+    async fn admit(&self, tool: &Tool) -> Result<(), GatewayError> {
+        let (Some(caller), Some(consumers), false) = (&self.caller, &self.consumers, self.admitted)
+        else {
+            return Ok(());
+        };
+        let call = Call {
+            capability: &self.adapter.origin.capability,
+            name: &tool.name,
+        };
+        consumers.admit(caller, &call).await.map(drop)
+    }
+
     /// The tool `name`, if this request's caller may see it.
     fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
         self.adapter.tool(name).filter(|tool| self.sees(tool))
@@ -306,7 +322,7 @@ impl Hub {
         key: ListenKey,
         listener: &Listener,
         plugins: &PluginSet,
-        consumers: &Consumers,
+        consumers: &Arc<Consumers>,
         mut request: http::Request<B>,
     ) -> HttpResponse
     where
@@ -342,39 +358,53 @@ impl Hub {
             );
         }
         // Where a consumer is required, its key replaces the adapter's own authentication.
-        let caller = if consumers.required(key.port, &adapter.origin.capability, &adapter.namespace)
-        {
-            let caller = match consumers.identify(request.headers()) {
-                Ok(caller) => caller,
-                Err(error) => return response::error(&error),
-            };
-            if let Err(error) = consumers.admit(&caller, &adapter.origin.capability) {
-                // An HTTP 429 (what a stateless client reads) whose JSON-RPC error (what a
-                // session reads) says when to retry.
-                let mut limited = response::error(&error);
-                let retry_after_ms = match &error {
-                    GatewayError::RateLimited { retry_after, .. } => retry_after.as_millis() as u64,
-                    _ => 0,
+        let (caller, admitted) =
+            if consumers.required(key.port, &adapter.origin.capability, &adapter.namespace) {
+                let caller = match consumers.identify(request.headers()) {
+                    Ok(caller) => caller,
+                    Err(error) => return response::error(&error),
                 };
-                let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000,
-                    "message": error.to_string(), "data": {"retry_after_ms": retry_after_ms}}});
-                *limited.body_mut() = crate::response::full(body.to_string());
-                return limited;
-            }
-            Some(caller)
-        } else {
-            if let Some(auth) = &adapter.auth
-                && let Err(error) =
-                    crate::auth::check(auth, request.headers(), request.uri().query())
-            {
-                return response::error(&error);
-            }
-            None
-        };
+                let admitted = match stateless_tool_call(request.headers()) {
+                    // A stateless tool call is counted here, so that past a limit it is an
+                    // HTTP 429; a session's are counted by `call_tool`.
+                    Some(name) => match adapter.tool(name).filter(|tool| {
+                        caller.may(&Target {
+                            capability: &adapter.origin.capability,
+                            adapter: &adapter.namespace,
+                            name: &tool.name,
+                            read_only: tool.hints.read_only,
+                        })
+                    }) {
+                        Some(tool) => {
+                            let call = Call {
+                                capability: &adapter.origin.capability,
+                                name: &tool.name,
+                            };
+                            if let Err(error) = consumers.admit(&caller, &call).await {
+                                return limited(&error);
+                            }
+                            true
+                        }
+                        None => false,
+                    },
+                    None => false,
+                };
+                (Some(caller), admitted)
+            } else {
+                if let Some(auth) = &adapter.auth
+                    && let Err(error) =
+                        crate::auth::check(auth, request.headers(), request.uri().query())
+                {
+                    return response::error(&error);
+                }
+                (None, false)
+            };
         request.extensions_mut().insert(Pinned {
             adapter: adapter.clone(),
             plugins: plugins.clone(),
+            consumers: caller.as_ref().map(|_| consumers.clone()),
             caller,
+            admitted,
         });
         let endpoint = self
             .endpoints
@@ -561,6 +591,8 @@ impl Handler {
                 adapter: self.registry.latest.load().adapter.clone(),
                 plugins: self.invoker.loaded_plugins(),
                 caller: None,
+                consumers: None,
+                admitted: false,
             })
     }
 }
@@ -634,6 +666,13 @@ impl ServerHandler for Handler {
                 None,
             ));
         };
+        if let Err(error) = pinned.admit(tool).await {
+            return Err(ErrorData::new(
+                ErrorCode(LIMITED),
+                error.to_string(),
+                Some(retry_data(&error)),
+            ));
+        }
         self.invoker.metrics().tool_call("rmcp");
         let progress = Progress::of(&context);
         tokio::select! {
@@ -675,6 +714,44 @@ impl ServerHandler for Handler {
             }
         }
     }
+}
+
+/// The JSON-RPC error code of a call refused by a consumer's limits (server-defined range).
+const LIMITED: i32 = -32029;
+
+/// What a refused call's JSON-RPC error carries: when to retry, and the limit.
+fn retry_data(error: &GatewayError) -> Value {
+    match error {
+        GatewayError::RateLimited {
+            retry_after,
+            policy,
+        } => json!({
+            "retry_after_ms": retry_after.as_millis().max(1) as u64,
+            "policy": {"name": policy.name, "calls": policy.quota, "window_seconds": policy.window},
+        }),
+        _ => json!({"retry_after_ms": 1000}),
+    }
+}
+
+/// A refused stateless call: the HTTP status and headers of the error (429 and `Retry-After`,
+/// or 503), with a JSON-RPC error body that says when to retry.
+fn limited(error: &GatewayError) -> HttpResponse {
+    let mut answer = response::error(error);
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": LIMITED,
+        "message": error.to_string(), "data": retry_data(error)}});
+    *answer.body_mut() = response::full(body.to_string());
+    answer
+}
+
+/// The tool a stateless (2026-07-28) `tools/call` names in its `Mcp-Name` header, which rmcp
+/// checks against the body.
+fn stateless_tool_call(headers: &http::HeaderMap) -> Option<&str> {
+    if headers.contains_key("mcp-session-id")
+        || headers.get("mcp-method").map(http::HeaderValue::as_bytes) != Some(b"tools/call")
+    {
+        return None;
+    }
+    headers.get("mcp-name")?.to_str().ok()
 }
 
 /// Progress of a tool call, reported when the client asked for it with a `progressToken`:

@@ -44,6 +44,16 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// A consumer's name, from the consumers file (never a caller's input).
+    pub consumer: String,
+    /// `admitted`, `limited` or `unavailable` (the store did not answer and `deny` applies).
+    pub decision: &'static str,
+    /// `local`, `redis`, or `fallback` (counted here while the shared store is away).
+    pub store: &'static str,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +63,9 @@ pub struct Metrics {
     pub tool_calls: Family<ToolCallLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub generation: Gauge,
+    pub limit_decisions: Family<LimitLabels, Counter>,
+    /// 1 while the shared limits store answers (or none is configured), else 0.
+    pub limit_store_up: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,7 +121,21 @@ impl Metrics {
             "Generation of the published snapshot",
             generation.clone(),
         );
+        let limit_decisions = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_decisions",
+            "Rate-limit and quota decisions, by consumer, decision and store",
+            limit_decisions.clone(),
+        );
+        let limit_store_up = Gauge::default();
+        registry.register(
+            "limit_store_up",
+            "Whether the shared limits store answers (1) or decisions fall back (0)",
+            limit_store_up.clone(),
+        );
         Metrics {
+            limit_decisions,
+            limit_store_up,
             registry,
             requests,
             upstream_seconds,
@@ -146,6 +173,16 @@ impl Metrics {
     pub fn tool_call(&self, path: &'static str) {
         self.tool_calls
             .get_or_create(&ToolCallLabels { path })
+            .inc();
+    }
+
+    pub fn limit_decision(&self, consumer: &str, decision: &'static str, store: &'static str) {
+        self.limit_decisions
+            .get_or_create(&LimitLabels {
+                consumer: consumer.to_owned(),
+                decision,
+                store,
+            })
             .inc();
     }
 

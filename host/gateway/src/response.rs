@@ -39,20 +39,19 @@ pub fn error(error: &GatewayError) -> HttpResponse {
     }
     if let GatewayError::RateLimited {
         retry_after,
-        burst,
-        window,
+        policy,
     } = error
     {
-        let headers = response.headers_mut();
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-        // IETF draft-ietf-httpapi-ratelimit-headers: the policy, and what is left of it.
-        if let Ok(policy) = HeaderValue::try_from(format!("\"burst\";q={burst};w={window}")) {
-            headers.insert("ratelimit-policy", policy);
-        }
-        if let Ok(left) = HeaderValue::try_from(format!("\"burst\";r=0;t={seconds}")) {
-            headers.insert("ratelimit", left);
-        }
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        rate_limit_headers(response.headers_mut(), policy, 0, seconds);
+    }
+    if let GatewayError::LimitStoreUnavailable = error {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
     }
     if let GatewayError::MethodNotAllowed { allowed, .. } = error
         && let Ok(value) = HeaderValue::try_from(
@@ -85,4 +84,23 @@ pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers):
+/// the limit, and what is left of it for `reset` seconds.
+pub fn rate_limit_headers(
+    headers: &mut http::HeaderMap,
+    policy: &capgate_model::consumers::Policy,
+    remaining: u64,
+    reset: u64,
+) {
+    let name = policy.name;
+    if let Ok(value) =
+        HeaderValue::try_from(format!("\"{name}\";q={};w={}", policy.quota, policy.window))
+    {
+        headers.insert("ratelimit-policy", value);
+    }
+    if let Ok(value) = HeaderValue::try_from(format!("\"{name}\";r={remaining};t={reset}")) {
+        headers.insert("ratelimit", value);
+    }
 }

@@ -15,13 +15,14 @@ use crate::invoke::{ForwardInput, Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
 use capgate_model::arguments::{ArgumentError, Problem, Strictness, validate_arguments};
-use capgate_model::consumers::Target;
+use capgate_model::consumers::{Call, Target};
 use capgate_model::form;
 use capgate_model::route::Match;
 use capgate_model::snapshot::{Action, ExposedParam, Listener, Location, RestInputs, RestRoute};
 use capgate_plugin::PluginSet;
 
 use crate::consumer::{Caller, Consumers};
+use crate::limits::Standing;
 
 /// Answers one REST request on `listener`.
 #[allow(clippy::too_many_arguments)]
@@ -40,6 +41,7 @@ where
 {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let mut standing = None;
     let result = match listener.rest.find(&method, &path) {
         Match::NotFound => Err(GatewayError::NotFound {
             method,
@@ -56,14 +58,29 @@ where
         } => {
             let params: Vec<(String, String)> =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            match consumer_of(consumers, port, route, request.headers()) {
-                Ok(caller) => run(invoker, plugins, route, params, max_body, caller, request).await,
+            match consumer_of(consumers, port, route, request.headers()).await {
+                Ok(caller) => {
+                    standing = caller.as_ref().and_then(|(_, standing)| *standing);
+                    let caller = caller.map(|(caller, _)| caller);
+                    run(invoker, plugins, route, params, max_body, caller, request).await
+                }
                 Err(error) => Err(error),
             }
         }
     };
     match result {
-        Ok(outcome) => outcome_response(outcome),
+        Ok(outcome) => {
+            let mut response = outcome_response(outcome);
+            if let Some(standing) = standing {
+                response::rate_limit_headers(
+                    response.headers_mut(),
+                    &standing.policy,
+                    standing.remaining,
+                    standing.reset,
+                );
+            }
+            response
+        }
         Err(error) => {
             if error.status().is_server_error() {
                 tracing::warn!(%path, status = error.status().as_u16(), error = %error, "request failed");
@@ -75,14 +92,15 @@ where
     }
 }
 
-/// The consumer calling `route`, when its adapter requires one: identified by its key and
-/// granted the route by a scope (else 401 or 403).
-fn consumer_of(
+/// The consumer calling `route`, when its adapter requires one: identified by its key, granted
+/// the route by a scope (else 401 or 403) and admitted by its limits (else 429), with how its
+/// tightest limit stands.
+async fn consumer_of(
     consumers: &Consumers,
     port: u16,
     route: &RestRoute,
     headers: &HeaderMap,
-) -> Result<Option<Caller>, GatewayError> {
+) -> Result<Option<(Caller, Option<Standing>)>, GatewayError> {
     let origin = &route.operation.origin;
     if !consumers.required(port, &origin.capability, &route.namespace) {
         return Ok(None);
@@ -102,8 +120,12 @@ fn consumer_of(
     if !caller.may(&target) {
         return Err(caller.refused(&format!("{} {}", route.method, route.path)));
     }
-    consumers.admit(&caller, &origin.capability)?;
-    Ok(Some(caller))
+    let call = Call {
+        capability: &origin.capability,
+        name,
+    };
+    let standing = consumers.admit(&caller, &call).await?;
+    Ok(Some((caller, standing)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -266,6 +266,76 @@ pub struct Limits {
     pub response_write_timeout: Duration,
     /// Response bytes one connection may leave unread; past it, its next responses are 503.
     pub max_unsent_response_bytes: usize,
+    /// Where consumers' rate limits and quotas are counted: `local` (in this process) or
+    /// `redis://host:port/db` (shared by every replica that names the same Redis).
+    pub store: LimitStore,
+    /// The longest a limit decision waits for the store; past it (or when the store is
+    /// unreachable) `on_store_error` decides, and the store is probed in the background.
+    #[serde(with = "millis")]
+    pub store_timeout: Duration,
+    pub on_store_error: OnStoreError,
+    /// How many replicas share the store: with `on_store_error: local`, each replica counts
+    /// this share of every limit while the store is away.
+    pub replicas: u32,
+}
+
+/// Where limits are counted. A Redis URL's password is never shown (`Debug`, `/status`).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LimitStore {
+    #[default]
+    Local,
+    Redis(String),
+}
+
+impl TryFrom<String> for LimitStore {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text == "local" {
+            Ok(LimitStore::Local)
+        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+            Ok(LimitStore::Redis(text))
+        } else {
+            Err(format!(
+                "limits.store is `local` or a redis:// URL, not {:?}",
+                crate::secret::redact_url_password(&text)
+            ))
+        }
+    }
+}
+
+impl LimitStore {
+    /// The store as it may be shown: a Redis URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            LimitStore::Local => "local".into(),
+            LimitStore::Redis(url) => crate::secret::redact_url_password(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for LimitStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+impl Serialize for LimitStore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.shown())
+    }
+}
+
+/// What a limit decision does when the store cannot answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Count in this process, each limit divided by `replicas`.
+    #[default]
+    Local,
+    /// Refuse the call (503) until the store is back.
+    Deny,
 }
 
 impl Default for Limits {
@@ -285,6 +355,10 @@ impl Default for Limits {
             keep_alive_interval: Duration::from_secs(30),
             response_write_timeout: Duration::from_secs(60),
             max_unsent_response_bytes: 32 * 1024 * 1024,
+            store: LimitStore::Local,
+            store_timeout: Duration::from_millis(50),
+            on_store_error: OnStoreError::Local,
+            replicas: 1,
         }
     }
 }

@@ -17,9 +17,12 @@
 //!         name: list-*                   # an operation or tool name
 //!         access: read                   # read (GET routes, read-only tools), write, any
 //!     limits:
-//!       - rate: 10                       # requests per second, sustained
-//!         burst: 20                      # at once, on top
-//!         capability: identity-*         # optional glob: only these capabilities' requests
+//!       - rate: 10                       # calls per second, sustained
+//!         burst: 20                      # calls at once (default: the rate, rounded up)
+//!         capability: identity-*         # optional globs: only these capabilities' calls
+//!         name: create-*                 #   and these operations or tools
+//!       - quota: 10000                   # calls per calendar hour, day or month (UTC)
+//!         per: day
 //! ```
 //!
 //! API keys are `cg_` and 48 hex digits (192 random bits); only their SHA-256 is kept, and a
@@ -53,17 +56,136 @@ pub struct Consumer {
     pub metadata: BTreeMap<String, String>,
     pub keys: Vec<ApiKey>,
     pub scopes: Vec<Scope>,
-    pub limits: Vec<RateLimit>,
+    pub limits: Vec<Limit>,
 }
 
-/// A rate with a burst, for the requests of the capabilities matching `capability`.
+/// A limit on the calls of the capabilities matching `capability` whose operation or tool name
+/// matches `name`: a rate with a burst, or a quota per calendar period (UTC).
 #[derive(Debug, Clone)]
-pub struct RateLimit {
+pub struct Limit {
     pub capability: GlobMatcher,
-    /// Sustained requests per second.
-    pub rate: f64,
-    /// Requests allowed at once above the sustained rate.
-    pub burst: u32,
+    pub name: GlobMatcher,
+    pub kind: LimitKind,
+    /// What identifies the limit's counter: its kind, numbers and globs, so an edited limit
+    /// starts afresh and a reordered file keeps its counts.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LimitKind {
+    /// GCRA: `rate` calls per second sustained, `burst` at once.
+    Rate { rate: f64, burst: u32 },
+    /// At most `calls` in each `per` (an hour, a day or a month, starting on the UTC boundary).
+    Quota { calls: u64, per: Period },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+}
+
+impl Period {
+    /// The period holding `unix` (seconds): its start and its end.
+    pub fn window(self, unix: u64) -> (u64, u64) {
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 86_400;
+        match self {
+            Period::Hour => (unix - unix % HOUR, unix - unix % HOUR + HOUR),
+            Period::Day => (unix - unix % DAY, unix - unix % DAY + DAY),
+            Period::Month => {
+                let (year, month, _) = civil_from_days((unix / DAY) as i64);
+                let start = days_from_civil(year, month, 1) as u64 * DAY;
+                let (year, month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
+                (start, days_from_civil(year, month, 1) as u64 * DAY)
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The day count since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A limit as the IETF `RateLimit-Policy` header states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `burst` for a rate, `hour` / `day` / `month` for a quota.
+    pub name: &'static str,
+    /// Calls allowed in the window.
+    pub quota: u64,
+    /// The window, in seconds (a month counts as 30 days here).
+    pub window: u64,
+}
+
+impl LimitKind {
+    pub fn policy(self) -> Policy {
+        match self {
+            LimitKind::Rate { rate, burst } => Policy {
+                name: "burst",
+                quota: u64::from(burst),
+                window: (f64::from(burst) / rate).ceil().max(1.0) as u64,
+            },
+            LimitKind::Quota { calls, per } => Policy {
+                name: per.name(),
+                quota: calls,
+                window: match per {
+                    Period::Hour => 3600,
+                    Period::Day => 86_400,
+                    Period::Month => 30 * 86_400,
+                },
+            },
+        }
+    }
+}
+
+/// What one call is, for a limit to count it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub capability: &'a str,
+    /// The operation (REST) or tool (MCP) name.
+    pub name: &'a str,
+}
+
+impl Limit {
+    pub fn counts(&self, call: &Call<'_>) -> bool {
+        self.capability.is_match(call.capability) && self.name.is_match(call.name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -365,7 +487,7 @@ fn consumer(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<Consumer> 
             .enumerate()
         {
             let at = at.key(&format!("limits[{i}]"), item.line);
-            limits.extend(rate_limit(item, &at, diags));
+            limits.extend(limit(item, &at, diags));
         }
     }
     Some(Consumer {
@@ -421,23 +543,9 @@ fn scope(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<Scope> {
         &["capability", "adapter", "name", "access"],
         diags,
     );
-    let mut glob = |key: &str| -> Option<GlobMatcher> {
-        let Some(node) = keys.get(key) else {
-            return Some(Glob::new("*").expect("a valid glob").compile_matcher());
-        };
-        let at = at.key(key, node.line);
-        let pattern = text(node, &at, diags)?;
-        match Glob::new(&pattern) {
-            Ok(glob) => Some(glob.compile_matcher()),
-            Err(error) => {
-                diags
-                    .error(Code::BadValue, &at, format!("not a glob: {error}"))
-                    .found(pattern);
-                None
-            }
-        }
-    };
-    let (capability, adapter, name) = (glob("capability")?, glob("adapter")?, glob("name")?);
+    let capability = glob_at(&keys, "capability", at, diags)?;
+    let adapter = glob_at(&keys, "adapter", at, diags)?;
+    let name = glob_at(&keys, "name", at, diags)?;
     let access = match keys.get("access").and_then(|n| n.as_str()) {
         None => Access::Any,
         Some("read") => Access::Read,
@@ -459,8 +567,35 @@ fn scope(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<Scope> {
     })
 }
 
-fn rate_limit(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<RateLimit> {
-    let keys = keys_of(node, at, &["rate", "burst", "capability"], diags);
+fn glob_at(
+    keys: &BTreeMap<&str, &Node>,
+    key: &str,
+    at: &Loc,
+    diags: &mut Diagnostics,
+) -> Option<GlobMatcher> {
+    let Some(node) = keys.get(key) else {
+        return Some(Glob::new("*").expect("a valid glob").compile_matcher());
+    };
+    let at = at.key(key, node.line);
+    let pattern = text(node, &at, diags)?;
+    match Glob::new(&pattern) {
+        Ok(glob) => Some(glob.compile_matcher()),
+        Err(error) => {
+            diags
+                .error(Code::BadValue, &at, format!("not a glob: {error}"))
+                .found(pattern);
+            None
+        }
+    }
+}
+
+fn limit(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<Limit> {
+    let keys = keys_of(
+        node,
+        at,
+        &["rate", "burst", "quota", "per", "capability", "name"],
+        diags,
+    );
     let number = |key: &str, diags: &mut Diagnostics| -> Option<f64> {
         let node = keys.get(key)?;
         match node.value {
@@ -476,40 +611,76 @@ fn rate_limit(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<RateLimi
             }
         }
     };
-    let Some(rate) = number("rate", diags) else {
-        if !keys.contains_key("rate") {
+    let kind = match (keys.contains_key("rate"), keys.contains_key("quota")) {
+        (true, false) => {
+            if let Some(node) = keys.get("per") {
+                diags.error(
+                    Code::UnknownKey,
+                    &at.key("per", node.line),
+                    "`per` goes with `quota`, not with `rate` (a rate is per second)",
+                );
+                return None;
+            }
+            let rate = number("rate", diags)?;
+            let burst = match keys.get("burst") {
+                None => rate.ceil() as u32,
+                Some(_) => number("burst", diags)?.ceil() as u32,
+            };
+            LimitKind::Rate { rate, burst }
+        }
+        (false, true) => {
+            if let Some(node) = keys.get("burst") {
+                diags.error(
+                    Code::UnknownKey,
+                    &at.key("burst", node.line),
+                    "`burst` goes with `rate`, not with `quota`",
+                );
+                return None;
+            }
+            let calls = number("quota", diags)?.ceil() as u64;
+            let per = match keys.get("per").map(|n| (n, n.as_str())) {
+                Some((_, Some("hour"))) => Period::Hour,
+                Some((_, Some("day"))) => Period::Day,
+                Some((_, Some("month"))) => Period::Month,
+                Some((node, other)) => {
+                    diags
+                        .error(Code::BadValue, &at.key("per", node.line), "unknown period")
+                        .found(other.unwrap_or("").to_owned())
+                        .expected("hour, day or month");
+                    return None;
+                }
+                None => {
+                    diags.error(
+                        Code::MissingKey,
+                        at,
+                        "a quota says what it is `per`: hour, day or month",
+                    );
+                    return None;
+                }
+            };
+            LimitKind::Quota { calls, per }
+        }
+        _ => {
             diags.error(
                 Code::MissingKey,
                 at,
-                "a limit has a `rate` (requests per second)",
+                "a limit has either a `rate` (calls per second, with a `burst`) or a `quota` (calls `per` hour, day or month)",
             );
-        }
-        return None;
-    };
-    let burst = match keys.get("burst") {
-        None => rate.ceil() as u32,
-        Some(_) => number("burst", diags)? as u32,
-    };
-    let capability = match keys.get("capability") {
-        None => Glob::new("*").expect("a valid glob").compile_matcher(),
-        Some(node) => {
-            let at = at.key("capability", node.line);
-            let pattern = text(node, &at, diags)?;
-            match Glob::new(&pattern) {
-                Ok(glob) => glob.compile_matcher(),
-                Err(error) => {
-                    diags
-                        .error(Code::BadValue, &at, format!("not a glob: {error}"))
-                        .found(pattern);
-                    return None;
-                }
-            }
+            return None;
         }
     };
-    Some(RateLimit {
+    let capability = glob_at(&keys, "capability", at, diags)?;
+    let name = glob_at(&keys, "name", at, diags)?;
+    let id = match kind {
+        LimitKind::Rate { rate, burst } => format!("rate={rate}/{burst}"),
+        LimitKind::Quota { calls, per } => format!("quota={calls}/{}", per.name()),
+    };
+    let id = format!("{id}|{}|{}", capability.glob().glob(), name.glob().glob());
+    Some(Limit {
         capability,
-        rate,
-        burst,
+        name,
+        kind,
+        id,
     })
 }
 
@@ -592,6 +763,61 @@ mod tests {
     fn an_expired_key_stops_working() {
         let set = parse(&file(), &sample("        expires_at: 1000\n")).unwrap();
         assert!(set.authenticate(KEY, SystemTime::now()).is_none());
+    }
+
+    #[test]
+    fn periods_start_on_utc_boundaries() {
+        // 2024-02-29T13:45:00Z: a leap day.
+        let t = 1_709_214_300;
+        assert_eq!(Period::Hour.window(t), (1_709_211_600, 1_709_215_200));
+        assert_eq!(Period::Day.window(t), (1_709_164_800, 1_709_251_200));
+        // February 2024 began 2024-02-01 and March on 2024-03-01.
+        assert_eq!(Period::Month.window(t), (1_706_745_600, 1_709_251_200));
+        // December rolls over into January of the next year.
+        let december = 1_798_675_200; // 2026-12-31T00:00:00Z
+        assert_eq!(
+            Period::Month.window(december),
+            (1_796_083_200, 1_798_761_600)
+        );
+    }
+
+    #[test]
+    fn limits_are_rates_or_quotas() {
+        let text = "consumers:\n  - name: a\n    limits:\n      - rate: 5\n        name: create-*\n      - quota: 100\n        per: day\n";
+        let set = parse(&file(), text).unwrap();
+        let limits = &set.consumers[0].limits;
+        assert_eq!(
+            limits[0].kind,
+            LimitKind::Rate {
+                rate: 5.0,
+                burst: 5
+            }
+        );
+        assert!(limits[0].counts(&Call {
+            capability: "x",
+            name: "create-session"
+        }));
+        assert!(!limits[0].counts(&Call {
+            capability: "x",
+            name: "list-sessions"
+        }));
+        assert_eq!(
+            limits[1].kind,
+            LimitKind::Quota {
+                calls: 100,
+                per: Period::Day
+            }
+        );
+        let bad = "consumers:\n  - name: a\n    limits:\n      - quota: 100\n        per: week\n      - rate: 1\n        quota: 2\n";
+        let errors = parse(&file(), bad).unwrap_err();
+        assert!(
+            errors.iter().any(|d| d.message.contains("unknown period")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|d| d.message.contains("either a `rate`")),
+            "{errors:?}"
+        );
     }
 
     #[test]

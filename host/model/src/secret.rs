@@ -59,3 +59,30 @@ mod tests {
         assert_eq!(secret.expose(), "sk_test_123");
     }
 }
+
+/// A URL with its password (if any) replaced by `***`: `redis://:***@host:6379/0`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn a_url_password_is_never_shown() {
+        use super::redact_url_password as r;
+        assert_eq!(r("redis://:hunter2@db:6379/0"), "redis://:***@db:6379/0");
+        assert_eq!(r("redis://app:hunter2@db/1"), "redis://app:***@db/1");
+        assert_eq!(r("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+    }
+}

@@ -73,6 +73,10 @@ impl Endpoint {
             if let Some(tool) = pinned.tool(&call.params.name)
                 && tool.inputs.iter().all(|input| input.header.is_none())
             {
+                // Counted by the front door already (a stateless call); this is a no-op then.
+                if let Err(error) = pinned.admit(tool).await {
+                    return super::limited(&error);
+                }
                 self.handler.invoker.metrics().tool_call("direct");
                 let result = self
                     .handler
