@@ -63,21 +63,41 @@ async fn rest_needs_a_consumers_key_and_its_scopes_decide() {
         }
         request.send()
     };
-    // No key, an unknown key, an expired key: the same 401, naming no consumer.
+    // No key: a 401 asking for one.
+    let response = list(None).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"capgate\""
+    );
+    // An unknown key, an expired key: the same 401, naming no consumer.
     let mut bodies = Vec::new();
-    for key in [None, Some("cg_unknown"), Some(EXPIRED)] {
+    for key in [Some("cg_unknown"), Some(EXPIRED)] {
         let response = list(key).await.unwrap();
         assert_eq!(response.status(), 401, "{key:?}");
-        assert!(
-            response.headers()["www-authenticate"]
-                .to_str()
-                .unwrap()
-                .starts_with("Bearer")
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"capgate\", error=\"invalid_token\", error_description=\"the credentials are unknown or expired\""
         );
         bodies.push(response.text().await.unwrap());
     }
     assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
     assert!(!bodies[0].contains("reader") && !bodies[0].contains("writer"));
+    // A malformed `Authorization` says so.
+    let malformed = h
+        .http
+        .get(format!("{sessions}?limit=1"))
+        .header("authorization", "Basic cmVhZGVyOg==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 401);
+    assert!(
+        malformed.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("is not `Bearer <key or token>`")
+    );
     // The reader reads, and may not write.
     assert_eq!(list(Some(READER)).await.unwrap().status(), 200);
     let create = |key: &str| {

@@ -6,6 +6,7 @@ mod consumers;
 mod corpus;
 mod errors;
 mod hardening;
+mod jwt;
 mod mcp;
 mod plugins;
 mod reload;

@@ -16,10 +16,11 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::error::GatewayError;
+use crate::jwt::Issuers;
 use crate::limits::{Counted, Limiter, Standing};
 use crate::metrics::Metrics;
 use capgate_model::config::{ConsumersConfig, Limits};
-use capgate_model::consumers::{self, Call, Consumer, ConsumerSet, Target};
+use capgate_model::consumers::{self, Call, Consumer, ConsumerSet, Scope, Target};
 use capgate_model::diag::Diagnostic;
 
 /// The consumers of the gateway and where they are required.
@@ -30,14 +31,18 @@ pub struct Consumers {
     /// The file's text last read and the diagnostics of the last read that failed.
     last: Mutex<(Option<Vec<u8>>, Vec<Diagnostic>)>,
     limiter: Limiter,
+    issuers: Issuers,
+    public_url: Option<String>,
 }
 
-/// A caller identified by its key.
+/// A caller identified by its key or token.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub consumer: Arc<Consumer>,
-    /// The key's public prefix, for logs.
-    pub key_prefix: String,
+    /// The key's public prefix (`cg_3f9a`) or the token's issuer and key id, for logs.
+    pub credential: String,
+    /// A token's scopes, which narrow the consumer's own.
+    pub token_scopes: Option<Arc<[Scope]>>,
 }
 
 impl Consumers {
@@ -58,6 +63,11 @@ impl Consumers {
             set: ArcSwap::from_pointee(ConsumerSet::default()),
             last: Mutex::new((None, Vec::new())),
             limiter: Limiter::new(limits, metrics),
+            issuers: Issuers::new(&config.jwt),
+            public_url: config
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
         };
         consumers.refresh();
         consumers
@@ -105,18 +115,63 @@ impl Consumers {
         })
     }
 
-    /// Who the request is, by its key.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
-        let unauthorized = GatewayError::Unauthorized { scheme: "Bearer" };
-        let key = key_of(headers).ok_or(unauthorized.clone())?;
+    /// Who the request is, by its API key or JWT: no credentials is a 401 that asks for them;
+    /// credentials that do not hold are a 401 that says what is wrong with them (never which
+    /// consumers exist).
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+        let credential = credential_of(headers)?;
         let set = self.set.load();
-        let (consumer, api_key) = set
-            .authenticate(key, SystemTime::now())
-            .ok_or(unauthorized)?;
+        if Issuers::looks_like_jwt(credential) && !self.issuers.is_empty() {
+            let verified = self
+                .issuers
+                .verify(credential)
+                .await
+                .map_err(|description| GatewayError::InvalidCredentials { description })?;
+            let consumer = set
+                .get(&verified.consumer)
+                .ok_or(GatewayError::InvalidCredentials {
+                    description: "the token names no consumer of this gateway",
+                })?;
+            return Ok(Caller {
+                consumer: consumer.clone(),
+                credential: verified.credential,
+                token_scopes: verified.scopes,
+            });
+        }
+        let (consumer, api_key) = set.authenticate(credential, SystemTime::now()).ok_or(
+            GatewayError::InvalidCredentials {
+                description: "the credentials are unknown or expired",
+            },
+        )?;
         Ok(Caller {
             consumer: consumer.clone(),
-            key_prefix: api_key.prefix.clone(),
+            credential: api_key.prefix.clone(),
+            token_scopes: None,
         })
+    }
+
+    /// Starts refreshing the JWT issuers' keys (on the current runtime).
+    pub fn start(&self) {
+        self.issuers.start_refreshing();
+    }
+
+    /// The gateway's public base URL: `consumers.public_url`, else `http://` and the request's
+    /// `Host` (when it is a well-formed authority).
+    pub fn public_base(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| http::uri::Authority::try_from(*h).is_ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    }
+
+    /// The JWT issuers, for the protected resource metadata.
+    pub fn issuers(&self) -> Vec<&str> {
+        self.issuers.names()
     }
 
     /// Counts `call` against the caller's limits that count it (in this process or in the
@@ -179,8 +234,13 @@ impl Consumers {
 }
 
 impl Caller {
+    /// Whether the consumer's scopes grant `target`, and the token's too when it has some.
     pub fn may(&self, target: &Target<'_>) -> bool {
         self.consumer.may(target)
+            && self
+                .token_scopes
+                .as_ref()
+                .is_none_or(|scopes| scopes.iter().any(|s| s.grants(target)))
     }
 
     /// The 403 for a call this caller may not make.
@@ -192,14 +252,24 @@ impl Caller {
     }
 }
 
-/// The key a request carries: `Authorization: Bearer <key>`, else `X-Api-Key`.
-fn key_of(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
+/// The credential a request carries: `Authorization: Bearer <key or token>`, else
+/// `X-Api-Key`. None is a 401 that asks for one; an `Authorization` of another scheme, or one
+/// that is not text, is a 401 that says so.
+fn credential_of(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let malformed = GatewayError::InvalidCredentials {
+            description: "Authorization is not `Bearer <key or token>`",
+        };
+        let text = value.to_str().map_err(|_| malformed.clone())?;
+        let (scheme, token) = text.split_once(' ').ok_or(malformed.clone())?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(malformed);
+        }
+        return Ok(token);
+    }
+    headers
+        .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .ok_or(GatewayError::Unauthorized { scheme: "Bearer" })
 }

@@ -39,6 +39,10 @@ pub enum GatewayError {
     },
     #[error("authentication required: send valid {scheme} credentials")]
     Unauthorized { scheme: &'static str },
+    /// Consumer credentials that do not hold: an unknown or expired key, a bad token. The
+    /// description says what is wrong with the credential, never which consumers exist.
+    #[error("invalid credentials: {description}")]
+    InvalidCredentials { description: &'static str },
     /// A consumer past one of its rate limits.
     #[error("rate limit exceeded: retry in {} ms", .retry_after.as_millis().max(1))]
     RateLimited {
@@ -116,7 +120,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Unauthorized { .. } | GatewayError::InvalidCredentials { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             GatewayError::NotAllowed { .. } | GatewayError::NoGrant { .. } => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::LimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -140,6 +146,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. }
             | GatewayError::Unauthorized { .. }
+            | GatewayError::InvalidCredentials { .. }
             | GatewayError::NotAllowed { .. }
             | GatewayError::NoGrant { .. }
             | GatewayError::RateLimited { .. }
@@ -178,6 +185,7 @@ impl GatewayError {
             GatewayError::BadRequest { code, .. } => code,
             GatewayError::Refused { code, .. } => code,
             GatewayError::Unauthorized { .. } => "authentication_required",
+            GatewayError::InvalidCredentials { .. } => "invalid_credentials",
             GatewayError::NotAllowed { what: "host", .. } => "host_not_allowed",
             GatewayError::NotAllowed { .. } => "origin_not_allowed",
             GatewayError::NoGrant { .. } => "permission_denied",

@@ -54,6 +54,17 @@ impl Shared {
             };
             return response::error(&error);
         };
+        if request.method() == http::Method::GET
+            && let Some(document) = Hub::protected_resource(
+                listener,
+                key.port,
+                &self.consumers,
+                request.uri().path(),
+                request.headers(),
+            )
+        {
+            return document;
+        }
         if Hub::wants(listener, request.uri().path()) {
             let response = self
                 .mcp

@@ -21,6 +21,7 @@ pub mod error;
 pub mod front;
 pub mod gateway;
 pub mod invoke;
+pub mod jwt;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
@@ -43,6 +44,7 @@ pub async fn start(config: Config) -> Gateway {
         Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
     }
     let gateway = Gateway::new(config);
+    gateway.consumers().start();
     if let Some(address) = gateway.config().admin.address {
         match admin::start(address, gateway.clone()).await {
             Ok(bound) => gateway.set_admin_addr(bound),

@@ -310,6 +310,43 @@ impl Hub {
         }
     }
 
+    /// The OAuth 2.0 Protected Resource Metadata (RFC 9728) of the MCP endpoint `path` names
+    /// (`/.well-known/oauth-protected-resource/mcp/<ns>`), for an adapter that requires a
+    /// consumer: the resource, the JWT issuers that may grant tokens for it, and how to send
+    /// them. `None` when `path` is not such a document's.
+    pub fn protected_resource(
+        listener: &Listener,
+        port: u16,
+        consumers: &Consumers,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<HttpResponse> {
+        let endpoint = path.strip_prefix(METADATA_PREFIX)?;
+        let adapter = match endpoint.trim_end_matches('/').strip_prefix("/mcp/") {
+            Some(namespace) => listener.mcp.get(namespace)?,
+            None if endpoint == "/mcp" || endpoint.is_empty() => listener.default_mcp()?,
+            None => return None,
+        };
+        if !consumers.required(port, &adapter.origin.capability, &adapter.namespace) {
+            return None;
+        }
+        let mut document = json!({
+            "resource": format!("{}/mcp/{}", consumers.public_base(headers), adapter.namespace),
+            "bearer_methods_supported": ["header"],
+            "resource_name": format!("{} ({})", adapter.origin.capability, adapter.namespace),
+        });
+        let issuers = consumers.issuers();
+        if !issuers.is_empty() {
+            document["authorization_servers"] = json!(issuers);
+        }
+        let mut answer = http::Response::new(response::full(document.to_string()));
+        answer.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Some(answer)
+    }
+
     /// Whether `path` is an MCP path on `listener`: `/mcp` (the only adapter) or `/mcp/<ns>`.
     pub fn wants(listener: &Listener, path: &str) -> bool {
         !listener.mcp.is_empty() && (path == "/mcp" || path == "/mcp/" || path.starts_with("/mcp/"))
@@ -360,36 +397,10 @@ impl Hub {
         // Where a consumer is required, its key replaces the adapter's own authentication.
         let (caller, admitted) =
             if consumers.required(key.port, &adapter.origin.capability, &adapter.namespace) {
-                let caller = match consumers.identify(request.headers()) {
-                    Ok(caller) => caller,
-                    Err(error) => return response::error(&error),
-                };
-                let admitted = match stateless_tool_call(request.headers()) {
-                    // A stateless tool call is counted here, so that past a limit it is an
-                    // HTTP 429; a session's are counted by `call_tool`.
-                    Some(name) => match adapter.tool(name).filter(|tool| {
-                        caller.may(&Target {
-                            capability: &adapter.origin.capability,
-                            adapter: &adapter.namespace,
-                            name: &tool.name,
-                            read_only: tool.hints.read_only,
-                        })
-                    }) {
-                        Some(tool) => {
-                            let call = Call {
-                                capability: &adapter.origin.capability,
-                                name: &tool.name,
-                            };
-                            if let Err(error) = consumers.admit(&caller, &call).await {
-                                return limited(&error);
-                            }
-                            true
-                        }
-                        None => false,
-                    },
-                    None => false,
-                };
-                (Some(caller), admitted)
+                match consumer_of(consumers, adapter, request.headers()).await {
+                    Ok(admitted) => admitted,
+                    Err(refused) => return refused,
+                }
             } else {
                 if let Some(auth) = &adapter.auth
                     && let Err(error) =
@@ -715,6 +726,57 @@ impl ServerHandler for Handler {
         }
     }
 }
+
+/// The consumer calling `adapter` (else a 401 that points to the protected resource
+/// metadata), and whether its call was counted here: a stateless tool call is, so that past a
+/// limit it is an HTTP 429 (a session's calls are counted by `call_tool`).
+async fn consumer_of(
+    consumers: &Consumers,
+    adapter: &McpAdapter,
+    headers: &http::HeaderMap,
+) -> Result<(Option<Caller>, bool), HttpResponse> {
+    let caller = match consumers.identify(headers).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            let mut refused = response::error(&error);
+            let metadata = format!(
+                "{}{METADATA_PREFIX}/mcp/{}",
+                consumers.public_base(headers),
+                adapter.namespace
+            );
+            if let Some(value) = response::www_authenticate(&error, Some(&metadata)) {
+                refused
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, value);
+            }
+            return Err(refused);
+        }
+    };
+    let visible = stateless_tool_call(headers)
+        .and_then(|name| adapter.tool(name))
+        .filter(|tool| {
+            caller.may(&Target {
+                capability: &adapter.origin.capability,
+                adapter: &adapter.namespace,
+                name: &tool.name,
+                read_only: tool.hints.read_only,
+            })
+        });
+    let Some(tool) = visible else {
+        return Ok((Some(caller), false));
+    };
+    let call = Call {
+        capability: &adapter.origin.capability,
+        name: &tool.name,
+    };
+    match consumers.admit(&caller, &call).await {
+        Ok(_) => Ok((Some(caller), true)),
+        Err(error) => Err(limited(&error)),
+    }
+}
+
+/// Where protected resource metadata documents are (RFC 9728, section 3).
+pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
 
 /// The JSON-RPC error code of a call refused by a consumer's limits (server-defined range).
 const LIMITED: i32 = -32029;

@@ -30,9 +30,7 @@ pub fn error(error: &GatewayError) -> HttpResponse {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let GatewayError::Unauthorized { scheme } = error
-        && let Ok(value) = HeaderValue::try_from(format!("{scheme} realm=\"capgate\""))
-    {
+    if let Some(value) = www_authenticate(error, None) {
         response
             .headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, value);
@@ -84,6 +82,29 @@ pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750): the scheme, where an MCP endpoint's
+/// protected resource metadata is (RFC 9728), and for credentials that were sent but do not
+/// hold, `error="invalid_token"` with a description.
+pub fn www_authenticate(
+    error: &GatewayError,
+    resource_metadata: Option<&str>,
+) -> Option<HeaderValue> {
+    let mut challenge = match error {
+        GatewayError::Unauthorized { scheme } => format!("{scheme} realm=\"capgate\""),
+        GatewayError::InvalidCredentials { .. } => "Bearer realm=\"capgate\"".to_owned(),
+        _ => return None,
+    };
+    if let Some(url) = resource_metadata {
+        challenge.push_str(&format!(", resource_metadata=\"{url}\""));
+    }
+    if let GatewayError::InvalidCredentials { description } = error {
+        challenge.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{description}\""
+        ));
+    }
+    HeaderValue::try_from(challenge).ok()
 }
 
 /// The IETF `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers):

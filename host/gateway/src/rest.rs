@@ -105,7 +105,7 @@ async fn consumer_of(
     if !consumers.required(port, &origin.capability, &route.namespace) {
         return Ok(None);
     }
-    let caller = consumers.identify(headers)?;
+    let caller = consumers.identify(headers).await?;
     let name = route
         .operation
         .name

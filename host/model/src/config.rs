@@ -452,6 +452,85 @@ pub struct ConsumersConfig {
     /// The adapters that require a consumer's key. Where none applies, an adapter's own
     /// `authentication` (if any) is what callers need; where one does, the consumer's key is.
     pub require: Vec<Requirement>,
+    /// Issuers whose JWT bearer tokens identify consumers (as well as API keys).
+    pub jwt: Vec<JwtIssuer>,
+    /// The public base URL of the gateway (`https://api.example.com`), for the OAuth protected
+    /// resource metadata of MCP endpoints; by default `http://` and the request's `Host`.
+    pub public_url: Option<String>,
+}
+
+/// An issuer of JWT bearer tokens: a token is accepted when it is signed by one of the issuer's
+/// keys (RS256, ES256 or EdDSA), is for `audience`, and is within its `exp` / `nbf` (give or
+/// take `leeway_seconds`). Its `consumer_claim` names a consumer of the consumers file (whose
+/// limits and metadata apply); its `scopes_claim` (space-separated or a list) narrows what that
+/// consumer may call: each scope is `ACCESS`, `CAPABILITY:ACCESS` or `CAPABILITY:NAME:ACCESS`
+/// (globs; ACCESS is read, write or any).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtIssuer {
+    /// The `iss` claim tokens carry (and the authorization server the metadata names).
+    pub issuer: String,
+    pub audience: String,
+    /// A JWKS file, re-read every `refresh`.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (https, or http on a loopback address), fetched every `refresh` and when a
+    /// token names a key id not yet known (at most every 10 s), each fetch within `timeout`.
+    pub jwks_url: Option<String>,
+    pub consumer_claim: String,
+    pub scopes_claim: String,
+    #[serde(with = "millis")]
+    pub refresh: Duration,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    pub leeway_seconds: u64,
+}
+
+impl ConsumersConfig {
+    /// What serde cannot check: each issuer names itself, an audience and one key source.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, issuer) in self.jwt.iter().enumerate() {
+            let at = format!("consumers.jwt[{i}]");
+            if issuer.issuer.is_empty() || issuer.audience.is_empty() {
+                return Err(format!("{at}: an issuer has an `issuer` and an `audience`"));
+            }
+            match (&issuer.jwks_file, &issuer.jwks_url) {
+                (Some(_), None) => {}
+                (None, Some(url)) => {
+                    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                        .iter()
+                        .any(|p| url.starts_with(p));
+                    if !url.starts_with("https://") && !loopback {
+                        return Err(format!(
+                            "{at}: jwks_url must be https (http only on a loopback address), not {url:?}"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{at} ({}): give exactly one of jwks_file and jwks_url",
+                        issuer.issuer
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for JwtIssuer {
+    fn default() -> Self {
+        JwtIssuer {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_file: None,
+            jwks_url: None,
+            consumer_claim: "sub".into(),
+            scopes_claim: "scope".into(),
+            refresh: Duration::from_secs(300),
+            timeout: Duration::from_secs(5),
+            leeway_seconds: 30,
+        }
+    }
 }
 
 /// Adapters that require a consumer: every part a glob (`*` when left out), and an optional
@@ -667,6 +746,19 @@ impl Config {
             && file.is_relative()
         {
             config.consumers.file = Some(base.join(file));
+        }
+        for issuer in &mut config.consumers.jwt {
+            if let Some(file) = &issuer.jwks_file
+                && file.is_relative()
+            {
+                issuer.jwks_file = Some(base.join(file));
+            }
+        }
+        if let Err(message) = config.consumers.check() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            });
         }
         config.source = Some(path.to_owned());
         Ok(config)

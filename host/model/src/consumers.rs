@@ -228,17 +228,48 @@ pub struct Target<'a> {
 impl Consumer {
     /// Whether some scope grants `target`.
     pub fn may(&self, target: &Target<'_>) -> bool {
-        self.scopes.iter().any(|scope| {
-            let access = match scope.access {
-                Access::Any => true,
-                Access::Read => target.read_only,
-                Access::Write => !target.read_only,
-            };
-            access
-                && scope.capability.is_match(target.capability)
-                && scope.adapter.is_match(target.adapter)
-                && scope.name.is_match(target.name)
+        self.scopes.iter().any(|scope| scope.grants(target))
+    }
+}
+
+impl Scope {
+    /// A scope as a token carries it: `ACCESS`, `CAPABILITY:ACCESS` or
+    /// `CAPABILITY:NAME:ACCESS` (globs; ACCESS is read, write or any). Anything else (an
+    /// `openid`, a bad glob) is not a capgate scope: `None`.
+    pub fn from_token(token: &str) -> Option<Scope> {
+        let mut parts: Vec<&str> = token.split(':').collect();
+        let access = match parts.pop()? {
+            "read" => Access::Read,
+            "write" => Access::Write,
+            "any" => Access::Any,
+            _ => return None,
+        };
+        let glob = |part: Option<&&str>| -> Option<GlobMatcher> {
+            Glob::new(part.copied().unwrap_or("*"))
+                .ok()
+                .map(|g| g.compile_matcher())
+        };
+        if parts.len() > 2 {
+            return None;
+        }
+        Some(Scope {
+            capability: glob(parts.first())?,
+            adapter: glob(None)?,
+            name: glob(parts.get(1))?,
+            access,
         })
+    }
+
+    pub fn grants(&self, target: &Target<'_>) -> bool {
+        let access = match self.access {
+            Access::Any => true,
+            Access::Read => target.read_only,
+            Access::Write => !target.read_only,
+        };
+        access
+            && self.capability.is_match(target.capability)
+            && self.adapter.is_match(target.adapter)
+            && self.name.is_match(target.name)
     }
 }
 
@@ -757,6 +788,30 @@ mod tests {
             !consumer.may(&target("customers", true)),
             "another capability"
         );
+    }
+
+    #[test]
+    fn token_scopes_name_capability_name_and_access() {
+        let target = Target {
+            capability: "identity-sessions",
+            adapter: "rest",
+            name: "stripe-get-x",
+            read_only: true,
+        };
+        for (token, grants) in [
+            ("read", true),
+            ("write", false),
+            ("identity-*:read", true),
+            ("billing-*:any", false),
+            ("identity-*:stripe-get-*:read", true),
+            ("identity-*:stripe-post-*:any", false),
+        ] {
+            let scope = Scope::from_token(token).unwrap();
+            assert_eq!(scope.grants(&target), grants, "{token}");
+        }
+        for other in ["openid", "profile:email", "a:b:c:read", ""] {
+            assert!(Scope::from_token(other).is_none(), "{other}");
+        }
     }
 
     #[test]
