@@ -531,3 +531,94 @@ async fn session_call(h: &Harness, url: &str, key: &str, id: &str, tool: &str) -
         .unwrap();
     json_of(&response.text().await.unwrap())
 }
+
+#[tokio::test]
+async fn the_access_log_says_who_called_what_and_nothing_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let file = dir.path().join("consumers.yaml");
+    std::fs::write(&file, consumers_file("write")).unwrap();
+    let log = dir.path().join("access.log");
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        c.consumers.file = Some(file);
+        c.consumers.require = vec![Requirement::default()];
+        c.log.access.to = log.display().to_string();
+    })
+    .await;
+    let session = common::create_session_directly(&h.sim).await;
+    let retrieve = format!("{}/{session}", h.sessions().await);
+    let got = h
+        .http
+        .get(&retrieve)
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let refused = h
+        .http
+        .post(h.sessions().await)
+        .bearer_auth(READER)
+        .form(&[("type", "document")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let (status, _) = stateless_call(&h, READER, "stripe-get-identity-verification-sessions").await;
+    assert_eq!(status, 200);
+
+    let lines = async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() >= 3 {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), lines)
+        .await
+        .expect("access log lines");
+    let entries: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rest = &entries[0];
+    assert_eq!(rest["surface"], "rest");
+    assert_eq!(rest["consumer"], "reader");
+    assert_eq!(rest["credential"], "cg_0000");
+    assert_eq!(rest["capability"], "identity-sessions");
+    assert_eq!(rest["method"], "GET");
+    // The route's template, not the path with the session's id.
+    assert_eq!(
+        rest["route"], "/v1/v1/identity/verification-sessions/{session}",
+        "{rest}"
+    );
+    assert_eq!(rest["status"], 200);
+    assert_eq!(rest["upstream_status"], 200);
+    assert!(rest["upstream_ms"].as_f64().unwrap() > 0.0, "{rest}");
+    assert!(rest["duration_ms"].as_f64().unwrap() >= rest["upstream_ms"].as_f64().unwrap());
+    assert!(rest["bytes_out"].as_u64().unwrap() > 0);
+    assert!(rest["request_id"].as_str().unwrap().starts_with("req_"));
+    let denied = &entries[1];
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["upstream_status"], Value::Null);
+    let mcp = entries
+        .iter()
+        .find(|e| e["surface"] == "mcp")
+        .expect("an MCP line");
+    assert_eq!(
+        mcp["operation"],
+        "stripe-get-identity-verification-sessions"
+    );
+    assert_eq!(mcp["route"], "tools/call");
+    assert_eq!(mcp["upstream_status"], 200);
+    // Never a key, the upstream's key, a session's id or secret, or a body.
+    for secret in [READER, WRITER, common::KEY, &session, "client_secret"] {
+        assert!(
+            !text.contains(secret),
+            "{secret} in the access log:\n{text}"
+        );
+    }
+}

@@ -110,6 +110,7 @@ impl Gateway {
             Client::new(&config.limits, &config.retry),
             plugins,
             metrics.clone(),
+            crate::access::AccessLog::new(&config.log.access, metrics.clone()),
         ));
         let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Map, Value};
 
+use crate::access::AccessLog;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::upstream::{self, Client};
@@ -94,24 +95,43 @@ impl Outcome {
 }
 
 /// Runs operations. One per gateway; cheap to share.
-#[derive(Debug)]
 pub struct Invoker {
     client: Client,
     plugins: Option<Arc<Plugins>>,
     metrics: Arc<Metrics>,
+    access: AccessLog,
+}
+
+impl std::fmt::Debug for Invoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invoker")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Invoker {
-    pub fn new(client: Client, plugins: Option<Arc<Plugins>>, metrics: Arc<Metrics>) -> Invoker {
+    pub fn new(
+        client: Client,
+        plugins: Option<Arc<Plugins>>,
+        metrics: Arc<Metrics>,
+        access: AccessLog,
+    ) -> Invoker {
         Invoker {
             client,
             plugins,
             metrics,
+            access,
         }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The access log (a no-op when off).
+    pub fn access(&self) -> &AccessLog {
+        &self.access
     }
 
     pub fn plugins(&self) -> Option<&Arc<Plugins>> {
@@ -194,6 +214,7 @@ impl Invoker {
     ) -> Result<UpstreamResponse, GatewayError> {
         let started = std::time::Instant::now();
         let result = self.client.send(adapter, request).await;
+        crate::access::upstream_took(started.elapsed());
         self.metrics
             .upstream_seconds
             .get_or_create(&UpstreamLabels {
@@ -227,6 +248,7 @@ impl Invoker {
                 break;
             };
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| request.clone());
+            let started = std::time::Instant::now();
             let outcome = match loaded.get(&transform.plugin) {
                 Some(plugin) => plugins
                     .on_request(plugin, transform, context, request)
@@ -234,6 +256,7 @@ impl Invoker {
                     .map(|outcome| (outcome, plugin)),
                 None => Err(Failure::NotLoaded),
             };
+            crate::access::plugin_took(started.elapsed());
             pending = match outcome {
                 Ok((RequestOutcome::Skipped(request), plugin)) => {
                     ran.push((transform, plugin));
@@ -268,10 +291,12 @@ impl Invoker {
         };
         for (transform, plugin) in ran.into_iter().rev() {
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| response.clone());
-            match plugins
+            let started = std::time::Instant::now();
+            let outcome = plugins
                 .on_response(plugin, transform, context, response)
-                .await
-            {
+                .await;
+            crate::access::plugin_took(started.elapsed());
+            match outcome {
                 Ok(ResponseOutcome::Skipped(unchanged)) => response = unchanged,
                 Ok(ResponseOutcome::Forward(changed)) => {
                     self.metrics.plugin(&transform.plugin, "on_response", "ok");

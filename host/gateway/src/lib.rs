@@ -14,6 +14,7 @@
 
 #![warn(clippy::too_many_lines)]
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod consumer;

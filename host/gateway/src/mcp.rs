@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{Entry, Timing};
 use crate::consumer::{Caller, Consumers};
 use crate::error::GatewayError;
 use crate::invoke::{Inputs, Invoker, Outcome};
@@ -551,17 +552,68 @@ impl Handler {
     async fn run(
         &self,
         tool: &Tool,
-        plugins: &PluginSet,
+        pinned: &Pinned,
         arguments: Option<Map<String, Value>>,
         progress: &Progress,
     ) -> CallToolResult {
+        let timing = Timing::start();
+        let request_id = crate::invoke::request_id();
+        let bytes_in = arguments
+            .as_ref()
+            .map_or(0, |a| serde_json::to_vec(a).map_or(0, |v| v.len() as u64));
+        let (status, result) = crate::access::recording(
+            timing.exchange.clone(),
+            self.call(tool, &pinned.plugins, arguments, progress, &request_id),
+        )
+        .await;
+        if self.invoker.access().is_on() {
+            let caller = pinned.caller.as_ref();
+            let mut entry = Entry {
+                request_id: &request_id,
+                surface: "mcp",
+                consumer: caller.map(|c| c.consumer.name.as_str()),
+                credential: caller.map(|c| c.credential.as_str()),
+                capability: Some(&pinned.adapter.origin.capability),
+                adapter: Some(&pinned.adapter.namespace),
+                operation: Some(&tool.name),
+                method: "POST",
+                route: "tools/call",
+                status,
+                bytes_in,
+                bytes_out: result
+                    .content
+                    .iter()
+                    .filter_map(|c| c.as_text())
+                    .map(|t| t.text.len() as u64)
+                    .sum(),
+                limit: caller
+                    .filter(|c| !c.consumer.limits.is_empty())
+                    .map(|_| "admitted"),
+                ..Entry::default()
+            };
+            timing.finish(&mut entry);
+            self.invoker.access().write(&entry);
+        }
+        result
+    }
+
+    /// The tool call itself: its arguments checked, the operation invoked; the status the
+    /// operation answered (or the error's) with the result.
+    async fn call(
+        &self,
+        tool: &Tool,
+        plugins: &PluginSet,
+        arguments: Option<Map<String, Value>>,
+        progress: &Progress,
+        request_id: &Arc<str>,
+    ) -> (u16, CallToolResult) {
         let values = match validate_arguments(
             &tool.inputs,
             arguments.unwrap_or_default(),
             Strictness::Exact,
         ) {
             Ok(values) => values,
-            Err(error) => return text_error(format!("invalid arguments: {error}")),
+            Err(error) => return (400, text_error(format!("invalid arguments: {error}"))),
         };
         progress
             .step(1, "arguments accepted; calling the operation")
@@ -570,22 +622,22 @@ impl Handler {
             values,
             headers: HeaderMap::new(),
             forward: None,
-            request_id: crate::invoke::request_id(),
+            request_id: request_id.clone(),
         };
-        let result = match self.invoker.invoke(&tool.operation, inputs, plugins).await {
+        let (status, result) = match self.invoker.invoke(&tool.operation, inputs, plugins).await {
             Ok(outcome) => {
                 progress
                     .step(2, &format!("answered {}", outcome.status.as_u16()))
                     .await;
-                tool_result(&outcome)
+                (outcome.status.as_u16(), tool_result(&outcome))
             }
             Err(error) => {
                 progress.step(2, &format!("failed: {}", error.code())).await;
-                gateway_error_result(&error)
+                (error.status().as_u16(), gateway_error_result(&error))
             }
         };
         progress.step(3, "result ready").await;
-        result
+        (status, result)
     }
 }
 
@@ -687,7 +739,7 @@ impl ServerHandler for Handler {
         self.invoker.metrics().tool_call("rmcp");
         let progress = Progress::of(&context);
         tokio::select! {
-            result = self.run(tool, &pinned.plugins, request.arguments, &progress) => Ok(result.into()),
+            result = self.run(tool, &pinned, request.arguments, &progress) => Ok(result.into()),
             () = context.ct.cancelled() => {
                 tracing::info!(tool = %tool.name, "tool call cancelled by the client; upstream call aborted");
                 Err(ErrorData::internal_error("the request was cancelled", None))

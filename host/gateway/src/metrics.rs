@@ -66,6 +66,7 @@ pub struct Metrics {
     pub limit_decisions: Family<LimitLabels, Counter>,
     /// 1 while the shared limits store answers (or none is configured), else 0.
     pub limit_store_up: Gauge,
+    pub access_log_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,7 +134,14 @@ impl Metrics {
             "Whether the shared limits store answers (1) or decisions fall back (0)",
             limit_store_up.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind",
+            access_log_dropped.clone(),
+        );
         Metrics {
+            access_log_dropped,
             limit_decisions,
             limit_store_up,
             registry,

@@ -22,9 +22,21 @@ use capgate_model::snapshot::{Action, ExposedParam, Listener, Location, RestInpu
 use capgate_plugin::PluginSet;
 
 use crate::consumer::{Caller, Consumers};
+use std::sync::Arc;
+
+use crate::access::{Entry, Timing};
 use crate::limits::Standing;
 
-/// Answers one REST request on `listener`.
+/// What the access log learns while a request is answered.
+#[derive(Default)]
+struct Seen<'a> {
+    route: Option<&'a RestRoute>,
+    caller: Option<Caller>,
+    standing: Option<Standing>,
+    limited: bool,
+}
+
+/// Answers one REST request on `listener`, and logs it (when the access log is on).
 #[allow(clippy::too_many_arguments)]
 pub async fn handle<B>(
     invoker: &Invoker,
@@ -39,9 +51,84 @@ where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let timing = Timing::start();
+    let request_id = crate::invoke::request_id();
+    let method = request.method().clone();
+    let bytes_in = request.body().size_hint().exact().unwrap_or(0);
+    let mut seen = Seen::default();
+    let response = crate::access::recording(
+        timing.exchange.clone(),
+        answer(
+            invoker,
+            consumers,
+            port,
+            listener,
+            plugins,
+            max_body,
+            request,
+            &request_id,
+            &mut seen,
+        ),
+    )
+    .await;
+    if invoker.access().is_on() {
+        let operation = seen.route.map(operation_name);
+        let mut entry = Entry {
+            request_id: &request_id,
+            surface: "rest",
+            consumer: seen.caller.as_ref().map(|c| c.consumer.name.as_str()),
+            credential: seen.caller.as_ref().map(|c| c.credential.as_str()),
+            capability: seen.route.map(|r| &*r.operation.origin.capability),
+            adapter: seen.route.map(|r| &*r.namespace),
+            operation,
+            method: method.as_str(),
+            route: seen.route.map_or("(no route)", |r| r.path.as_str()),
+            status: response.status().as_u16(),
+            bytes_in,
+            bytes_out: http_body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0),
+            limit: if seen.limited {
+                Some("limited")
+            } else {
+                seen.standing.map(|_| "admitted")
+            },
+            limit_remaining: seen.standing.map(|s| s.remaining),
+            ..Entry::default()
+        };
+        timing.finish(&mut entry);
+        invoker.access().write(&entry);
+    }
+    response
+}
+
+/// The operation's own name (without its adapter's namespace).
+fn operation_name(route: &RestRoute) -> &str {
+    route
+        .operation
+        .name
+        .split_once('.')
+        .map_or(route.operation.name.as_str(), |(_, name)| name)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer<'a, B>(
+    invoker: &Invoker,
+    consumers: &Consumers,
+    port: u16,
+    listener: &'a Listener,
+    plugins: &PluginSet,
+    max_body: usize,
+    request: http::Request<B>,
+    request_id: &Arc<str>,
+    seen: &mut Seen<'a>,
+) -> HttpResponse
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut standing = None;
     let result = match listener.rest.find(&method, &path) {
         Match::NotFound => Err(GatewayError::NotFound {
             method,
@@ -56,13 +143,17 @@ where
             value: route,
             params,
         } => {
+            seen.route = Some(route);
             let params: Vec<(String, String)> =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            match consumer_of(consumers, port, route, request.headers()).await {
-                Ok(caller) => {
-                    standing = caller.as_ref().and_then(|(_, standing)| *standing);
-                    let caller = caller.map(|(caller, _)| caller);
-                    run(invoker, plugins, route, params, max_body, caller, request).await
+            match consumer_of(consumers, port, route, request.headers(), seen).await {
+                Ok(()) => {
+                    let caller = seen.caller.clone();
+                    let context = Context {
+                        request_id: request_id.clone(),
+                        caller,
+                    };
+                    run(invoker, plugins, route, params, max_body, context, request).await
                 }
                 Err(error) => Err(error),
             }
@@ -71,7 +162,7 @@ where
     match result {
         Ok(outcome) => {
             let mut response = outcome_response(outcome);
-            if let Some(standing) = standing {
+            if let Some(standing) = seen.standing {
                 response::rate_limit_headers(
                     response.headers_mut(),
                     &standing.policy,
@@ -92,25 +183,28 @@ where
     }
 }
 
-/// The consumer calling `route`, when its adapter requires one: identified by its key, granted
-/// the route by a scope (else 401 or 403) and admitted by its limits (else 429), with how its
-/// tightest limit stands.
+/// Who calls, and the request's id.
+struct Context {
+    request_id: Arc<str>,
+    caller: Option<Caller>,
+}
+
+/// The consumer calling `route`, when its adapter requires one (in `seen`): identified by its
+/// key, granted the route by a scope (else 401 or 403) and admitted by its limits (else 429),
+/// with how its tightest limit stands.
 async fn consumer_of(
     consumers: &Consumers,
     port: u16,
     route: &RestRoute,
     headers: &HeaderMap,
-) -> Result<Option<(Caller, Option<Standing>)>, GatewayError> {
+    seen: &mut Seen<'_>,
+) -> Result<(), GatewayError> {
     let origin = &route.operation.origin;
     if !consumers.required(port, &origin.capability, &route.namespace) {
-        return Ok(None);
+        return Ok(());
     }
-    let caller = consumers.identify(headers).await?;
-    let name = route
-        .operation
-        .name
-        .split_once('.')
-        .map_or(route.operation.name.as_str(), |(_, name)| name);
+    let caller = seen.caller.insert(consumers.identify(headers).await?);
+    let name = operation_name(route);
     let target = Target {
         capability: &origin.capability,
         adapter: &route.namespace,
@@ -124,8 +218,16 @@ async fn consumer_of(
         capability: &origin.capability,
         name,
     };
-    let standing = consumers.admit(&caller, &call).await?;
-    Ok(Some((caller, standing)))
+    match consumers.admit(caller, &call).await {
+        Ok(standing) => {
+            seen.standing = standing;
+            Ok(())
+        }
+        Err(error) => {
+            seen.limited = matches!(error, GatewayError::RateLimited { .. });
+            Err(error)
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -135,7 +237,7 @@ async fn run<B>(
     route: &RestRoute,
     params: Vec<(String, String)>,
     max_body: usize,
-    caller: Option<Caller>,
+    context: Context,
     request: http::Request<B>,
 ) -> Result<Outcome, GatewayError>
 where
@@ -146,7 +248,7 @@ where
     // The caller's credentials end here: neither inputs nor a forwarded request carry them.
     // Where a consumer is required, its key replaces the adapter's own authentication.
     let query: Option<Cow<str>> = match &route.auth {
-        _ if caller.is_some() => {
+        _ if context.caller.is_some() => {
             parts.headers.remove(http::header::AUTHORIZATION);
             parts.headers.remove("x-api-key");
             parts.uri.query().map(Cow::Borrowed)
@@ -169,7 +271,7 @@ where
                 query: query.map(Cow::into_owned),
                 body: bytes,
             }),
-            request_id: crate::invoke::request_id(),
+            request_id: context.request_id,
         };
         return invoker.invoke(&route.operation, inputs, plugins).await;
     }
@@ -240,7 +342,7 @@ where
                 values,
                 headers: parts.headers,
                 forward: None,
-                request_id: crate::invoke::request_id(),
+                request_id: context.request_id,
             },
             plugins,
         )

@@ -602,6 +602,27 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `capgate=debug`.
     pub filter: Option<String>,
+    pub access: AccessLogConfig,
+}
+
+/// The access log: one JSON line per REST request and MCP tool call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// `off`, `stdout`, or a file path (appended to).
+    pub to: String,
+    /// Lines waiting for the writer; past it, lines are dropped (and counted), never waited
+    /// for.
+    pub queue: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            to: "off".into(),
+            queue: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

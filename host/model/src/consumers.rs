@@ -96,14 +96,17 @@ impl Period {
             Period::Hour => (unix - unix % HOUR, unix - unix % HOUR + HOUR),
             Period::Day => (unix - unix % DAY, unix - unix % DAY + DAY),
             Period::Month => {
-                let (year, month, _) = civil_from_days((unix / DAY) as i64);
-                let start = days_from_civil(year, month, 1) as u64 * DAY;
+                let (year, month, _) = crate::calendar::civil_from_days((unix / DAY) as i64);
+                let start = crate::calendar::days_from_civil(year, month, 1) as u64 * DAY;
                 let (year, month) = if month == 12 {
                     (year + 1, 1)
                 } else {
                     (year, month + 1)
                 };
-                (start, days_from_civil(year, month, 1) as u64 * DAY)
+                (
+                    start,
+                    crate::calendar::days_from_civil(year, month, 1) as u64 * DAY,
+                )
             }
         }
     }
@@ -115,31 +118,6 @@ impl Period {
             Period::Month => "month",
         }
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The day count since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let month = i64::from(month);
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// A limit as the IETF `RateLimit-Policy` header states it.

@@ -15,6 +15,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod arguments;
+pub mod calendar;
 pub mod compile;
 pub mod config;
 pub mod consumers;

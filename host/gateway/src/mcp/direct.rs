@@ -80,12 +80,7 @@ impl Endpoint {
                 self.handler.invoker.metrics().tool_call("direct");
                 let result = self
                     .handler
-                    .run(
-                        tool,
-                        &pinned.plugins,
-                        call.params.arguments,
-                        &Progress::none(),
-                    )
+                    .run(tool, &pinned, call.params.arguments, &Progress::none())
                     .await;
                 return answer(call.id, result.into());
             }

@@ -117,6 +117,7 @@ impl Client {
                 Ok(Ok(response)) => {
                     let should = should_retry(&response);
                     if !(may_retry && should && attempt < self.retry.max_retries) {
+                        crate::access::upstream_answered(response.status.as_u16(), attempt);
                         return Ok(response);
                     }
                     format!("status {}", response.status.as_u16())
