@@ -622,3 +622,61 @@ async fn the_access_log_says_who_called_what_and_nothing_secret() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_consumers_metadata_reaches_the_upstream_through_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    // One spec for every team: the list operation sends `Stripe-Account` from the consumer.
+    let seed = std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml"))
+        .unwrap()
+        .replacen(
+            "        inputParameters:\n        - name: created\n",
+            "        inputParameters:\n        - name: Stripe-Account\n          in: header\n          value: '{{consumer.stripe_account}}'\n        - name: created\n",
+            1,
+        );
+    let file = dir.path().join("consumers.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "consumers:\n  - name: team-a\n    metadata: {{stripe_account: acct_team_a}}\n    keys:\n{}    scopes:\n      - access: any\n  - name: team-b\n    keys:\n{}    scopes:\n      - access: any\n",
+            key(READER, ""),
+            key(WRITER, "")
+        ),
+    )
+    .unwrap();
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        c.consumers.file = Some(file);
+        c.consumers.require = vec![Requirement::default()];
+    })
+    .await;
+    let sessions = h.sessions().await;
+    for key in [READER, WRITER] {
+        let response = h
+            .http
+            .get(format!("{sessions}?limit=1"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // The same through MCP: the tool's call reads the same operation.
+    let (status, _) = stateless_call(&h, READER, "stripe-get-identity-verification-sessions").await;
+    assert_eq!(status, 200);
+    let seen: Vec<Option<String>> = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/identity/verification_sessions")
+        .map(|r| r.header("stripe-account").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            Some("acct_team_a".to_owned()),
+            None,
+            Some("acct_team_a".to_owned())
+        ],
+        "team-a's account, and none for team-b, which has no such metadata"
+    );
+}

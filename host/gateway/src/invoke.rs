@@ -21,6 +21,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::upstream::{self, Client};
 use capgate_model::config::FailurePolicy;
+use capgate_model::consumers::Consumer;
 use capgate_model::exchange::{PASSED_BACK_HEADERS, UpstreamRequest, UpstreamResponse};
 use capgate_model::snapshot::{
     Action, Operation, Output, Shape, TransformRef, UpstreamAdapter, UpstreamOperation,
@@ -42,6 +43,8 @@ pub struct Inputs {
     pub forward: Option<ForwardInput>,
     /// The gateway's id of this request, for logs and plugins.
     pub request_id: Arc<str>,
+    /// The calling consumer, whose metadata templates may read (`{{consumer.x}}`).
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 /// A new request id: `req_` and 24 random characters.
@@ -169,7 +172,8 @@ impl Invoker {
                 Ok(json_outcome(StatusCode::OK, HeaderMap::new(), body))
             }
             Action::Call(call) => {
-                let request = upstream::prepare(call, &inputs.values, &inputs.headers)?;
+                let consumer = inputs.consumer.as_ref().map(|c| &c.metadata);
+                let request = upstream::prepare(call, &inputs.values, &inputs.headers, consumer)?;
                 let upstream = &call.upstream;
                 let response = if upstream.transforms.is_empty() {
                     self.send(&upstream.adapter, request).await?

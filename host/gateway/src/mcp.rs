@@ -563,7 +563,7 @@ impl Handler {
             .map_or(0, |a| serde_json::to_vec(a).map_or(0, |v| v.len() as u64));
         let (status, result) = crate::access::recording(
             timing.exchange.clone(),
-            self.call(tool, &pinned.plugins, arguments, progress, &request_id),
+            self.call(tool, pinned, arguments, progress, &request_id),
         )
         .await;
         if self.invoker.access().is_on() {
@@ -602,7 +602,7 @@ impl Handler {
     async fn call(
         &self,
         tool: &Tool,
-        plugins: &PluginSet,
+        pinned: &Pinned,
         arguments: Option<Map<String, Value>>,
         progress: &Progress,
         request_id: &Arc<str>,
@@ -623,8 +623,13 @@ impl Handler {
             headers: HeaderMap::new(),
             forward: None,
             request_id: request_id.clone(),
+            consumer: pinned.caller.as_ref().map(|c| c.consumer.clone()),
         };
-        let (status, result) = match self.invoker.invoke(&tool.operation, inputs, plugins).await {
+        let invoked = self
+            .invoker
+            .invoke(&tool.operation, inputs, &pinned.plugins)
+            .await;
+        let (status, result) = match invoked {
             Ok(outcome) => {
                 progress
                     .step(2, &format!("answered {}", outcome.status.as_u16()))

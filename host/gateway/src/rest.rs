@@ -272,6 +272,7 @@ where
                 body: bytes,
             }),
             request_id: context.request_id,
+            consumer: context.caller.map(|c| c.consumer),
         };
         return invoker.invoke(&route.operation, inputs, plugins).await;
     }
@@ -343,6 +344,7 @@ where
                 headers: parts.headers,
                 forward: None,
                 request_id: context.request_id,
+                consumer: context.caller.map(|c| c.consumer),
             },
             plugins,
         )

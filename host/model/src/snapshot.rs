@@ -261,7 +261,7 @@ impl Call {
             .map(|(name, _)| name.as_str())
             .collect();
         let secret = |r: &Ref| match r {
-            Ref::Bind(_) => true,
+            Ref::Bind(_) | Ref::Consumer(_) => true,
             Ref::Input(name) => bound_args.contains(&name.as_str()),
         };
         let sealed = upstream

@@ -15,6 +15,9 @@ pub enum Ref {
     Input(String),
     /// A variable from `binds`.
     Bind(String),
+    /// A value of the calling consumer's `metadata` (`{{consumer.stripe_account}}`): absent
+    /// when no consumer calls or it has no such value. Sealed like a bound value.
+    Consumer(String),
 }
 
 /// A placeholder as written: `{{name}}` or `{{namespace.name}}`.
@@ -56,6 +59,10 @@ pub struct Template {
 pub trait Scope {
     fn input(&self, name: &str) -> Option<&Value>;
     fn bound(&self, variable: &str) -> Option<&str>;
+    /// A value of the calling consumer's metadata.
+    fn consumer(&self, _key: &str) -> Option<&str> {
+        None
+    }
 }
 
 /// The placeholders of `text`, in order; `None` when `text` has no `{{`.
@@ -127,9 +134,11 @@ impl Template {
         })
     }
 
-    /// Whether rendering reads a bound variable (so the result may hold a secret).
+    /// Whether rendering reads a bound variable or a consumer's value (so the result may hold
+    /// a secret).
     pub fn reads_binds(&self) -> bool {
-        self.refs().any(|r| matches!(r, Ref::Bind(_)))
+        self.refs()
+            .any(|r| matches!(r, Ref::Bind(_) | Ref::Consumer(_)))
     }
 
     /// The template is exactly one placeholder (so it can render to a non-string value).
@@ -179,6 +188,9 @@ fn lookup<'a>(r: &Ref, scope: &'a dyn Scope) -> Option<Cow<'a, Value>> {
         Ref::Input(name) => scope.input(name).map(Cow::Borrowed),
         Ref::Bind(variable) => scope
             .bound(variable)
+            .map(|v| Cow::Owned(Value::String(v.to_owned()))),
+        Ref::Consumer(key) => scope
+            .consumer(key)
             .map(|v| Cow::Owned(Value::String(v.to_owned()))),
     }
 }

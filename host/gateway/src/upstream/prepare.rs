@@ -27,6 +27,7 @@ struct ArgumentScope<'a> {
     args: &'a Map<String, Value>,
     inputs: &'a Map<String, Value>,
     binds: &'a BTreeMap<String, Option<Secret>>,
+    consumer: Option<&'a BTreeMap<String, String>>,
 }
 
 impl Scope for ArgumentScope<'_> {
@@ -36,6 +37,10 @@ impl Scope for ArgumentScope<'_> {
 
     fn bound(&self, variable: &str) -> Option<&str> {
         self.binds.get(variable)?.as_ref().map(Secret::expose)
+    }
+
+    fn consumer(&self, key: &str) -> Option<&str> {
+        self.consumer?.get(key).map(String::as_str)
     }
 }
 
@@ -53,13 +58,15 @@ pub fn prepare(
     call: &Call,
     inputs: &Map<String, Value>,
     caller_headers: &HeaderMap,
+    consumer: Option<&BTreeMap<String, String>>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let upstream = &call.upstream;
-    let args = arguments(call, inputs);
+    let args = arguments(call, inputs, consumer);
     let scope = ArgumentScope {
         args: &args,
         inputs,
         binds: &upstream.adapter.binds,
+        consumer,
     };
     let mut placed = Placed::new(upstream, call.hides_body);
     for (param, &secret) in upstream.params.iter().zip(&call.sealed) {
@@ -103,13 +110,18 @@ pub fn prepare(
 /// The call's arguments: its `with` entries (constants, templates over the caller's inputs,
 /// inputs by name), then, for each consumed parameter `with` does not mention, the caller's
 /// input of the same name.
-fn arguments(call: &Call, inputs: &Map<String, Value>) -> Map<String, Value> {
+fn arguments(
+    call: &Call,
+    inputs: &Map<String, Value>,
+    consumer: Option<&BTreeMap<String, String>>,
+) -> Map<String, Value> {
     let upstream = &call.upstream;
     let empty = Map::new();
     let scope = ArgumentScope {
         args: &empty,
         inputs,
         binds: &upstream.adapter.binds,
+        consumer,
     };
     let mut args = Map::new();
     for (name, source) in &call.with {

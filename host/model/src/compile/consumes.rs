@@ -181,9 +181,14 @@ pub(crate) fn namespace_matches(pattern: &str, namespace: &str) -> bool {
 
 /// Resolves `{{x}}` / `{{ns.x}}` in consumed templates: a bind namespace or a bound variable
 /// name means the bound variable; anything else is a caller input.
+/// The namespace of the calling consumer's metadata in templates (a file's own bind namespace
+/// of the same name wins).
+pub const CONSUMER_NAMESPACE: &str = "consumer";
+
 pub(super) fn resolver(loaded: &LoadedFile) -> impl FnMut(&Placeholder) -> Ref + '_ {
     move |p: &Placeholder| match &p.namespace {
         Some(ns) if loaded.bind_namespaces.contains(ns) => Ref::Bind(p.name.clone()),
+        Some(ns) if ns == CONSUMER_NAMESPACE => Ref::Consumer(p.name.clone()),
         Some(_) => Ref::Input(p.name.clone()),
         None if loaded.bound.contains_key(&p.name) => Ref::Bind(p.name.clone()),
         None => Ref::Input(p.name.clone()),

@@ -652,6 +652,9 @@ fn compile_with(
                         Some(ns) if loaded.bind_namespaces.contains(ns) => {
                             Ref::Bind(p.name.clone())
                         }
+                        Some(ns) if ns == super::consumes::CONSUMER_NAMESPACE => {
+                            Ref::Consumer(p.name.clone())
+                        }
                         None if loaded.bound.contains_key(&p.name) => Ref::Bind(p.name.clone()),
                         _ => Ref::Input(p.name.clone()),
                     }
