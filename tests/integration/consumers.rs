@@ -680,3 +680,51 @@ async fn a_consumers_metadata_reaches_the_upstream_through_templates() {
         "team-a's account, and none for team-b, which has no such metadata"
     );
 }
+
+#[tokio::test]
+async fn calls_past_an_upstream_accounts_budget_wait_briefly_or_are_shed() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    // The stand-in taken for api.stripe.com: five calls a second per account, a 250 ms wait.
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        let sim = c.upstreams[0].base_uri.clone().unwrap();
+        c.limits.upstream_budget.stripe_origins = vec![sim];
+        c.limits.upstream_budget.stripe_test_rate = 5.0;
+        c.limits.upstream_budget.max_wait = Duration::from_millis(250);
+    })
+    .await;
+    let url = format!("{}?limit=1", h.sessions().await);
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (h.http.clone(), url.clone());
+            tokio::spawn(async move { http.get(url).send().await.unwrap() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut shed = None;
+    for call in calls {
+        let response = call.await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 503 {
+            shed = Some(response);
+        }
+    }
+    // A second's worth at once (5), one more 200 ms later (within the 250 ms wait), the rest
+    // shed before they reach the upstream.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        14,
+        "{statuses:?}"
+    );
+    assert_eq!(h.sim.requests().len(), 6);
+    let shed = shed.unwrap();
+    assert!(shed.headers().contains_key("retry-after"));
+    let body: Value = shed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_budget_exhausted", "{body}");
+    assert!(!body.to_string().contains(common::KEY), "{body}");
+}

@@ -50,6 +50,12 @@ pub enum GatewayError {
         /// The limit that refused, for the `RateLimit-Policy` header.
         policy: capgate_model::consumers::Policy,
     },
+    /// The upstream account's budget has no room soon enough (`limits.upstream_budget`).
+    #[error("upstream {upstream} is at its rate budget; retry shortly")]
+    UpstreamBudget {
+        upstream: String,
+        retry_after: Duration,
+    },
     /// The shared limits store did not answer in time and `limits.on_store_error` is `deny`.
     #[error("rate limits cannot be checked right now; retry shortly")]
     LimitStoreUnavailable,
@@ -125,7 +131,9 @@ impl GatewayError {
             }
             GatewayError::NotAllowed { .. } | GatewayError::NoGrant { .. } => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::LimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::LimitStoreUnavailable | GatewayError::UpstreamBudget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -164,6 +172,7 @@ impl GatewayError {
             GatewayError::Refused { status, .. } if status.is_client_error() => Fault::Caller,
             GatewayError::Refused { .. } => Fault::Plugin,
             GatewayError::Internal | GatewayError::LimitStoreUnavailable => Fault::Gateway,
+            GatewayError::UpstreamBudget { .. } => Fault::Upstream,
         }
     }
 
@@ -176,6 +185,7 @@ impl GatewayError {
                 | GatewayError::NotConfigured { .. }
                 | GatewayError::LimitStoreUnavailable
                 | GatewayError::RateLimited { .. }
+                | GatewayError::UpstreamBudget { .. }
         )
     }
 
@@ -191,6 +201,7 @@ impl GatewayError {
             GatewayError::NoGrant { .. } => "permission_denied",
             GatewayError::RateLimited { .. } => "rate_limit",
             GatewayError::LimitStoreUnavailable => "rate_limit_store_unavailable",
+            GatewayError::UpstreamBudget { .. } => "upstream_budget_exhausted",
             GatewayError::NotFound { .. } => "resource_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",

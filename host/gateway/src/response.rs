@@ -51,6 +51,12 @@ pub fn error(error: &GatewayError) -> HttpResponse {
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
     }
+    if let GatewayError::UpstreamBudget { retry_after, .. } = error {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if let GatewayError::MethodNotAllowed { allowed, .. } = error
         && let Ok(value) = HeaderValue::try_from(
             allowed

@@ -275,8 +275,39 @@ pub struct Limits {
     pub store_timeout: Duration,
     pub on_store_error: OnStoreError,
     /// How many replicas share the store: with `on_store_error: local`, each replica counts
-    /// this share of every limit while the store is away.
+    /// this share of every limit while the store is away (and of every upstream budget).
     pub replicas: u32,
+    pub upstream_budget: UpstreamBudget,
+}
+
+/// A rate per upstream account, kept below the upstream's own limit: calls past it wait (up
+/// to `max_wait`) or are shed with a 503 before they reach the upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamBudget {
+    /// Calls a second per Stripe account in test mode (Stripe allows about 25); 0: none.
+    pub stripe_test_rate: f64,
+    /// Calls a second per Stripe account in live mode (Stripe allows about 100); 0: none.
+    pub stripe_live_rate: f64,
+    /// Calls a second per credential to other upstreams; 0: none.
+    pub default_rate: f64,
+    /// Where the Stripe rates apply (a stand-in or a mock elsewhere has no such limits).
+    pub stripe_origins: Vec<String>,
+    /// The longest a call waits for its account's budget; past it, 503 with `Retry-After`.
+    #[serde(with = "millis")]
+    pub max_wait: Duration,
+}
+
+impl Default for UpstreamBudget {
+    fn default() -> Self {
+        UpstreamBudget {
+            stripe_test_rate: 25.0,
+            stripe_live_rate: 100.0,
+            default_rate: 0.0,
+            stripe_origins: vec!["https://api.stripe.com".into()],
+            max_wait: Duration::from_millis(250),
+        }
+    }
 }
 
 /// Where limits are counted. A Redis URL's password is never shown (`Debug`, `/status`).
@@ -359,6 +390,7 @@ impl Default for Limits {
             store_timeout: Duration::from_millis(50),
             on_store_error: OnStoreError::Local,
             replicas: 1,
+            upstream_budget: UpstreamBudget::default(),
         }
     }
 }

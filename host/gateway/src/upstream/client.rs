@@ -14,6 +14,7 @@ use capgate_model::config::{Limits, ProfileName, RetryPolicy};
 use capgate_model::exchange::{UpstreamRequest, UpstreamResponse};
 use capgate_model::snapshot::UpstreamAdapter;
 
+use super::budget::{Budgets, Shed};
 use super::encode::{Encoded, encode};
 use super::random_id;
 use crate::error::GatewayError;
@@ -26,6 +27,7 @@ pub struct Client {
     retry: RetryPolicy,
     /// One semaphore per origin bounds concurrent upstream requests.
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    budgets: Budgets,
 }
 
 impl Client {
@@ -46,6 +48,7 @@ impl Client {
             limits: limits.clone(),
             retry: retry.clone(),
             slots: Mutex::new(HashMap::new()),
+            budgets: Budgets::new(&limits.upstream_budget, limits.replicas),
         }
     }
 
@@ -106,6 +109,18 @@ impl Client {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(timeout());
+            }
+            // Each attempt counts against the account's budget, retries too.
+            if let Err(Shed(retry_after)) = self
+                .budgets
+                .take(&adapter.origin, adapter.profile, &encoded.headers)
+                .await
+            {
+                tracing::warn!(upstream = %adapter.namespace, "upstream budget exhausted; call shed");
+                return Err(GatewayError::UpstreamBudget {
+                    upstream: adapter.namespace.clone(),
+                    retry_after,
+                });
             }
             let outcome = tokio::time::timeout(remaining, async {
                 let _permit = slot.acquire().await.expect("semaphores are never closed");

@@ -8,6 +8,7 @@
 //! ran. [`prepare`] builds an `UpstreamRequest` that plugins may see (no auth, body still
 //! JSON); [`Client::send`] encodes and sends it.
 
+mod budget;
 mod client;
 mod encode;
 mod forward;
