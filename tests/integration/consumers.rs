@@ -179,7 +179,17 @@ async fn rest_needs_a_consumers_key_and_its_scopes_decide() {
         200,
         "the last good set serves"
     );
-    // /status shows consumers, their prefixes and scopes, never a digest.
+    // /status shows consumers, their prefixes, scopes, limits and last use, never a digest.
+    let listed = status["consumers"]["consumers"].as_array().unwrap();
+    let reader = listed.iter().find(|c| c["name"] == "reader").unwrap();
+    assert!(
+        reader["last_used"].as_str().unwrap().ends_with('Z'),
+        "{reader}"
+    );
+    let limited = listed.iter().find(|c| c["name"] == "limited").unwrap();
+    assert_eq!(limited["last_used"], Value::Null, "never called");
+    assert_eq!(limited["limits"][0]["policy"], "burst", "{limited}");
+    assert_eq!(limited["limits"][0]["calls"], 3, "{limited}");
     let text = status.to_string();
     assert!(text.contains("cg_0000"), "{text}");
     assert!(!text.contains(&hex(&digest(READER))), "a digest in /status");
@@ -390,6 +400,10 @@ async fn a_consumer_past_its_rate_gets_429_with_when_to_retry() {
     let metrics = h.gateway.metrics().render();
     assert!(
         metrics.contains("capgate_limit_decisions_total{consumer=\"limited\",decision=\"limited\",store=\"local\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("capgate_consumer_calls_total{consumer=\"limited\",capability=\"identity-sessions\",operation=\"getidentityverificationsessions\",status=\"4xx\"} 1"),
         "{metrics}"
     );
 }

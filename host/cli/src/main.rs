@@ -39,13 +39,16 @@ enum Command {
     /// Check capability files and print their diagnostics; exits 1 when any has an error.
     Validate {
         /// Files or folders of capability files.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "consumers")]
         paths: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
         /// Exit 1 on warnings too.
         #[arg(long)]
         deny_warnings: bool,
+        /// A consumers file to check as well.
+        #[arg(long)]
+        consumers: Option<PathBuf>,
     },
     /// Run the Stripe stand-in (Identity VerificationSessions) on its own.
     StripeSim {
@@ -184,8 +187,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             paths,
             format,
             deny_warnings,
+            consumers,
         } => {
-            let summary = capgate_model::validate::validate(&paths);
+            let mut summary = capgate_model::validate::validate(&paths);
+            if let Some(consumers) = &consumers {
+                summary = summary.with_consumers_file(consumers);
+            }
             match format {
                 OutputFormat::Text => print!("{}", summary.render_text()),
                 OutputFormat::Json => {

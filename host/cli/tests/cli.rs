@@ -67,6 +67,36 @@ fn validate_fails_on_errors_and_speaks_json() {
     assert_eq!(output.status.code(), Some(1), "the seed has warnings");
 }
 
+#[test]
+fn validate_checks_a_consumers_file_and_names_the_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("consumers.yaml");
+    std::fs::write(
+        &file,
+        "consumers:\n  - name: a\n    limits:\n      - quota: 10\n        per: fortnight\n",
+    )
+    .unwrap();
+    let output = capgate()
+        .args(["validate", "--consumers", &file.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("consumers.yaml:5"), "{stdout}");
+    assert!(stdout.contains("unknown period"), "{stdout}");
+    std::fs::write(&file, "consumers:\n  - name: a\n").unwrap();
+    let output = capgate()
+        .args(["validate", "--consumers", &file.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

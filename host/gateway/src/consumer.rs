@@ -6,7 +6,9 @@
 //! `ArcSwap`). Keys are taken from `Authorization: Bearer cg_...` or `X-Api-Key`; an unknown,
 //! expired or malformed key is a 401 that says nothing of which consumers exist.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -33,6 +35,8 @@ pub struct Consumers {
     limiter: Limiter,
     issuers: Issuers,
     public_url: Option<String>,
+    /// When each consumer was last identified (Unix seconds; 0: not yet), kept across reloads.
+    last_use: ArcSwap<HashMap<String, Arc<AtomicU64>>>,
 }
 
 /// A caller identified by its key or token.
@@ -64,6 +68,7 @@ impl Consumers {
             last: Mutex::new((None, Vec::new())),
             limiter: Limiter::new(limits, metrics),
             issuers: Issuers::new(&config.jwt),
+            last_use: ArcSwap::from_pointee(HashMap::new()),
             public_url: config
                 .public_url
                 .as_ref()
@@ -93,6 +98,16 @@ impl Consumers {
         match consumers::load(path) {
             Ok(set) => {
                 tracing::info!(file = %path.display(), consumers = set.consumers.len(), "consumers loaded");
+                let previous = self.last_use.load();
+                let last_use = set
+                    .consumers
+                    .iter()
+                    .map(|c| {
+                        let at = previous.get(&c.name).cloned().unwrap_or_default();
+                        (c.name.clone(), at)
+                    })
+                    .collect();
+                self.last_use.store(Arc::new(last_use));
                 self.set.store(Arc::new(set));
                 last.1.clear();
                 true
@@ -119,6 +134,17 @@ impl Consumers {
     /// credentials that do not hold are a 401 that says what is wrong with them (never which
     /// consumers exist).
     pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+        let caller = self.identify_by_credential(headers).await?;
+        if let Some(at) = self.last_use.load().get(&caller.consumer.name) {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            at.store(now, Ordering::Relaxed);
+        }
+        Ok(caller)
+    }
+
+    async fn identify_by_credential(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
         let credential = credential_of(headers)?;
         let set = self.set.load();
         if Issuers::looks_like_jwt(credential) && !self.issuers.is_empty() {
@@ -196,12 +222,18 @@ impl Consumers {
     /// failed read's diagnostics.
     pub fn status(&self) -> Value {
         let set = self.set.load();
+        let last_use = self.last_use.load();
         let consumers: Vec<Value> = set
             .consumers
             .iter()
             .map(|c| {
+                let used = last_use
+                    .get(&c.name)
+                    .map_or(0, |at| at.load(Ordering::Relaxed));
                 json!({
                     "name": c.name,
+                    "last_used": (used > 0).then(|| capgate_model::calendar::rfc3339_millis(
+                        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(used))),
                     "labels": c.labels,
                     "metadata_keys": c.metadata.keys().collect::<Vec<_>>(),
                     "keys": c.keys,

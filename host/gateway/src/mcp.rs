@@ -566,6 +566,14 @@ impl Handler {
             self.call(tool, pinned, arguments, progress, &request_id),
         )
         .await;
+        if let Some(caller) = &pinned.caller {
+            self.invoker.metrics().consumer_call(
+                &caller.consumer.name,
+                &pinned.adapter.origin.capability,
+                &tool.name,
+                status,
+            );
+        }
         if self.invoker.access().is_on() {
             let caller = pinned.caller.as_ref();
             let mut entry = Entry {

@@ -54,6 +54,16 @@ pub struct LimitLabels {
     pub store: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerCallLabels {
+    pub consumer: String,
+    pub capability: String,
+    /// The REST operation or MCP tool, as the spec names it.
+    pub operation: String,
+    /// `2xx`, `4xx`, `5xx`...
+    pub status: &'static str,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +77,17 @@ pub struct Metrics {
     /// 1 while the shared limits store answers (or none is configured), else 0.
     pub limit_store_up: Gauge,
     pub access_log_dropped: Counter,
+    pub consumer_calls: Family<ConsumerCallLabels, Counter>,
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,7 +161,14 @@ impl Metrics {
             "Access log lines dropped because the writer was behind",
             access_log_dropped.clone(),
         );
+        let consumer_calls = Family::<ConsumerCallLabels, Counter>::default();
+        registry.register(
+            "consumer_calls",
+            "Calls by consumers, by consumer, capability, operation or tool, and status class",
+            consumer_calls.clone(),
+        );
         Metrics {
+            consumer_calls,
             access_log_dropped,
             limit_decisions,
             limit_store_up,
@@ -156,15 +184,21 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, surface: &'static str, status: http::StatusCode) {
-        let status = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let status = status_class(status.as_u16());
         self.requests
             .get_or_create(&RequestLabels { surface, status })
+            .inc();
+    }
+
+    /// Counts one call a consumer made (labels from the consumers file and the specs).
+    pub fn consumer_call(&self, consumer: &str, capability: &str, operation: &str, status: u16) {
+        self.consumer_calls
+            .get_or_create(&ConsumerCallLabels {
+                consumer: consumer.to_owned(),
+                capability: capability.to_owned(),
+                operation: operation.to_owned(),
+                status: status_class(status),
+            })
             .inc();
     }
 

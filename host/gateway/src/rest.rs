@@ -71,6 +71,14 @@ where
         ),
     )
     .await;
+    if let (Some(caller), Some(route)) = (&seen.caller, seen.route) {
+        invoker.metrics().consumer_call(
+            &caller.consumer.name,
+            &route.operation.origin.capability,
+            operation_name(route),
+            response.status().as_u16(),
+        );
+    }
     if invoker.access().is_on() {
         let operation = seen.route.map(operation_name);
         let mut entry = Entry {

@@ -89,6 +89,23 @@ pub fn validate(paths: &[PathBuf]) -> Summary {
 }
 
 impl Summary {
+    /// Adds a consumers file's report (it is not a capability: its kind is `not-capability`).
+    pub fn with_consumers_file(mut self, path: &Path) -> Summary {
+        let diagnostics = match crate::consumers::load(path) {
+            Ok(_) => Vec::new(),
+            Err(diagnostics) => diagnostics,
+        };
+        self.files.push(FileReport {
+            path: path.to_owned(),
+            kind: FileKind::NotCapability,
+            diagnostics,
+        });
+        self.tally = Tally::of(self.files.iter().flat_map(|r| &r.diagnostics));
+        self
+    }
+}
+
+impl Summary {
     /// Diagnostics as a compiler prints them, then one summary line.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
