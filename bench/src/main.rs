@@ -5,6 +5,7 @@
 //! different runs are not comparable, ratios from one run are. Throughput is the median of the
 //! rounds; latency percentiles are taken over every request of every round.
 
+mod chain;
 mod load;
 mod null_proxy;
 mod procs;
@@ -113,6 +114,18 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         rounds: usize,
     },
+    /// The consumer chain (API key, rate limit, no-op plugin) against the bare route, and its
+    /// limit in Redis against in process.
+    Chain {
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// Startup time and peak memory with one file and with all 322 corpus files.
     Footprint {
         /// The corpus folder.
@@ -133,6 +146,12 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
+        Scenario::Chain {
+            rate,
+            concurrency,
+            seconds,
+            rounds,
+        } => chain::chain(rate, concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::StatusPoll {
             corpus,
             rate,

@@ -14,7 +14,7 @@ use crate::load::{self, HttpClient, Stats, Target};
 use crate::procs::{self, Proc};
 use crate::{Series, table};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -926,16 +926,16 @@ async fn rest_with_and_without_plugin(
 /// Runs of the route without the plugin and the route with it, and the CPU per request (us)
 /// the gateway and the stand-in spent in each run: far steadier than throughput on a shared
 /// machine, and it says where the time goes.
-struct Compared {
-    series: [Series; 2],
-    gateway_cpu: [Vec<f64>; 2],
-    stand_in_cpu: [Vec<f64>; 2],
+pub(crate) struct Compared {
+    pub(crate) series: [Series; 2],
+    pub(crate) gateway_cpu: [Vec<f64>; 2],
+    pub(crate) stand_in_cpu: [Vec<f64>; 2],
 }
 
 /// Runs `targets` (without, with) alternately for `rounds` (the order flips every round; `run`
 /// is given the index of the target to load), reading the CPU time of `procs` (gateway,
 /// stand-in) around each run.
-async fn alternate<F: Future<Output = Stats>>(
+pub(crate) async fn alternate<F: Future<Output = Stats>>(
     targets: [&Target; 2],
     procs: [&Proc; 2],
     rounds: usize,

@@ -1,0 +1,203 @@
+//! The consumer chain of issue 19: an API key, a rate limit and a no-op plugin on a route,
+//! against the same route bare, in one gateway; then the same chain with its limit counted in
+//! a real `redis-server` against in-process counting.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::load::{self, Target};
+use crate::procs::{self, Proc};
+use crate::scenarios::{alternate, repo, seed_text, stand_in};
+use crate::{Series, table};
+
+const KEY: &str = "cg_0000000000000000000000000000000000000000000bench";
+
+/// Writes the specs (the seed, and a bare twin on other paths), the consumers file (one
+/// consumer whose limit is never reached, so every call is counted and admitted) and a config
+/// (`store`: `local` or a Redis URL) into `dir`; the config's path and the REST port.
+fn setup(dir: &Path, store: &str) -> anyhow::Result<(std::path::PathBuf, u16)> {
+    let specs = dir.join(format!("specs-{}", store.len()));
+    std::fs::create_dir_all(&specs)?;
+    let seed = seed_text();
+    std::fs::write(specs.join("identity-sessions.yaml"), &seed)?;
+    let twin = seed
+        .replace("/v1/v1/", "/plain/v1/")
+        .replace("identity-sessions", "plain-sessions");
+    std::fs::write(specs.join("plain-sessions.yaml"), twin)?;
+    // And one with the key and the limit but no plugin, to tell their costs apart.
+    let keyed = seed
+        .replace("/v1/v1/", "/keyed/v1/")
+        .replace("identity-sessions", "keyed-sessions");
+    std::fs::write(specs.join("keyed-sessions.yaml"), keyed)?;
+    let digest = capgate_model::consumers::hex(&capgate_model::consumers::digest(KEY));
+    let consumers = dir.join("consumers.yaml");
+    std::fs::write(
+        &consumers,
+        format!(
+            "consumers:\n  - name: bench\n    keys:\n      - sha256: {digest}\n        prefix: cg_0000\n    scopes:\n      - access: any\n    limits:\n      - rate: 1000000\n        burst: 1000000\n"
+        ),
+    )?;
+    let rest_port = procs::free_port();
+    let config = dir.join(format!("capgate-chain-{}.yaml", store.len()));
+    std::fs::write(
+        &config,
+        format!(
+            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {} }} }}\nreload: {{ watch: false }}\nconsumers:\n  file: {}\n  require:\n    - capability: identity-sessions\n    - capability: keyed-sessions\nlimits:\n  store: {store}\nplugins:\n  dir: {}\n  bindings:\n    - plugin: noop.wasm\n      capabilities: [identity-sessions]\n      operations: [\"*\"]\n",
+            specs.display(),
+            procs::free_port(),
+            consumers.display(),
+            repo()
+                .join("plugins/target/wasm32-wasip2/release")
+                .display(),
+        ),
+    )?;
+    Ok((config, rest_port))
+}
+
+fn redis_server(port: u16) -> anyhow::Result<Proc> {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("redis-server (Debian's redis-server package): {e}"))?;
+    procs::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    )?;
+    Ok(Proc { child })
+}
+
+pub async fn chain(
+    rate: u64,
+    concurrency: usize,
+    duration: Duration,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        repo()
+            .join("plugins/target/wasm32-wasip2/release/noop.wasm")
+            .exists(),
+        "build the plugins first: (cd plugins && cargo build --release --target wasm32-wasip2)"
+    );
+    let client = load::client();
+    let stand = stand_in(&client).await?;
+    let dir = tempfile::tempdir()?;
+    let redis_port = procs::free_port();
+    let _redis = redis_server(redis_port)?;
+    let (local_config, local_port) = setup(dir.path(), "local")?;
+    let (shared_config, shared_port) =
+        setup(dir.path(), &format!("redis://127.0.0.1:{redis_port}/0"))?;
+    let local = procs::gateway_with_config(&local_config, stand.addr)?;
+    let shared = procs::gateway_with_config(&shared_config, stand.addr)?;
+    for port in [local_port, shared_port] {
+        procs::wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(20),
+        )?;
+    }
+    let id = &stand.session;
+    let route = |port: u16, prefix: &str| {
+        format!("http://127.0.0.1:{port}/{prefix}/v1/identity/verification-sessions/{id}")
+    };
+    let bare = Target::get("bare route", &route(local_port, "plain"));
+    let mut full = Target::get(
+        "API key + rate limit + no-op plugin",
+        &route(local_port, "v1"),
+    );
+    full.headers = vec![("authorization".into(), format!("Bearer {KEY}"))];
+    let mut keyed = full.clone();
+    keyed.name = "API key + rate limit".into();
+    keyed.uri = route(local_port, "keyed").parse()?;
+    let mut redis = full.clone();
+    redis.name = "the same, limit counted in Redis".into();
+    redis.uri = route(shared_port, "v1").parse()?;
+    for target in [&bare, &keyed, &full, &redis] {
+        let (status, _) = load::once(&client, target).await?;
+        anyhow::ensure!(status == 200, "{}: {status}", target.name);
+        load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
+    }
+    let (status, _) = load::once(&client, &Target::get("no key", &route(local_port, "v1"))).await?;
+    anyhow::ensure!(status == 401, "the chain does not ask for a key: {status}");
+
+    let targets = [&bare, &full];
+    let procs = [&local, &stand.proc];
+    let compared = alternate(targets, procs, rounds, "", |i| {
+        load::fixed_concurrency(&client, targets[i], concurrency, duration)
+    })
+    .await?;
+    table(
+        &format!("REST at concurrency {concurrency}, a session retrieved, one gateway"),
+        &compared.series.iter().collect::<Vec<_>>(),
+    );
+    let [cpu_bare, cpu_full] = compared.gateway_cpu.clone().map(crate::median);
+    println!(
+        "\nthroughput chain / bare: {:.2} (target >= 0.85); gateway CPU per request {cpu_bare:.0} us bare, {cpu_full:.0} us with the chain",
+        compared.series[1].rps() / compared.series[0].rps()
+    );
+    // What the key and the limit cost without the plugin.
+    let parts = [&bare, &keyed];
+    let compared = alternate(parts, procs, rounds, "without the plugin, ", |i| {
+        load::fixed_concurrency(&client, parts[i], concurrency, duration)
+    })
+    .await?;
+    table(
+        &format!("REST at concurrency {concurrency}: the key and the limit alone"),
+        &compared.series.iter().collect::<Vec<_>>(),
+    );
+    let [cpu_bare, cpu_keyed] = compared.gateway_cpu.clone().map(crate::median);
+    println!(
+        "
+throughput key + limit / bare: {:.2}; gateway CPU per request {cpu_bare:.0} us bare, {cpu_keyed:.0} us with the key and the limit",
+        compared.series[1].rps() / compared.series[0].rps()
+    );
+    let compared = alternate(targets, procs, rounds, "fixed rate, ", |i| {
+        load::fixed_rate(targets[i], rate, duration)
+    })
+    .await?;
+    let series = &compared.series;
+    table(
+        &format!("REST at a fixed rate of {rate} requests/s, the same retrieve"),
+        &series.iter().collect::<Vec<_>>(),
+    );
+    println!(
+        "\nthe chain adds {:.3} ms at p50 (target <= 0.1) and {:.3} ms at p99",
+        series[1].p50() - series[0].p50(),
+        series[1].p99() - series[0].p99()
+    );
+
+    // In-process counting against Redis, each on its own gateway, alternating.
+    let mut in_process = Series::new(&full.name);
+    let mut in_redis = Series::new(&redis.name);
+    for round in 0..rounds {
+        eprintln!("redis round {}/{rounds}", round + 1);
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            if i == 0 {
+                in_process
+                    .runs
+                    .push(load::fixed_rate(&full, rate, duration).await);
+            } else {
+                in_redis
+                    .runs
+                    .push(load::fixed_rate(&redis, rate, duration).await);
+            }
+        }
+    }
+    table(
+        &format!(
+            "The chain at {rate} requests/s, its limit in process and in Redis (two gateways)"
+        ),
+        &[&in_process, &in_redis],
+    );
+    println!(
+        "\nRedis adds {:.3} ms at p50 (target <= 0.15) and {:.3} ms at p99",
+        in_redis.p50() - in_process.p50(),
+        in_redis.p99() - in_process.p99()
+    );
+    drop(shared);
+    Ok(())
+}
