@@ -222,3 +222,71 @@ fn every_corpus_file_loads_without_errors() {
             .collect::<String>()
     );
 }
+
+/// Every corpus REST route can fill its upstream path parameters from what the route takes:
+/// no route is left answering 400 because its `with` spells a path variable another way
+/// (`rest.payment_method` for `{payment-method}`, bound with a `name-mismatch` warning).
+#[test]
+fn no_corpus_route_is_unreachable_by_a_name_mismatch() {
+    use capgate_model::route::Segment;
+    use capgate_model::snapshot::{Location, RestInputs, Source};
+    // With the key the corpus binds, so that its operations are served (not unavailable).
+    let env = Env::isolated([("STRIPE_API_KEY".to_owned(), "sk_test_x".to_owned())].into());
+    let options = compile::Options::default();
+    let (mut routes, mut unreachable, mut rebound) = (0, Vec::new(), 0);
+    for file in yaml_files(&corpus()) {
+        let compiled = compile::compile_file(&spec::load_file(&file, &env), &options);
+        rebound += compiled
+            .diagnostics
+            .iter()
+            .filter(|d| d.code.to_string() == "name-mismatch")
+            .count();
+        for planned in &compiled.rest {
+            let Action::Call(call) = &planned.route.operation.action else {
+                continue;
+            };
+            routes += 1;
+            let mut takes: Vec<&str> = planned
+                .segments
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Variable(v) | Segment::Rest(v) => Some(v.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if let RestInputs::Declared(params) = &planned.route.inputs {
+                takes.extend(params.iter().map(|p| p.name.as_str()));
+            }
+            for param in call
+                .upstream
+                .params
+                .iter()
+                .filter(|p| p.location == Location::Path && p.value.is_none())
+            {
+                let input = match call.with.iter().find(|(name, _)| name == &param.name) {
+                    Some((_, Source::Input(input))) => input.as_str(),
+                    Some(_) => continue,
+                    None => param.name.as_str(),
+                };
+                if !takes.contains(&input) {
+                    unreachable.push(format!(
+                        "{} {} {}: `{}` reads `{input}`, the route takes {takes:?}",
+                        file.file_name().unwrap().to_string_lossy(),
+                        planned.route.method,
+                        planned.route.path,
+                        param.name
+                    ));
+                }
+            }
+        }
+    }
+    println!("{routes} REST routes with upstream calls; {rebound} references bound across `-`/`_`");
+    assert!(routes > 1500, "{routes}");
+    assert!(
+        unreachable.is_empty(),
+        "{} unreachable:\n{}",
+        unreachable.len(),
+        unreachable.join("\n")
+    );
+    assert!(rebound > 0, "the corpus has renamed path variables");
+}

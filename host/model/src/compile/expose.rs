@@ -206,6 +206,21 @@ fn rest_operation(
         .name
         .clone()
         .unwrap_or_else(|| format!("{} {}", method, resource.path.value));
+    let known: Vec<String> = route
+        .segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Variable(var) => Some(var.clone()),
+            _ => None,
+        })
+        .chain(
+            resource
+                .params
+                .iter()
+                .chain(&op.params)
+                .map(|p| p.name.value.clone()),
+        )
+        .collect();
     let compiled = operation(
         cx,
         OperationParts {
@@ -216,6 +231,7 @@ fn rest_operation(
             unsupported: &op.unsupported,
             at: &op.at,
             namespaces,
+            inputs: &known,
         },
     )?;
     let inputs = rest_inputs(cx, route, op, &compiled);
@@ -498,6 +514,9 @@ struct OperationParts<'a> {
     unsupported: &'a [Unsupported],
     at: &'a Loc,
     namespaces: &'a [String],
+    /// The inputs the surface is known to take (path variables, declared parameters): a
+    /// reference that misses them only by `-` / `_` or case is bound to the one it meant.
+    inputs: &'a [String],
 }
 
 /// An exposed operation or tool after compilation, with what input derivation needs.
@@ -610,6 +629,7 @@ fn operation(cx: &mut Context<'_>, parts: OperationParts<'_>) -> Option<Compiled
         return None;
     };
     let with = compile_with(cx, parts.with, &upstream, parts.at, parts.namespaces);
+    let with = bind_misspelled(cx, with, parts.inputs, parts.with, parts.at);
     let action = if upstream.missing_binds.is_empty() {
         Action::Call(Call::new(upstream.clone(), with.clone()))
     } else {
@@ -694,6 +714,47 @@ fn compile_with(
         out.push((entry.name.clone(), source));
     }
     out
+}
+
+/// Binds each `with` reference to an input the surface does not take, but that one of its
+/// known inputs matches except for `-` versus `_` or case, to that input, with a warning naming
+/// both spellings. (68 corpus files rename path variables to `{payment-method}` but keep
+/// `rest.payment_method`; served as written, those routes could only answer 400.)
+fn bind_misspelled(
+    cx: &mut Context<'_>,
+    with: Vec<(String, Source)>,
+    known: &[String],
+    entries: &[WithEntry],
+    at: &Loc,
+) -> Vec<(String, Source)> {
+    let fold = |name: &str| name.replace('-', "_").to_ascii_lowercase();
+    with.into_iter()
+        .map(|(name, source)| {
+            let Source::Input(input) = &source else {
+                return (name, source);
+            };
+            if known.contains(input) {
+                return (name, source);
+            }
+            let mut meant = known.iter().filter(|k| fold(k) == fold(input));
+            let (Some(meant), None) = (meant.next(), meant.next()) else {
+                return (name, source);
+            };
+            let line = entries
+                .iter()
+                .find(|e| e.name == name)
+                .map_or(at.line, |e| e.line);
+            cx.diags
+                .warning(
+                    Code::NameMismatch,
+                    &at.key("with", line).key(&name, line),
+                    format!("`{input}` is not an input here, but `{meant}` is, spelled with `-` / `_` or case the other way; bound to `{meant}`"),
+                )
+                .found(input.clone())
+                .expected(meant.clone());
+            (name, Source::Input(meant.clone()))
+        })
+        .collect()
 }
 
 /// Caller inputs referenced by the body and parameter templates of a consumed operation.
@@ -1039,6 +1100,7 @@ fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Opti
             .expected("1 to 128 characters of A-Z, a-z, 0-9, _, . and -");
         return None;
     }
+    let known: Vec<String> = tool.params.iter().map(|p| p.name.value.clone()).collect();
     let compiled = operation(
         cx,
         OperationParts {
@@ -1049,6 +1111,7 @@ fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Opti
             unsupported: &tool.unsupported,
             at: &tool.at,
             namespaces,
+            inputs: &known,
         },
     )?;
     let inputs: Vec<InputSpec> = if tool.params.is_empty() {
@@ -1076,6 +1139,12 @@ fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Opti
         destructive: tool.hints.destructive.unwrap_or(true),
         idempotent: tool.hints.idempotent.unwrap_or(false),
         open_world: tool.hints.open_world.unwrap_or(true),
+        given: crate::snapshot::GivenHints {
+            read_only: tool.hints.read_only,
+            destructive: tool.hints.destructive,
+            idempotent: tool.hints.idempotent,
+            open_world: tool.hints.open_world,
+        },
     };
     Some(Tool {
         name: name.clone(),
