@@ -15,7 +15,8 @@ use crate::diag::{Code, Diagnostics, Loc, file_id};
 use crate::secret::Secret;
 
 /// Format versions capgate reads as they are.
-pub const SUPPORTED_VERSIONS: [&str; 2] = ["1.0.0-alpha1", "1.0.0-alpha2"];
+/// alpha3 (the framework's main branch) differs from alpha2 only in its version constant.
+pub const SUPPORTED_VERSIONS: [&str; 3] = ["1.0.0-alpha1", "1.0.0-alpha2", "1.0.0-alpha3"];
 
 /// One capability file after reading, with everything it pulled in.
 #[derive(Debug, Clone)]
@@ -130,6 +131,21 @@ pub fn load_str(path: &Path, text: &str, env: &Env) -> LoadedFile {
             return loaded;
         }
     };
+    if let Some(version) = successor_format(&root) {
+        // The successor format renames and restructures keys: read as naftiko, it would be a
+        // pile of unknown keys. One error says what it is instead.
+        loaded
+            .diagnostics
+            .error(
+                Code::UnknownVersion,
+                &Loc::new(root.line, "ikanos"),
+                "an Ikanos document (the successor of the naftiko format), which capgate does not read yet; not served",
+            )
+            .found(format!("ikanos: {version}"))
+            .expected("naftiko: 1.0.0-alpha1, 1.0.0-alpha2 or 1.0.0-alpha3");
+        loaded.fatal = true;
+        return loaded;
+    }
     loaded.document = decode::document(&root, &mut loaded.diagnostics);
     check_version(&mut loaded);
     if matches!(loaded.document.body, DocumentBody::Capability(_)) {
@@ -138,6 +154,16 @@ pub fn load_str(path: &Path, text: &str, env: &Env) -> LoadedFile {
         resolve_undeclared_auth_variables(&mut loaded, env);
     }
     loaded
+}
+
+/// The version of a document in the successor format (an `ikanos` root key, no `naftiko`).
+fn successor_format(root: &yaml::Node) -> Option<String> {
+    let entries = root.entries()?;
+    if entries.iter().any(|(key, _)| key.name == "naftiko") {
+        return None;
+    }
+    let (_, version) = entries.iter().find(|(key, _)| key.name == "ikanos")?;
+    Some(version.scalar_text().unwrap_or_default())
 }
 
 fn empty(path: &Path) -> LoadedFile {
@@ -188,7 +214,7 @@ fn check_version(loaded: &mut LoadedFile) {
                     "unknown format version; read as 1.0.0-alpha2",
                 )
                 .found(version.value.clone())
-                .expected("1.0.0-alpha1 or 1.0.0-alpha2");
+                .expected("1.0.0-alpha1, 1.0.0-alpha2 or 1.0.0-alpha3");
         }
         _ => {}
     }
