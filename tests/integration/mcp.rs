@@ -80,7 +80,8 @@ fn check_seed_tools(tools: &[Tool]) {
             a.idempotent_hint,
             a.open_world_hint
         ),
-        (Some(true), Some(false), Some(true), Some(true))
+        (Some(true), Some(false), Some(true), None),
+        "only the hints the file gives (it gives no openWorld)"
     );
     let create = &tools[1];
     let a = create.annotations.as_ref().unwrap();
@@ -118,7 +119,10 @@ async fn both_eras_list_the_seeds_six_tools() {
     let legacy = legacy_client(&url).await;
     let info = legacy.peer_info().expect("server info");
     let server = info.server_info.as_ref().expect("server info");
-    assert_eq!(server.name, "identity-sessions");
+    assert_eq!(
+        server.name, "identity-sessions-mcp",
+        "the adapter's namespace"
+    );
     assert_eq!(
         server.title.as_deref(),
         Some("Stripe Identity API — Sessions")
@@ -827,8 +831,84 @@ async fn past_the_listeners_session_cap_the_longest_idle_session_makes_room() {
         .send()
         .await
         .unwrap();
-    assert!(closed.status().is_success(), "{}", closed.status());
+    assert_eq!(closed.status(), 204, "a clean termination for the SDKs");
     let fourth = open_session(&h.http, &url).await;
     assert!(session_open(&h.http, &url, &third).await);
     assert!(session_open(&h.http, &url, &fourth).await);
+}
+
+/// As the format's reference engine answers: a tool whose mapped output is an array returns the
+/// array itself as its text (no `structuredContent`, which must be an object); annotations say
+/// only what the file says, and a tool without hints or label has none.
+#[tokio::test]
+async fn an_array_output_is_the_text_itself_and_annotations_are_only_the_files() {
+    let seed = std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml"))
+        .unwrap()
+        .replacen(
+            "        body: tools.body\n      outputParameters:\n      - type: object\n        mapping: $.\n    - name: stripe-post-identity-verification-sessions\n      description: Stripe Post   Identity Verification Sessions\n      hints:\n        readOnly: false\n        destructive: false\n        idempotent: false\n",
+            "        body: tools.body\n      outputParameters:\n      - type: array\n        mapping: $.data\n    - name: stripe-post-identity-verification-sessions\n      description: Stripe Post   Identity Verification Sessions\n",
+            1,
+        );
+    assert!(seed.contains("mapping: $.data"), "the seed changed shape");
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |_| {}).await;
+    common::create_session_directly(&h.sim).await;
+    let url = mcp_url(&h).await;
+    for client in [legacy_client(&url).await, modern_client(&url).await] {
+        let tools = client.list_all_tools().await.unwrap();
+        let create = tools
+            .iter()
+            .find(|t| t.name == "stripe-post-identity-verification-sessions")
+            .unwrap();
+        assert!(create.annotations.is_none(), "{:?}", create.annotations);
+        let result = call(
+            &client,
+            "stripe-get-identity-verification-sessions",
+            json!({}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(false));
+        assert!(result.structured_content.is_none(), "{result:?}");
+        let listed: Value = serde_json::from_str(&text_of(&result)).unwrap();
+        let sessions = listed.as_array().expect("the bare array");
+        assert!(!sessions.is_empty());
+        assert_eq!(sessions[0]["object"], "identity.verification_session");
+    }
+}
+
+/// A listener with one MCP adapter answers it at `/` too (the reference engine serves any
+/// path); with two, `/` is a 404 that lists the endpoints.
+#[tokio::test]
+async fn the_only_adapter_of_a_listener_answers_at_the_root_too() {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |_| {}).await;
+    let root = format!("{}/", h.base(9090).await);
+    let client = legacy_client(&root).await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 6);
+
+    // A second adapter on the same port: only `/mcp/<namespace>` then.
+    let twin = seed
+        .replace("identity-sessions-mcp", "twin-mcp")
+        .replace("port: 8080", "port: 8081");
+    let h = Harness::with_specs(
+        &[("identity-sessions.yaml", &seed), ("twin.yaml", &twin)],
+        |_| {},
+    )
+    .await;
+    let root = format!("{}/", h.base(9090).await);
+    let response = h
+        .http
+        .post(&root)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("identity-sessions-mcp") && text.contains("twin-mcp"),
+        "{text}"
+    );
 }

@@ -422,3 +422,62 @@ capability:
     let sent = h.sim.requests().pop().unwrap();
     assert_eq!(sent.body, "metadata=&type=id_number");
 }
+
+/// A forward route carries what its consumes adapter declares for every call: adapter-level
+/// `inputParameters` with a value, a constant header, one from a bound variable and a query
+/// value, as the format's reference engine sends them.
+#[tokio::test]
+async fn a_forward_route_carries_the_adapters_own_values() {
+    let spec = r#"naftiko: 1.0.0-alpha2
+info: {label: Forward with adapter values}
+binds:
+- namespace: env
+  keys: {STRIPE_API_KEY: STRIPE_API_KEY, HINT: HINT}
+capability:
+  consumes:
+  - type: http
+    namespace: stripe
+    baseUri: https://api.stripe.com
+    authentication: {type: bearer, token: '{{env.STRIPE_API_KEY}}'}
+    inputParameters:
+    - {name: Stripe-Version, in: header, value: '2024-06-20'}
+    - {name: Stripe-Context, in: header, value: '{{env.HINT}}'}
+    - {name: limit, in: query, value: '3'}
+    resources:
+    - name: sessions
+      path: /v1/identity/verification_sessions
+      operations:
+      - {name: list, method: GET}
+  exposes:
+  - type: rest
+    namespace: api
+    port: 8080
+    resources:
+    - path: /raw/{{path}}
+      name: raw
+      forward: {targetNamespace: stripe}
+"#;
+    let h = Harness::with_specs(&[("forward.yaml", spec)], |c| {
+        c.env.insert("HINT".into(), "ctx_1".into());
+    })
+    .await;
+    let base = h.base(8080).await;
+    let response = h
+        .http
+        .get(format!(
+            "{base}/raw/v1/identity/verification_sessions?status=verified"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let received = h.sim.requests();
+    let forwarded = received.last().unwrap();
+    assert_eq!(forwarded.header("stripe-version"), Some("2024-06-20"));
+    assert_eq!(forwarded.header("stripe-context"), Some("ctx_1"));
+    let query = forwarded.query.as_deref().unwrap_or("");
+    assert!(
+        query.contains("status=verified") && query.contains("limit=3"),
+        "{query}"
+    );
+}

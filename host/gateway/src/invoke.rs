@@ -197,7 +197,7 @@ impl Invoker {
                 let Some(raw) = inputs.forward else {
                     return Err(GatewayError::Internal);
                 };
-                let request = upstream::forward_request(
+                let mut request = upstream::forward_request(
                     &raw.method,
                     &raw.rest,
                     raw.query.as_deref(),
@@ -205,6 +205,7 @@ impl Invoker {
                     &forward.trusted_headers,
                     raw.body,
                 )?;
+                upstream::with_fixed(&forward.adapter, &mut request);
                 let response = self.send(&forward.adapter, request).await?;
                 Ok(pass_through(response))
             }

@@ -188,12 +188,17 @@ fn to_mcp_tool(tool: &Tool) -> McpTool {
     if let Some(title) = &tool.title {
         out = out.with_title(title.clone());
     }
+    // Only what the file says: no hints and no label, no annotations.
+    let given = &tool.hints.given;
+    if given.is_empty() && tool.title.is_none() {
+        return out;
+    }
     out.with_annotations(ToolAnnotations::from_raw(
-        None,
-        Some(tool.hints.read_only),
-        Some(tool.hints.destructive),
-        Some(tool.hints.idempotent),
-        Some(tool.hints.open_world),
+        tool.title.clone(),
+        given.read_only,
+        given.destructive,
+        given.idempotent,
+        given.open_world,
     ))
 }
 
@@ -348,9 +353,15 @@ impl Hub {
         Some(answer)
     }
 
-    /// Whether `path` is an MCP path on `listener`: `/mcp` (the only adapter) or `/mcp/<ns>`.
+    /// Whether `path` is an MCP path on `listener`: `/mcp` (the only adapter) or `/mcp/<ns>`,
+    /// and `/` on a listener that serves MCP only (the format's reference engine answers its
+    /// one adapter at any path).
     pub fn wants(listener: &Listener, path: &str) -> bool {
-        !listener.mcp.is_empty() && (path == "/mcp" || path == "/mcp/" || path.starts_with("/mcp/"))
+        !listener.mcp.is_empty()
+            && (path == "/mcp"
+                || path == "/mcp/"
+                || path.starts_with("/mcp/")
+                || (path == "/" && listener.rest.is_empty()))
     }
 
     /// Answers one request for an MCP path, with the adapter and plugins of the snapshot the
@@ -374,7 +385,7 @@ impl Hub {
         };
         let Some(adapter) = adapter else {
             let known: Vec<&str> = listener.mcp.keys().map(String::as_str).collect();
-            let message = if path == "/mcp" {
+            let message = if path == "/mcp" || path.is_empty() {
                 format!(
                     "several MCP adapters share this port; use /mcp/<namespace>, one of: {}",
                     known.join(", ")
@@ -470,7 +481,8 @@ impl Hub {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display + 'static,
     {
-        match endpoint {
+        let closing = request.method() == http::Method::DELETE;
+        let mut response = match endpoint {
             Some(endpoint) if self.config.direct_tool_calls => {
                 sessions::PEER
                     .scope(peer, endpoint.serve(request, self.config.max_body_bytes))
@@ -486,7 +498,14 @@ impl Hub {
                 -32601,
                 "this MCP adapter is being removed",
             ),
+        };
+        // A session closed by DELETE: 204, which the SDKs take for a clean termination (rmcp
+        // answers 202, which the Python SDK logs as a failed one).
+        if closing && response.status() == StatusCode::ACCEPTED {
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.body_mut() = response::full(Bytes::new());
         }
+        response
     }
 
     /// Checks the `Host` (or, behind a trusted proxy, `X-Forwarded-Host`) against the allow-list,
@@ -681,10 +700,8 @@ impl ServerHandler for Handler {
             .enable_tools()
             .enable_tool_list_changed()
             .build();
-        let mut server = Implementation::new(
-            adapter.origin.capability.to_string(),
-            env!("CARGO_PKG_VERSION"),
-        );
+        // The adapter's namespace, as the format's reference engine names its server.
+        let mut server = Implementation::new(adapter.namespace.clone(), env!("CARGO_PKG_VERSION"));
         server.title = Some(adapter.title.clone());
         let mut info = ServerConfig::new(capabilities).with_server_info(server);
         if let Some(description) = &adapter.description {
@@ -927,16 +944,27 @@ fn text_error(message: String) -> CallToolResult {
 fn tool_result(outcome: &Outcome) -> CallToolResult {
     let failed = outcome.status.as_u16() >= 400;
     match outcome.body_json() {
-        Some(value) => {
-            let value = match value.into_owned() {
-                // structuredContent must be an object for 2025-era clients.
-                object @ Value::Object(_) => object,
-                other => Value::Object(Map::from_iter([("result".to_owned(), other)])),
-            };
+        // An object is `structuredContent`, and its serialization the text.
+        Some(value) if value.is_object() => {
+            let value = value.into_owned();
             if failed {
                 CallToolResult::structured_error(with_status(value, outcome.status))
             } else {
                 CallToolResult::structured(value)
+            }
+        }
+        // An array or a scalar is the text itself, as the format's reference engine answers
+        // (its clients parse the text): `structuredContent` must be an object, so there is
+        // none (and no tool declares an `outputSchema`).
+        Some(value) => {
+            let text = value.to_string();
+            if failed {
+                text_error(format!(
+                    "upstream answered {}: {text}",
+                    outcome.status.as_u16()
+                ))
+            } else {
+                CallToolResult::success(vec![ContentBlock::text(text)])
             }
         }
         None => {

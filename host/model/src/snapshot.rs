@@ -208,13 +208,30 @@ pub struct Tool {
     pub operation: Arc<Operation>,
 }
 
-/// Tool annotations with MCP's defaults filled in.
+/// Tool annotations with MCP's defaults filled in (what decisions use), and what the file
+/// itself said (what `tools/list` shows: only the hints given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ToolHints {
     pub read_only: bool,
     pub destructive: bool,
     pub idempotent: bool,
     pub open_world: bool,
+    pub given: GivenHints,
+}
+
+/// A tool's `hints` as written: each absent unless the file gives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GivenHints {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub open_world: Option<bool>,
+}
+
+impl GivenHints {
+    pub fn is_empty(&self) -> bool {
+        *self == GivenHints::default()
+    }
 }
 
 /// What an exposed operation or tool does: the unit `invoke` runs for REST and MCP alike.
@@ -345,6 +362,9 @@ pub struct UpstreamAdapter {
     pub auth: Option<Auth>,
     /// Bound variables of the declaring file.
     pub binds: Arc<BTreeMap<String, Option<Secret>>>,
+    /// Adapter-level `inputParameters` with a `value` in a header or the query (an API
+    /// version, a key): forwarded requests carry them too, as every operation's do.
+    pub fixed: Vec<UpstreamParam>,
 }
 
 /// Credentials as an `authentication` block declares them: added to upstream requests after

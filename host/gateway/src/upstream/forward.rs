@@ -5,6 +5,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method};
 
 use capgate_model::exchange::{Payload, Sealed, UpstreamRequest};
+use capgate_model::secret::Secret;
+use capgate_model::snapshot::{Location, UpstreamAdapter};
+use capgate_model::template::{Ref, Scope};
 
 use super::prepare::SEGMENT;
 use crate::error::GatewayError;
@@ -61,6 +64,52 @@ pub fn forward_request(
         body,
         sealed: Sealed::default(),
     })
+}
+
+/// Adds the adapter's own header and query values (adapter-level `inputParameters` with a
+/// `value`) to a forwarded request, as every operation of the adapter sends them; a value read
+/// from bound variables is sealed (transforms never see it).
+pub fn with_fixed(adapter: &UpstreamAdapter, request: &mut UpstreamRequest) {
+    struct Binds<'a>(&'a std::collections::BTreeMap<String, Option<Secret>>);
+    impl Scope for Binds<'_> {
+        fn input(&self, _: &str) -> Option<&serde_json::Value> {
+            None
+        }
+        fn bound(&self, variable: &str) -> Option<&str> {
+            self.0.get(variable)?.as_ref().map(Secret::expose)
+        }
+    }
+    let scope = Binds(&adapter.binds);
+    for param in &adapter.fixed {
+        let Some(template) = &param.value else {
+            continue;
+        };
+        let Some(value) = template.render(&scope) else {
+            continue;
+        };
+        let secret = template.refs().iter().any(|r| matches!(r, Ref::Bind(_)));
+        match param.location {
+            Location::Header => {
+                let text = capgate_model::template::value_text(&value);
+                let (Ok(name), Ok(mut value)) = (
+                    HeaderName::try_from(param.name.as_str()),
+                    http::HeaderValue::try_from(text),
+                ) else {
+                    continue;
+                };
+                let headers = if secret {
+                    value.set_sensitive(true);
+                    &mut request.sealed.headers
+                } else {
+                    &mut request.headers
+                };
+                headers.insert(name, value);
+            }
+            Location::Query if secret => request.sealed.query.push((param.name.clone(), value)),
+            Location::Query => request.query.push((param.name.clone(), value)),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod forward;
 mod prepare;
 
 pub use client::Client;
-pub use forward::forward_request;
+pub use forward::{forward_request, with_fixed};
 pub use prepare::prepare;
 
 /// A random identifier of 24 lowercase alphanumerics.

@@ -93,7 +93,17 @@ fn add_adapter(
         return;
     }
     match adapter(http, options, binds, diags) {
-        Ok(adapter) => {
+        Ok(mut adapter) => {
+            // Compiled again with each operation (whose diagnostics say what is wrong).
+            let mut scratch = Diagnostics::new(loaded.path.clone());
+            let mut resolve = resolver(loaded);
+            adapter.fixed = http
+                .params
+                .iter()
+                .filter(|p| p.value.is_some())
+                .filter_map(|p| upstream_param(p, adapter.profile, &mut resolve, &mut scratch))
+                .filter(|p| matches!(p.location, Location::Header | Location::Query))
+                .collect();
             let adapter = Arc::new(adapter);
             operations(loaded, http, &adapter, options, upstreams, diags);
             upstreams.adapters.insert(namespace, adapter);
@@ -168,6 +178,7 @@ fn adapter(
         profile,
         auth,
         binds: binds.clone(),
+        fixed: Vec::new(),
     })
 }
 
