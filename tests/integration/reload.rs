@@ -642,3 +642,181 @@ async fn a_changed_config_file_applies_and_command_line_settings_keep_winning() 
     assert_eq!(list(&h).await, 200);
     assert_eq!(key_sent(&h).as_deref(), Some("Bearer sk_test_rotated"));
 }
+
+/// Writes one version of a ConfigMap volume as kubelet does: the files in a new timestamped
+/// folder, a `..data` link swapped to it atomically (a new link renamed over the old), a key
+/// link through `..data` for each file, the previous folder removed.
+#[cfg(unix)]
+fn configmap(dir: &std::path::Path, version: u32, files: &[(&str, String)]) {
+    use std::os::unix::fs::symlink;
+    let stamp = format!("..2026_12_03_{version:02}");
+    std::fs::create_dir_all(dir.join(&stamp)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&stamp).join(name), text).unwrap();
+    }
+    symlink(&stamp, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let key = dir.join(name);
+        if std::fs::symlink_metadata(&key).is_err() {
+            symlink(format!("..data/{name}"), &key).unwrap();
+        }
+    }
+    if version > 1 {
+        let _ = std::fs::remove_dir_all(dir.join(format!("..2026_12_03_{:02}", version - 1)));
+    }
+}
+
+/// Specs, the consumers file and the gateway config each mounted from a ConfigMap, all three
+/// updated at once while a client keeps calling: no call fails, and each change is served.
+#[cfg(unix)]
+#[tokio::test]
+async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
+    use capgate_model::consumers::{digest, hex};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let root = tempfile::tempdir().unwrap();
+    let (specs, consumers, config_dir) = (
+        root.path().join("specs"),
+        root.path().join("consumers"),
+        root.path().join("config"),
+    );
+    for dir in [&specs, &consumers, &config_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let sim_a = stripe_sim::StripeSim::start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let sim_b = stripe_sim::StripeSim::start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let (first_key, second_key) = (
+        "cg_00000000000000000000000000000000000000000000c0f1",
+        "cg_00000000000000000000000000000000000000000000c0f2",
+    );
+    let consumer = |keys: &[&str]| {
+        let mut text = String::from("consumers:\n  - name: team\n    keys:\n");
+        for key in keys {
+            text.push_str(&format!(
+                "      - sha256: {}\n        prefix: cg_0000\n",
+                hex(&digest(key))
+            ));
+        }
+        text + "    scopes:\n      - access: any\n"
+    };
+    let config_text = |sim: &stripe_sim::StripeSim| {
+        format!(
+            "specs: {}\nlisten: {{ephemeral_ports: true, force_address: 127.0.0.1}}\nadmin: {{address: null}}\nreload: {{watch: true}}\nenv: {{STRIPE_API_KEY: {}}}\nupstreams:\n  - {{namespace: \"*\", base_uri: \"{}\"}}\nconsumers:\n  file: {}\n  require:\n    - {{capability: identity-sessions}}\n",
+            specs.display(),
+            common::KEY,
+            sim.base_url(),
+            consumers.join("consumers.yaml").display()
+        )
+    };
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    configmap(&specs, 1, &[("identity-sessions.yaml", seed.clone())]);
+    configmap(&consumers, 1, &[("consumers.yaml", consumer(&[first_key]))]);
+    configmap(&config_dir, 1, &[("capgate.yaml", config_text(&sim_a))]);
+    let config = Config::from_file(&config_dir.join("capgate.yaml")).unwrap();
+    let gateway = capgate::start(config).await;
+    let base = |port| {
+        let gateway = gateway.clone();
+        async move { format!("http://{}", gateway.local_addr(port).await.unwrap()) }
+    };
+    let list = format!(
+        "{}/v1/v1/identity/verification-sessions?limit=1",
+        base(8080).await
+    );
+    let http = reqwest::Client::new();
+
+    // A client calling all along.
+    let (stop, calls, failures) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = {
+        let (http, list, stop, calls, failures) = (
+            http.clone(),
+            list.clone(),
+            stop.clone(),
+            calls.clone(),
+            failures.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let status = http
+                    .get(&list)
+                    .bearer_auth(first_key)
+                    .send()
+                    .await
+                    .map(|r| r.status());
+                calls.fetch_add(1, Ordering::Relaxed);
+                if !matches!(status, Ok(s) if s == 200) {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sim_a.requests().is_empty());
+
+    // One deploy: a new spec file, a second key, the upstream moved to another stand-in.
+    let ping = mock("ping", "/ping", 8081, "v2", &[]);
+    configmap(
+        &specs,
+        2,
+        &[("identity-sessions.yaml", seed), ("ping.yaml", ping)],
+    );
+    configmap(
+        &consumers,
+        2,
+        &[("consumers.yaml", consumer(&[first_key, second_key]))],
+    );
+    configmap(&config_dir, 2, &[("capgate.yaml", config_text(&sim_b))]);
+    let served = async {
+        loop {
+            let ping_served = match gateway.local_addr(8081).await {
+                Some(addr) => http
+                    .get(format!("http://{addr}/ping"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200),
+                None => false,
+            };
+            let second_key_works = http
+                .get(&list)
+                .bearer_auth(second_key)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ping_served && second_key_works && !sim_b.requests().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), served)
+        .await
+        .expect("the new spec, key and upstream are all served");
+    // The old upstream gets nothing new once the config applies.
+    let on_a = sim_a.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        sim_a.requests().len(),
+        on_a,
+        "calls still reach the old upstream"
+    );
+    let calls = calls.load(Ordering::Relaxed);
+    assert!(calls > 20, "{calls}");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed calls of {calls}"
+    );
+    gateway.close();
+}
