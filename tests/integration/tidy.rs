@@ -156,3 +156,29 @@ fn gateway_modules_use_only_the_layers_below_them() {
         upward.join("\n")
     );
 }
+
+/// `deploy/` stays whole: every file its kustomization names exists, its copy of the seed is the
+/// shipped seed, and its gateway config is one capgate reads (`host/cli/tests/image.rs` runs it).
+#[test]
+fn the_kubernetes_deployment_is_complete_and_in_step() {
+    let deploy = common::root().join("deploy");
+    let kustomization = std::fs::read_to_string(deploy.join("kustomization.yaml")).unwrap();
+    let mut named = 0;
+    for line in kustomization.lines() {
+        let item = line.trim_start();
+        if let Some(file) = item.strip_prefix("- ")
+            && (file.ends_with(".yaml") || file.ends_with(".yml"))
+        {
+            assert!(deploy.join(file).is_file(), "deploy/{file} is missing");
+            named += 1;
+        }
+    }
+    assert!(named >= 6, "{named} files named");
+    assert_eq!(
+        std::fs::read_to_string(deploy.join("specs/identity-sessions.yaml")).unwrap(),
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap(),
+        "deploy/specs/identity-sessions.yaml is a copy of specs/ (kustomize reads only its own folder)"
+    );
+    capgate_model::config::Config::from_file(&deploy.join("config/capgate.yaml"))
+        .expect("the deployment's config is valid");
+}
