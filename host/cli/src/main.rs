@@ -328,26 +328,43 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
 /// The setting that lets rmcp log below `info`, where it logs whole MCP messages.
 const LOG_MCP_PAYLOADS: &str = "CAPGATE_UNSAFE_LOG_MCP_PAYLOADS";
 
-/// The `tracing` filter for `requested`: unless `payloads`, rmcp is held at `info` whatever
-/// was asked (its `debug` and `trace` events carry whole tool arguments and results), and the
-/// directives that asked for more are returned to be reported.
+/// The `tracing` filter for `requested`: unless `payloads`, rmcp is held at `info` at most
+/// whatever was asked (its `debug` and `trace` events carry whole tool arguments and results),
+/// and the directives that asked for more are returned to be reported. Asking for less (a
+/// global `warn`, `rmcp=error`) is honoured.
 fn log_filter(requested: &str, payloads: bool) -> (String, Vec<String>) {
     if payloads {
         return (requested.to_owned(), Vec::new());
     }
+    let quiet = |level: &str| {
+        matches!(
+            level.to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn"
+        )
+    };
     let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    let mut rmcp = "info".to_owned();
     for directive in requested
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
     {
-        if directive.starts_with("rmcp") {
+        if let Some(level) = directive.strip_prefix("rmcp=") {
+            if quiet(level) {
+                rmcp = level.to_owned();
+            } else if !level.eq_ignore_ascii_case("info") {
+                dropped.push(directive.to_owned());
+            }
+        } else if directive.starts_with("rmcp") {
             dropped.push(directive.to_owned());
         } else {
-            kept.push(directive);
+            if !directive.contains('=') && quiet(directive) && rmcp == "info" {
+                rmcp = directive.to_owned();
+            }
+            kept.push(directive.to_owned());
         }
     }
-    kept.push("rmcp=info");
+    kept.push(format!("rmcp={rmcp}"));
     (kept.join(","), dropped)
 }
 
@@ -384,5 +401,11 @@ mod tests {
         assert_eq!(filter, "info,capgate=debug,rmcp=info");
         assert_eq!(dropped, ["rmcp=trace"]);
         assert_eq!(log_filter("rmcp=trace", true).0, "rmcp=trace");
+        // Less is honoured: a quiet process keeps rmcp quiet too.
+        assert_eq!(log_filter("error", false).0, "error,rmcp=error");
+        assert_eq!(
+            log_filter("info,rmcp=warn", false),
+            ("info,rmcp=warn".to_owned(), vec![])
+        );
     }
 }

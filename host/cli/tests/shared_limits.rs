@@ -3,10 +3,14 @@
 //! local counting without waiting past the budget; when it returns, limits are shared again.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::{Running, free_port, redis, signal};
 
 const KEY: &str = "cg_0000000000000000000000000000000000000000000f1ee7";
 /// The consumer's limit: 20 calls a second, 20 at once.
@@ -14,59 +18,6 @@ const RATE: u64 = 20;
 /// What a decision may wait for Redis in this test (the default is 50 ms; the test machine is
 /// loaded by the other tests).
 const BUDGET_MS: u64 = 150;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis(port: u16) -> Running {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Running(child)
-}
-
-fn signal(child: &Running, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 /// Starts `capgate serve` with the seed on `rest` (declared 8080) and its admin on `admin`.
 fn gateway(dir: &Path, name: &str, sim: &str, redis: u16, rest: u16, admin: u16) -> Running {
