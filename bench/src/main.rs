@@ -6,6 +6,7 @@
 //! rounds; latency percentiles are taken over every request of every round.
 
 mod chain;
+mod fleet;
 mod load;
 mod null_proxy;
 mod procs;
@@ -126,6 +127,15 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         rounds: usize,
     },
+    /// HAProxy in front of one and of three replicas, and a rolling restart under load.
+    Fleet {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// Startup time and peak memory with one file and with all 322 corpus files.
     Footprint {
         /// The corpus folder.
@@ -146,6 +156,11 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
+        Scenario::Fleet {
+            concurrency,
+            seconds,
+            rounds,
+        } => fleet::fleet(concurrency, Duration::from_secs(seconds), rounds).await,
         Scenario::Chain {
             rate,
             concurrency,
