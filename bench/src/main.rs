@@ -446,12 +446,25 @@ async fn footprint(corpus: &std::path::Path, rounds: usize) -> anyhow::Result<()
         one.path().join("identity-sessions.yaml"),
     )?;
     let client = load::client();
+    // Tool schemas from Stripe's OpenAPI description (the default) and without (`stripe: false`).
+    let off = one
+        .path()
+        .join("..")
+        .join(format!("capgate-no-schemas-{}.yaml", std::process::id()));
+    std::fs::write(&off, "schemas: { stripe: false }\n")?;
+    let off = off.display().to_string();
     println!("## Footprint: startup to first answer, and peak memory ({rounds} rounds, medians)\n");
     println!("| specs | startup ms | peak RSS MiB | RSS after 1 s of load MiB |");
     println!("|---|---:|---:|---:|");
-    for (name, dir) in [
-        ("1 file (the seed)", one.path()),
-        ("all 322 corpus files", corpus),
+    for (name, dir, extra) in [
+        ("1 file (the seed)", one.path(), None),
+        ("1 file, schemas off", one.path(), Some(off.as_str())),
+        ("all 322 corpus files", corpus, None),
+        (
+            "all 322 corpus files, schemas off",
+            corpus,
+            Some(off.as_str()),
+        ),
     ] {
         let mut startup = Vec::new();
         let mut peak = Vec::new();
@@ -460,12 +473,12 @@ async fn footprint(corpus: &std::path::Path, rounds: usize) -> anyhow::Result<()
             let rest_port = procs::free_port();
             let mcp_port = procs::free_port();
             let started = Instant::now();
-            let gateway = procs::gateway(
-                dir,
-                sim_addr,
-                &[(8080, rest_port), (9090, mcp_port)],
-                &["--no-watch"],
-            )?;
+            let mut args = vec!["--no-watch"];
+            if let Some(config) = extra {
+                args.extend(["--config", config]);
+            }
+            let gateway =
+                procs::gateway(dir, sim_addr, &[(8080, rest_port), (9090, mcp_port)], &args)?;
             let target = Target::get(
                 "list",
                 &format!(

@@ -22,6 +22,14 @@ async def session(url: str, mode: str) -> dict:
                 {"body": {"type": "document", "metadata": {"client": "python", "mode": mode}}},
             )
         )
+        # The body's fields as arguments of their own, as the enriched schema announces them.
+        flat = dump(
+            await client.call_tool(
+                "stripe-post-identity-verification-sessions",
+                {"type": "document", "metadata": {"client": "python-flat"}},
+            )
+        )
+        create = next(t for t in tools if t.name == "stripe-post-identity-verification-sessions")
         session_id = created["structuredContent"]["id"]
         retrieved = dump(await client.call_tool("stripe-get-identity-verification-sessions-2", {"session": session_id}))
         listed = dump(await client.call_tool("stripe-get-identity-verification-sessions", {"limit": 1}))
@@ -31,6 +39,8 @@ async def session(url: str, mode: str) -> dict:
             "tools": [tool.name for tool in tools],
             "annotations": {tool.name: dump(tool.annotations) for tool in tools},
             "created": created,
+            "flat": flat,
+            "create_properties": sorted(create.input_schema["properties"].keys()),
             "retrieved": retrieved,
             "listed": listed,
             "missing": missing,

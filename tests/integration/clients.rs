@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::{self, Harness, tools};
 
@@ -102,6 +102,16 @@ async fn the_python_sdk_lists_and_calls_the_seed_tools() {
         );
         let created = &run["created"]["structuredContent"];
         assert_eq!(created["metadata"]["client"], "python");
+        // The enriched create tool: listed with Stripe's parameters, called with them flat.
+        let properties = run["create_properties"].as_array().unwrap();
+        for name in ["type", "metadata", "options", "return_url", "body"] {
+            assert!(properties.contains(&json!(name)), "{mode}: {properties:?}");
+        }
+        assert_eq!(run["flat"]["isError"], false, "{}", run["flat"]);
+        assert_eq!(
+            run["flat"]["structuredContent"]["metadata"]["client"],
+            "python-flat"
+        );
         assert_eq!(run["retrieved"]["structuredContent"]["id"], created["id"]);
         assert_eq!(run["listed"]["structuredContent"]["object"], "list");
         assert_eq!(run["missing"]["isError"], true);
@@ -123,7 +133,10 @@ async fn the_python_sdk_lists_and_calls_the_seed_tools() {
         .iter()
         .filter(|r| r.method == "POST")
         .count();
-    assert_eq!(creates, 2, "one create per era reached the stand-in");
+    assert_eq!(
+        creates, 4,
+        "two creates (nested and flat) per era reached the stand-in"
+    );
 }
 
 /// The upstream of the fixture's `test_trigger_tool_change`: each call adds a tool to, or removes

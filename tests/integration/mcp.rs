@@ -107,9 +107,81 @@ fn check_seed_tools(tools: &[Tool]) {
     );
     let schema = Value::Object((*tools[2].input_schema).clone());
     assert_eq!(schema["required"], json!(["session"]));
+    // The create tool's opaque body is announced with Stripe's real parameters (the shipped
+    // OpenAPI description), as arguments of their own; `body` stays, optional.
     let schema = Value::Object((*create.input_schema).clone());
     assert_eq!(schema["properties"]["body"]["type"], "object");
-    assert_eq!(schema["required"], json!(["body"]));
+    assert!(schema.get("required").is_none(), "{schema}");
+    let properties = schema["properties"].as_object().unwrap();
+    for name in [
+        "type",
+        "metadata",
+        "options",
+        "return_url",
+        "client_reference_id",
+    ] {
+        assert!(properties.contains_key(name), "{name} missing: {schema}");
+    }
+    assert_eq!(
+        schema["properties"]["type"]["enum"],
+        json!(["document", "id_number"])
+    );
+    assert!(
+        schema["properties"]["options"]["properties"]["document"]["anyOf"].is_array(),
+        "{schema}"
+    );
+}
+
+/// A call with the body's fields as arguments of their own reaches Stripe as the form body
+/// the old `body: {...}` call sent; `tools/list` of the seed stays small.
+#[tokio::test]
+async fn flattened_arguments_reach_the_upstream_as_the_form_body() {
+    let h = Harness::seed().await;
+    let url = mcp_url(&h).await;
+    for client in [legacy_client(&url).await, modern_client(&url).await] {
+        let listed = client.list_all_tools().await.unwrap();
+        let size = serde_json::to_vec(&listed).unwrap().len();
+        assert!(size < 64 * 1024, "tools/list is {size} bytes");
+        let before = h.sim.requests().len();
+        let flat = call(
+            &client,
+            "stripe-post-identity-verification-sessions",
+            json!({"type": "document", "metadata": {"team": "kyc"}, "options": {"document": {"require_matching_selfie": true}}}),
+        )
+        .await;
+        assert_eq!(flat.is_error, Some(false), "{flat:?}");
+        let nested = call(
+            &client,
+            "stripe-post-identity-verification-sessions",
+            json!({"body": {"type": "document", "metadata": {"team": "kyc"}, "options": {"document": {"require_matching_selfie": true}}}}),
+        )
+        .await;
+        assert_eq!(nested.is_error, Some(false), "{nested:?}");
+        let sent: Vec<String> = h.sim.requests()[before..]
+            .iter()
+            .map(|r| r.body.clone())
+            .collect();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            sent[0], sent[1],
+            "flattened and nested calls send the same form"
+        );
+        assert!(
+            sent[0].contains("type=document")
+                && sent[0].contains("metadata[team]=kyc")
+                && sent[0].contains("options[document][require_matching_selfie]=true"),
+            "{}",
+            sent[0]
+        );
+        // An argument that is neither an input nor a body field is still refused.
+        let wrong = call(
+            &client,
+            "stripe-post-identity-verification-sessions",
+            json!({"type": "document", "colour": "red"}),
+        )
+        .await;
+        assert_eq!(wrong.is_error, Some(true));
+    }
 }
 
 #[tokio::test]
@@ -191,6 +263,22 @@ async fn seed_schemas_match_stripes_openapi() {
                     tool.name
                 );
                 assert_eq!(property["type"], "object");
+                continue;
+            }
+            // A body field announced as an argument of its own: Stripe's own schema for it.
+            if let Some(field) = body["properties"].get(name) {
+                assert_eq!(
+                    property.get("type"),
+                    field.get("type"),
+                    "{}: {name}",
+                    tool.name
+                );
+                assert_eq!(
+                    property.get("enum"),
+                    field.get("enum"),
+                    "{}: {name}",
+                    tool.name
+                );
                 continue;
             }
             let param = params

@@ -193,11 +193,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(consumers) = &consumers {
                 summary = summary.with_consumers_file(consumers);
             }
-            match format {
-                OutputFormat::Text => print!("{}", summary.render_text()),
+            let text = match format {
+                OutputFormat::Text => summary.render_text(),
                 OutputFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&summary.to_json())?)
+                    format!("{}\n", serde_json::to_string_pretty(&summary.to_json())?)
                 }
+            };
+            // A reader that stops early (`| head`) is not an error of ours.
+            use std::io::Write as _;
+            if let Err(error) = std::io::stdout().lock().write_all(text.as_bytes())
+                && error.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(error.into());
             }
             let failed = summary.tally.errors > 0 || (deny_warnings && summary.tally.warnings > 0);
             Ok(if failed {

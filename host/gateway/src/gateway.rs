@@ -437,7 +437,12 @@ fn env_of(config: &Config) -> Env {
 }
 
 fn options_of(config: &Config) -> compile::Options {
+    let (schemas, errors) = compile::Schemas::load(&config.schemas);
+    for error in errors {
+        tracing::error!("{error}; tools of its namespaces keep their declared schemas");
+    }
     compile::Options {
+        schemas,
         listen: config.listen.clone(),
         upstreams: config.upstreams.clone(),
         transforms: config.plugins.bindings.clone(),
@@ -543,6 +548,8 @@ impl Gateway {
                 upstreams: next.upstreams.clone(),
                 transforms: next.plugins.bindings.clone(),
                 loaded_plugins: None,
+                // Schema sources are read at start.
+                schemas: options_of(self.config()).schemas,
             };
             let _turn = self.inner.reloading.lock().await;
             self.inner

@@ -636,7 +636,7 @@ impl Handler {
     ) -> (u16, CallToolResult) {
         let values = match validate_arguments(
             &tool.inputs,
-            arguments.unwrap_or_default(),
+            into_body(tool, arguments.unwrap_or_default()),
             Strictness::Exact,
         ) {
             Ok(values) => values,
@@ -855,6 +855,40 @@ async fn consumer_of(
         Ok(_) => Ok((Some(caller), true)),
         Err(error) => Err(limited(&error)),
     }
+}
+
+/// The arguments of `tool` with those its schema announces as the body's own fields moved into
+/// `body` (an object given as `body` keeps its fields; a top-level one of the same name wins).
+fn into_body(tool: &Tool, mut arguments: Map<String, Value>) -> Map<String, Value> {
+    if tool.flattened.is_empty() {
+        return arguments;
+    }
+    // In the caller's order, so that the form is the one a `body` of the same fields sends.
+    let names: Vec<String> = arguments
+        .keys()
+        .filter(|k| tool.flattened.contains(k))
+        .cloned()
+        .collect();
+    let mut moved = Map::new();
+    for name in names {
+        if let Some(value) = arguments.remove(&name) {
+            moved.insert(name, value);
+        }
+    }
+    if moved.is_empty() {
+        return arguments;
+    }
+    match arguments.get_mut("body") {
+        Some(Value::Object(body)) => body.extend(moved),
+        Some(_) => {
+            // A `body` that is not an object is the caller's mistake: validation says so.
+            return arguments;
+        }
+        None => {
+            arguments.insert("body".into(), Value::Object(moved));
+        }
+    }
+    arguments
 }
 
 /// Where protected resource metadata documents are (RFC 9728, section 3).

@@ -26,6 +26,7 @@ pub struct Config {
     pub mcp: McpConfig,
     pub rest: RestConfig,
     pub consumers: ConsumersConfig,
+    pub schemas: SchemasConfig,
     /// Values for bind variables that take precedence over the process environment (for
     /// example a demo key). Their values are secrets like any other bound value.
     #[serde(skip_serializing)]
@@ -54,6 +55,7 @@ impl std::fmt::Debug for Config {
             .field("mcp", &self.mcp)
             .field("rest", &self.rest)
             .field("consumers", &self.consumers)
+            .field("schemas", &self.schemas)
             .field("env", &crate::secret::RedactedValues(&self.env))
             .field("log", &self.log)
             .field("reload", &self.reload)
@@ -91,6 +93,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             rest: RestConfig::default(),
             consumers: ConsumersConfig::default(),
+            schemas: SchemasConfig::default(),
             env: BTreeMap::new(),
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
@@ -474,6 +477,35 @@ impl Default for McpConfig {
     }
 }
 
+/// Where tools' input schemas come from when a capability declares a request body opaquely:
+/// OpenAPI descriptions attached to consumes namespaces (globs; the first that has the
+/// operation wins), and Stripe's own (shipped) for adapters with the Stripe profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    /// Stripe's description for Stripe-profile adapters (`false`: off).
+    pub stripe: bool,
+    pub sources: Vec<SchemaSource>,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig {
+            stripe: true,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// An OpenAPI 3.0/3.1 description (JSON or YAML) for the consumes namespaces `namespace`
+/// matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSource {
+    pub namespace: String,
+    pub file: PathBuf,
+}
+
 /// Consumers (see `capgate_model::consumers`) and where one is required.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -805,6 +837,11 @@ impl Config {
                 && file.is_relative()
             {
                 issuer.jwks_file = Some(base.join(file));
+            }
+        }
+        for source in &mut config.schemas.sources {
+            if source.file.is_relative() {
+                source.file = base.join(&source.file);
             }
         }
         if let Err(message) = config.consumers.check() {

@@ -23,6 +23,7 @@ pub mod diag;
 pub mod exchange;
 pub mod form;
 pub mod jsonpath;
+pub mod openapi;
 pub mod read;
 pub mod route;
 pub mod secret;

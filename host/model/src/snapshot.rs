@@ -203,8 +203,12 @@ pub struct Tool {
     pub description: Option<String>,
     pub hints: ToolHints,
     pub inputs: Vec<InputSpec>,
-    /// The JSON Schema of the arguments, derived from `inputs`.
+    /// The JSON Schema of the arguments, derived from `inputs` (and, for an opaque body, from
+    /// the upstream's OpenAPI description).
     pub input_schema: Arc<Map<String, Value>>,
+    /// The body's properties announced as top-level arguments: a call's arguments of these
+    /// names go into its `body` before it is checked.
+    pub flattened: Vec<String>,
     pub operation: Arc<Operation>,
 }
 

@@ -218,7 +218,22 @@ fn operations(
     diags: &mut Diagnostics,
 ) {
     let capability = super::capability_name(&loaded.path);
+    let sources = options.schemas.for_adapter(adapter);
     for resource in &http.resources {
+        // A path the upstream's description does not have is most likely a typo in the file
+        // (the corpus has `/v1/Invoice Items` for `/v1/invoiceitems`), or a surface newer than
+        // the description.
+        if !sources.is_empty() && !sources.iter().any(|api| api.has_path(&resource.path.value)) {
+            let nearest = sources[sources.len() - 1].nearest_paths(&resource.path.value);
+            diags
+                .warning(
+                    Code::SchemaSource,
+                    &resource.at.key("path", resource.path.line),
+                    "this path is not in the upstream's OpenAPI description (a typo, or a newer surface); its operations are served as declared",
+                )
+                .found(resource.path.value.clone())
+                .expected(format!("one of the nearest: {}", nearest.join(", ")));
+        }
         for op in &resource.operations {
             let full_name = format!("{}.{}", http.namespace.value, op.name.value);
             let declared = Declared {

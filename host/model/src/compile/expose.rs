@@ -28,6 +28,8 @@ pub(super) struct Context<'a> {
     pub options: &'a Options,
     pub diags: &'a mut Diagnostics,
     pub missing_binds: BTreeSet<String>,
+    /// Tools whose schema was enriched from a schema source (one note per file says how many).
+    pub enriched: usize,
 }
 
 type McpList = Vec<(ListenKey, Arc<McpAdapter>)>;
@@ -1146,15 +1148,86 @@ fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Opti
             open_world: tool.hints.open_world,
         },
     };
+    let mut inputs = inputs;
+    let mut input_schema = schema_for(&inputs);
+    let flattened = compiled
+        .upstream
+        .as_ref()
+        .map(|upstream| enrich(cx, upstream, &mut inputs, &mut input_schema))
+        .unwrap_or_default();
     Some(Tool {
         name: name.clone(),
         title: tool.label.clone(),
         description: tool.description.clone(),
         hints,
-        input_schema: Arc::new(schema_for(&inputs)),
+        input_schema: Arc::new(input_schema),
         inputs,
+        flattened,
         operation: compiled.operation,
     })
+}
+
+/// A tool whose `body` input is an opaque object gets the operation's real request schema from
+/// the upstream's schema sources: each body property the tool does not already take becomes a
+/// top-level argument (announced with its schema; a call's arguments of those names go into
+/// `body`), and `body` itself stays, optional, for callers that send it whole. The names moved.
+fn enrich(
+    cx: &mut Context<'_>,
+    upstream: &UpstreamOperation,
+    inputs: &mut [InputSpec],
+    schema: &mut serde_json::Map<String, Value>,
+) -> Vec<String> {
+    let Some(body) = inputs
+        .iter_mut()
+        .find(|i| i.name == "body" && i.ty == crate::snapshot::ParamType::Object)
+    else {
+        return Vec::new();
+    };
+    let sources = cx.options.schemas.for_adapter(&upstream.adapter);
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    let path: String = upstream
+        .path
+        .iter()
+        .map(|part| match part {
+            crate::snapshot::PathPart::Literal(text) => text.clone(),
+            crate::snapshot::PathPart::Param(name) => format!("{{{name}}}"),
+        })
+        .collect();
+    let Some(request) = crate::openapi::request_in(&sources, &upstream.method, &path) else {
+        return Vec::new();
+    };
+    body.required = false;
+    let Some(Value::Object(properties)) = schema.get_mut("properties") else {
+        return Vec::new();
+    };
+    let mut flattened = Vec::new();
+    if let Some(Value::Object(body_properties)) = request.body.get("properties") {
+        for (name, property) in body_properties {
+            if properties.contains_key(name) {
+                continue;
+            }
+            properties.insert(name.clone(), property.clone());
+            flattened.push(name.clone());
+        }
+    }
+    if let Some(Value::Object(declared_body)) = properties.get_mut("body") {
+        declared_body.insert(
+            "description".into(),
+            Value::String(
+                "The whole request body, for callers that send it as one object (its fields are also arguments of their own)".into(),
+            ),
+        );
+    }
+    if let Some(Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|r| r != "body");
+        if required.is_empty() {
+            schema.remove("required");
+        }
+    }
+    cx.enriched += 1;
+    flattened
 }
 
 /// The caller inputs a mock's output templates read: a mock route takes exactly those.

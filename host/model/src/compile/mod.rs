@@ -36,6 +36,69 @@ pub struct Options {
     /// operation but names a file not among them is a warning on that operation. `None` (as in
     /// `capgate validate`) checks nothing.
     pub loaded_plugins: Option<BTreeSet<String>>,
+    pub schemas: Schemas,
+}
+
+/// The schema sources compilation uses (`config.schemas`, with the files read).
+#[derive(Debug, Clone)]
+pub struct Schemas {
+    pub stripe: bool,
+    /// Namespace glob and description.
+    pub sources: Vec<(String, Arc<crate::openapi::OpenApi>)>,
+}
+
+impl Default for Schemas {
+    fn default() -> Self {
+        Schemas {
+            stripe: true,
+            sources: Vec::new(),
+        }
+    }
+}
+
+impl Schemas {
+    /// Reads the descriptions `config` names; one that cannot be read is reported and left out.
+    pub fn load(config: &crate::config::SchemasConfig) -> (Schemas, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut sources = Vec::new();
+        for source in &config.sources {
+            let parsed = crate::read::bytes(&source.file, 64 * 1024 * 1024)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| crate::openapi::OpenApi::parse(&bytes));
+            match parsed {
+                Ok(api) => sources.push((source.namespace.clone(), Arc::new(api))),
+                Err(error) => errors.push(format!(
+                    "schema source {} (for {}): {error}",
+                    source.file.display(),
+                    source.namespace
+                )),
+            }
+        }
+        (
+            Schemas {
+                stripe: config.stripe,
+                sources,
+            },
+            errors,
+        )
+    }
+
+    /// The descriptions for an adapter: its attached ones, then Stripe's for the Stripe profile.
+    pub fn for_adapter(
+        &self,
+        adapter: &crate::snapshot::UpstreamAdapter,
+    ) -> Vec<Arc<crate::openapi::OpenApi>> {
+        let mut out: Vec<Arc<crate::openapi::OpenApi>> = self
+            .sources
+            .iter()
+            .filter(|(glob, _)| consumes::namespace_matches(glob, &adapter.namespace))
+            .map(|(_, api)| api.clone())
+            .collect();
+        if self.stripe && adapter.profile == crate::config::ProfileName::Stripe {
+            out.extend(crate::openapi::stripe().iter().cloned());
+        }
+        out
+    }
 }
 
 /// What kind of file a compiled file was.
@@ -152,8 +215,17 @@ pub fn compile_file(loaded: &LoadedFile, options: &Options) -> CompiledFile {
                     options,
                     diags: &mut diags,
                     missing_binds: BTreeSet::new(),
+                    enriched: 0,
                 };
                 let (rest, mcp) = expose::compile(&mut cx, capability);
+                if cx.enriched > 0 {
+                    let count = cx.enriched;
+                    cx.diags.info(
+                        Code::SchemaSource,
+                        &Loc::default(),
+                        format!("{count} tool(s) announce the upstream's request schema (from its OpenAPI description) instead of an opaque body"),
+                    );
+                }
                 compiled.missing_binds = cx.missing_binds;
                 compiled.rest = rest;
                 compiled.mcp = mcp;

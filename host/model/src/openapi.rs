@@ -1,0 +1,361 @@
+//! Schema sources: an upstream's OpenAPI 3.0/3.1 description, so that an operation a
+//! capability declares opaquely (`body: object`, "Request body (JSON)") is announced to agents
+//! with its real parameters.
+//!
+//! A description is indexed once by (method, path template with its variables' names erased).
+//! An operation's request schema is its `requestBody` form (or JSON) schema with `$ref`s
+//! resolved (a reference already being resolved is cut to `{}`), nesting cut at
+//! [`MAX_DEPTH`], descriptions trimmed to their first sentence, and only the keywords a tool
+//! schema needs kept. Stripe's description (and the newer Identity subset, which wins for the
+//! paths it covers) ships in the binary and is parsed on first use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use http::Method;
+use serde_json::{Map, Value};
+
+/// How deep nested objects and arrays are described; deeper, a value is `{}` (any).
+pub const MAX_DEPTH: usize = 4;
+/// The longest description kept.
+const MAX_DESCRIPTION: usize = 160;
+/// Keywords kept from a description's schemas.
+const KEPT: [&str; 8] = [
+    "type",
+    "properties",
+    "required",
+    "enum",
+    "items",
+    "anyOf",
+    "description",
+    "additionalProperties",
+];
+
+/// What is read of a description: each operation's request body (everything else skipped
+/// unread).
+#[derive(serde::Deserialize)]
+struct Document {
+    paths: Option<std::collections::BTreeMap<String, PathItem>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PathItem {
+    get: Option<OperationDoc>,
+    post: Option<OperationDoc>,
+    put: Option<OperationDoc>,
+    patch: Option<OperationDoc>,
+    delete: Option<OperationDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct OperationDoc {
+    #[serde(rename = "requestBody")]
+    request_body: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct WithComponents {
+    #[serde(default)]
+    components: Value,
+}
+
+/// One OpenAPI description, indexed.
+#[derive(Debug, Default)]
+pub struct OpenApi {
+    /// By (method, path with `{}` for each variable): the operation's `requestBody`.
+    operations: HashMap<(Method, String), Value>,
+    components: Value,
+    /// Every path, as written, for "did you mean".
+    paths: Vec<String>,
+}
+
+/// What an operation of the description says its request takes.
+#[derive(Debug, Clone)]
+pub struct RequestSchema {
+    /// The body's JSON Schema (an object schema with `properties`).
+    pub body: Map<String, Value>,
+}
+
+impl OpenApi {
+    /// Reads a description (JSON, or YAML). Only what request schemas need is kept: each
+    /// operation's `requestBody`, and `components` only when a kept schema refers into them
+    /// (Stripe's request bodies do not; its components are most of its 2.5 MB).
+    pub fn parse(bytes: &[u8]) -> Result<OpenApi, String> {
+        let document: Document = match serde_json::from_slice(bytes) {
+            Ok(document) => document,
+            Err(json) => serde_yaml::from_slice(bytes)
+                .map_err(|yaml| format!("neither JSON ({json}) nor YAML ({yaml})"))?,
+        };
+        let Some(paths) = document.paths else {
+            return Err("no `paths` object: not an OpenAPI description".into());
+        };
+        let mut api = OpenApi::default();
+        let mut refers = false;
+        for (path, item) in paths {
+            api.paths.push(path.clone());
+            for (method, operation) in [
+                (Method::GET, item.get),
+                (Method::POST, item.post),
+                (Method::PUT, item.put),
+                (Method::PATCH, item.patch),
+                (Method::DELETE, item.delete),
+            ] {
+                let Some(operation) = operation else {
+                    continue;
+                };
+                let body = operation.request_body.unwrap_or(Value::Null);
+                refers |= body.to_string().contains("\"$ref\"");
+                api.operations
+                    .insert((method, erase_variables(&path)), body);
+            }
+        }
+        api.paths.sort();
+        if refers {
+            let components: WithComponents = match serde_json::from_slice(bytes) {
+                Ok(with) => with,
+                Err(_) => serde_yaml::from_slice(bytes).map_err(|e| e.to_string())?,
+            };
+            api.components = components.components;
+        }
+        Ok(api)
+    }
+
+    /// Whether the description has `path` (variables by any name), for any method.
+    pub fn has_path(&self, path: &str) -> bool {
+        let erased = erase_variables(path);
+        self.operations.keys().any(|(_, p)| *p == erased)
+    }
+
+    /// The paths of the description nearest to `path` (by edit distance), at most three.
+    pub fn nearest_paths(&self, path: &str) -> Vec<&str> {
+        let mut scored: Vec<(usize, &str)> = self
+            .paths
+            .iter()
+            .map(|p| {
+                (
+                    distance(&p.to_ascii_lowercase(), &path.to_ascii_lowercase()),
+                    p.as_str(),
+                )
+            })
+            .collect();
+        scored.sort();
+        scored.into_iter().take(3).map(|(_, p)| p).collect()
+    }
+
+    /// The request body schema of the operation at (`method`, `path`), if it has one with
+    /// properties.
+    pub fn request(&self, method: &Method, path: &str) -> Option<RequestSchema> {
+        let request_body = self
+            .operations
+            .get(&(method.clone(), erase_variables(path)))?;
+        let content = request_body.get("content")?;
+        let schema = content
+            .get("application/x-www-form-urlencoded")
+            .or_else(|| content.get("application/json"))?
+            .get("schema")?;
+        let mut chain = Vec::new();
+        let Value::Object(body) = self.clean(schema, 0, &mut chain) else {
+            return None;
+        };
+        body.get("properties")
+            .and_then(Value::as_object)
+            .is_some_and(|p| !p.is_empty())
+            .then_some(RequestSchema { body })
+    }
+
+    /// `schema` with `$ref`s resolved, cut at `MAX_DEPTH`, only `KEPT` keywords.
+    fn clean(&self, schema: &Value, depth: usize, chain: &mut Vec<String>) -> Value {
+        let Some(object) = schema.as_object() else {
+            return Value::Object(Map::new());
+        };
+        if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
+            if chain.iter().any(|r| r == reference) {
+                return Value::Object(Map::new());
+            }
+            let Some(target) = self.resolve(reference) else {
+                return Value::Object(Map::new());
+            };
+            chain.push(reference.to_owned());
+            let resolved = self.clean(target, depth, chain);
+            chain.pop();
+            return resolved;
+        }
+        if depth > MAX_DEPTH {
+            return Value::Object(Map::new());
+        }
+        let mut out = Map::new();
+        for key in KEPT {
+            let Some(value) = object.get(key) else {
+                continue;
+            };
+            let kept = match key {
+                "properties" => Value::Object(
+                    value
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(name, s)| (name.clone(), self.clean(s, depth + 1, chain)))
+                        .collect(),
+                ),
+                "items" => self.clean(value, depth + 1, chain),
+                "additionalProperties" => match value {
+                    Value::Bool(_) => value.clone(),
+                    other => self.clean(other, depth + 1, chain),
+                },
+                "anyOf" => Value::Array(
+                    value
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| self.clean(s, depth, chain))
+                        .collect(),
+                ),
+                "description" => match value.as_str() {
+                    Some(text) => Value::String(first_sentence(text)),
+                    None => continue,
+                },
+                _ => value.clone(),
+            };
+            out.insert(key.to_owned(), kept);
+        }
+        Value::Object(out)
+    }
+
+    /// A local reference (`#/components/schemas/x`).
+    fn resolve(&self, reference: &str) -> Option<&Value> {
+        let pointer = reference.strip_prefix("#/components")?;
+        self.components.pointer(pointer)
+    }
+}
+
+/// `/v1/customers/{customer}/sources/{id}` -> `/v1/customers/{}/sources/{}`.
+pub fn erase_variables(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut inside = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                inside = true;
+                out.push_str("{}");
+            }
+            '}' => inside = false,
+            _ if inside => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn first_sentence(text: &str) -> String {
+    let text = text.trim();
+    let end = text
+        .find(". ")
+        .map_or(text.len(), |i| i + 1)
+        .min(MAX_DESCRIPTION);
+    let mut cut = end;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_owned()
+}
+
+/// Levenshtein distance, for "nearest paths" (short strings, rare).
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+/// Stripe's descriptions: the newer Identity subset first, then the whole v1 API.
+pub fn stripe() -> &'static [Arc<OpenApi>] {
+    static STRIPE: OnceLock<Vec<Arc<OpenApi>>> = OnceLock::new();
+    STRIPE.get_or_init(|| {
+        [
+            &include_bytes!("../data/stripe-identity-openapi.json")[..],
+            &include_bytes!("../data/stripe-openapi.json")[..],
+        ]
+        .iter()
+        .map(|bytes| Arc::new(OpenApi::parse(bytes).expect("the shipped description parses")))
+        .collect()
+    })
+}
+
+/// The first description of `sources` that has the operation.
+pub fn request_in(sources: &[Arc<OpenApi>], method: &Method, path: &str) -> Option<RequestSchema> {
+    sources.iter().find_map(|api| api.request(method, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_create_session_has_its_real_parameters() {
+        let body = request_in(
+            stripe(),
+            &Method::POST,
+            "/v1/identity/verification_sessions",
+        )
+        .unwrap()
+        .body;
+        let properties = body["properties"].as_object().unwrap();
+        for name in [
+            "type",
+            "metadata",
+            "options",
+            "return_url",
+            "client_reference_id",
+        ] {
+            assert!(properties.contains_key(name), "{name}: {properties:?}");
+        }
+        // The subset's newer parameter: it wins over the older whole description.
+        assert!(properties.contains_key("verification_flow"));
+        assert_eq!(
+            properties["type"]["enum"],
+            serde_json::json!(["document", "id_number"])
+        );
+        let text = serde_json::to_string(&body).unwrap();
+        assert!(
+            !text.contains("maxLength") && !text.contains("\"title\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn paths_match_whatever_their_variables_are_called() {
+        let api = &stripe()[1];
+        assert!(api.has_path("/v1/customers/{cus}/sources/{source_id}"));
+        assert!(!api.has_path("/v1/Invoice Items"));
+        assert_eq!(
+            api.nearest_paths("/v1/Invoice Items")[0],
+            "/v1/invoiceitems"
+        );
+        assert!(
+            api.request(&Method::GET, "/v1/customers").is_none(),
+            "a GET has no body"
+        );
+    }
+
+    #[test]
+    fn references_resolve_and_cycles_are_cut() {
+        let api = OpenApi::parse(
+            br##"{"paths": {"/a": {"post": {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/node"}}}}}}},
+                 "components": {"schemas": {"node": {"type": "object", "properties": {"name": {"type": "string"}, "child": {"$ref": "#/components/schemas/node"}}}}}}"##,
+        )
+        .unwrap();
+        let body = api.request(&Method::POST, "/a").unwrap().body;
+        assert_eq!(body["properties"]["name"]["type"], "string");
+        assert_eq!(body["properties"]["child"], serde_json::json!({}));
+    }
+}
