@@ -181,6 +181,21 @@ async fn flattened_arguments_reach_the_upstream_as_the_form_body() {
         )
         .await;
         assert_eq!(wrong.is_error, Some(true));
+        // A body field outside its enum is refused before the upstream, naming it.
+        let before = h.sim.requests().len();
+        let bad = call(
+            &client,
+            "stripe-post-identity-verification-sessions",
+            json!({"type": "selfie"}),
+        )
+        .await;
+        assert_eq!(bad.is_error, Some(true));
+        assert_eq!(
+            bad.structured_content.as_ref().unwrap()["error"]["param"],
+            "type",
+            "{bad:?}"
+        );
+        assert_eq!(h.sim.requests().len(), before);
     }
 }
 

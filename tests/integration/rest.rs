@@ -481,3 +481,48 @@ capability:
         "{query}"
     );
 }
+
+/// A REST body is checked against the operation's real schema (Stripe's OpenAPI description)
+/// before anything is sent: an unknown field or a value outside an enum is a 400 naming it.
+#[tokio::test]
+async fn a_rest_body_is_checked_against_the_upstreams_schema() {
+    let h = Harness::seed().await;
+    let sessions = h.sessions().await;
+    let post =
+        |form: &'static [(&'static str, &'static str)]| h.http.post(&sessions).form(form).send();
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 3] = [
+        (&[("type", "selfie")], "parameter_invalid", "type"),
+        (
+            &[("type", "document"), ("colour", "red")],
+            "parameter_unknown",
+            "colour",
+        ),
+        (
+            &[
+                ("type", "document"),
+                ("options[document][allowed_types][0]", "library_card"),
+            ],
+            "parameter_invalid",
+            "options[document][allowed_types][0]",
+        ),
+    ];
+    for (form, code, param) in cases {
+        let response = post(form).await.unwrap();
+        assert_eq!(response.status(), 400, "{form:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    assert!(
+        h.sim.requests().is_empty(),
+        "a refused body reached the upstream"
+    );
+    let good = post(&[
+        ("type", "document"),
+        ("options[document][allowed_types][0]", "passport"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(good.status(), 200, "{}", good.text().await.unwrap());
+}

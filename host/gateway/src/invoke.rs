@@ -172,6 +172,7 @@ impl Invoker {
                 Ok(json_outcome(StatusCode::OK, HeaderMap::new(), body))
             }
             Action::Call(call) => {
+                check_body(call, &inputs.values)?;
                 let consumer = inputs.consumer.as_ref().map(|c| &c.metadata);
                 let request = upstream::prepare(call, &inputs.values, &inputs.headers, consumer)?;
                 let upstream = &call.upstream;
@@ -321,6 +322,32 @@ impl Invoker {
         }
         Ok(response)
     }
+}
+
+/// The caller's body checked against the operation's request schema (from its schema source,
+/// when it has one): an unknown field, a value outside an enum or of the wrong kind is the
+/// caller's 400, naming the parameter, before anything is sent.
+fn check_body(
+    call: &capgate_model::snapshot::Call,
+    values: &Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let Some(schema) = &call.upstream.body_schema else {
+        return Ok(());
+    };
+    let input = call
+        .with
+        .iter()
+        .find_map(|(name, source)| match source {
+            capgate_model::snapshot::Source::Input(input) if name == "body" => Some(input.as_str()),
+            _ => None,
+        })
+        .unwrap_or("body");
+    let Some(Value::Object(body)) = values.get(input) else {
+        return Ok(());
+    };
+    capgate_model::openapi::check(body, schema).map_err(|mismatch| {
+        GatewayError::bad_request(mismatch.code, mismatch.message, Some(&mismatch.param))
+    })
 }
 
 /// A failed plugin call: the request fails (fail-closed) or goes on with `kept` (fail-open).

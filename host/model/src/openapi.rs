@@ -359,3 +359,203 @@ mod tests {
         assert_eq!(body["properties"]["child"], serde_json::json!({}));
     }
 }
+
+/// What is wrong with a request body, in Stripe's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// `parameter_unknown` or `parameter_invalid`.
+    pub code: &'static str,
+    pub message: String,
+    /// The parameter in Stripe's bracket notation (`options[document][allowed_types]`).
+    pub param: String,
+}
+
+/// Checks a request body against its schema, as leniently as form encoding requires (numbers
+/// and booleans may arrive as text, arrays as indexed objects, and the empty string, Stripe's
+/// "unset", is taken anywhere): unknown fields where the schema allows none, values outside an
+/// `enum`, and values of the wrong kind.
+pub fn check(body: &Map<String, Value>, schema: &Map<String, Value>) -> Result<(), Mismatch> {
+    check_object(body, schema, "")
+}
+
+fn name_of(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}[{key}]")
+    }
+}
+
+fn check_object(
+    object: &Map<String, Value>,
+    schema: &Map<String, Value>,
+    parent: &str,
+) -> Result<(), Mismatch> {
+    let properties = schema.get("properties").and_then(Value::as_object);
+    for (key, value) in object {
+        let param = name_of(parent, key);
+        match properties
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_object)
+        {
+            Some(property) => check_value(value, property, &param)?,
+            None => match schema.get("additionalProperties") {
+                Some(Value::Bool(false)) if properties.is_some() => {
+                    return Err(Mismatch {
+                        code: "parameter_unknown",
+                        message: format!("Received unknown parameter: {param}"),
+                        param,
+                    });
+                }
+                Some(Value::Object(additional)) => check_value(value, additional, &param)?,
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+fn check_value(value: &Value, schema: &Map<String, Value>, param: &str) -> Result<(), Mismatch> {
+    // Stripe's "unset", and an absent value.
+    if value.is_null() || value.as_str() == Some("") {
+        return Ok(());
+    }
+    if let Some(Value::Array(alternatives)) = schema.get("anyOf") {
+        let mut first = None;
+        for alternative in alternatives.iter().filter_map(Value::as_object) {
+            match check_value(value, alternative, param) {
+                Ok(()) => return Ok(()),
+                Err(mismatch) => {
+                    first.get_or_insert(mismatch);
+                }
+            }
+        }
+        return match first {
+            Some(mismatch) => Err(mismatch),
+            None => Ok(()),
+        };
+    }
+    if let Some(Value::Array(allowed)) = schema.get("enum") {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if !allowed
+            .iter()
+            .any(|a| a.as_str() == Some(&text) || *a == *value)
+        {
+            let choices: Vec<String> = allowed
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return Err(Mismatch {
+                code: "parameter_invalid",
+                message: format!("Invalid {param}: must be one of {}", choices.join(", ")),
+                param: param.to_owned(),
+            });
+        }
+        return Ok(());
+    }
+    let kind = schema.get("type").and_then(Value::as_str);
+    let wrong = |expected: &str| Mismatch {
+        code: "parameter_invalid",
+        message: format!("Invalid {param}: expected {expected}"),
+        param: param.to_owned(),
+    };
+    match (kind, value) {
+        (Some("object"), Value::Object(object)) => check_object(object, schema, param),
+        (Some("object"), _) => Err(wrong("an object (a hash)")),
+        (Some("array"), Value::Array(items)) => {
+            let item = schema.get("items").and_then(Value::as_object);
+            for (i, v) in items.iter().enumerate() {
+                if let Some(item) = item {
+                    check_value(v, item, &format!("{param}[{i}]"))?;
+                }
+            }
+            Ok(())
+        }
+        // `a[0]=x&a[1]=y` decodes to an object with index keys.
+        (Some("array"), Value::Object(indexed))
+            if indexed.keys().all(|k| k.parse::<usize>().is_ok()) =>
+        {
+            Ok(())
+        }
+        (Some("array"), _) => Err(wrong("an array")),
+        (Some("integer"), Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+        (Some("integer"), Value::String(s)) if s.trim().parse::<i64>().is_ok() => Ok(()),
+        (Some("integer"), _) => Err(wrong("an integer")),
+        (Some("number"), Value::Number(_)) => Ok(()),
+        (Some("number"), Value::String(s)) if s.trim().parse::<f64>().is_ok() => Ok(()),
+        (Some("number"), _) => Err(wrong("a number")),
+        (Some("boolean"), Value::Bool(_)) => Ok(()),
+        (Some("boolean"), Value::String(s)) if s == "true" || s == "false" => Ok(()),
+        (Some("boolean"), _) => Err(wrong("a boolean")),
+        (Some("string"), Value::String(_) | Value::Number(_) | Value::Bool(_)) => Ok(()),
+        (Some("string"), _) => Err(wrong("a string")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Map<String, Value> {
+        request_in(
+            stripe(),
+            &Method::POST,
+            "/v1/identity/verification_sessions",
+        )
+        .unwrap()
+        .body
+    }
+
+    fn body(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_body_is_checked_as_stripe_would() {
+        let schema = schema();
+        assert_eq!(
+            check(
+                &body(
+                    json!({"type": "document", "metadata": {"a": "b"}, "options": {"document": {"require_matching_selfie": "true", "allowed_types": ["passport"]}}})
+                ),
+                &schema
+            ),
+            Ok(())
+        );
+        let unknown = check(&body(json!({"colour": "red"})), &schema).unwrap_err();
+        assert_eq!(
+            (unknown.code, unknown.param.as_str()),
+            ("parameter_unknown", "colour")
+        );
+        let enum_ = check(&body(json!({"type": "selfie"})), &schema).unwrap_err();
+        assert_eq!(enum_.param, "type");
+        assert!(
+            enum_.message.contains("document, id_number"),
+            "{}",
+            enum_.message
+        );
+        let nested = check(
+            &body(json!({"options": {"document": {"allowed_types": ["library_card"]}}})),
+            &schema,
+        )
+        .unwrap_err();
+        assert_eq!(nested.param, "options[document][allowed_types][0]");
+        assert!(
+            check(&body(json!({"options": {"document": ""}})), &schema).is_ok(),
+            "unset"
+        );
+        let kind = check(
+            &body(json!({"options": {"document": {"require_live_capture": "maybe"}}})),
+            &schema,
+        )
+        .unwrap_err();
+        assert_eq!(kind.param, "options[document][require_live_capture]");
+    }
+}

@@ -450,6 +450,9 @@ pub struct UpstreamOperation {
     /// Adapter, resource and operation parameters, in that order.
     pub params: Vec<UpstreamParam>,
     pub body: BodyPlan,
+    /// The request body's schema from the adapter's schema sources (`capgate_model::openapi`):
+    /// what tools announce for an opaque body, and what a caller's body is checked against.
+    pub body_schema: Option<Arc<Map<String, Value>>>,
     /// Bound variables this operation needs that have no value.
     pub missing_binds: Vec<String>,
 }

@@ -309,6 +309,12 @@ fn operation(
     if let Some(loaded) = &options.loaded_plugins {
         warn_unloaded(&transforms, loaded, &op.at, diags);
     }
+    let body_schema = crate::openapi::request_in(
+        &options.schemas.for_adapter(adapter),
+        &method,
+        &resource.path.value,
+    )
+    .map(|request| Arc::new(request.body));
     Ok(UpstreamOperation {
         name: full_name.to_owned(),
         capability: capability.clone(),
@@ -318,6 +324,7 @@ fn operation(
         path,
         params,
         body,
+        body_schema,
         missing_binds,
     })
 }

@@ -1183,19 +1183,7 @@ fn enrich(
     else {
         return Vec::new();
     };
-    let sources = cx.options.schemas.for_adapter(&upstream.adapter);
-    if sources.is_empty() {
-        return Vec::new();
-    }
-    let path: String = upstream
-        .path
-        .iter()
-        .map(|part| match part {
-            crate::snapshot::PathPart::Literal(text) => text.clone(),
-            crate::snapshot::PathPart::Param(name) => format!("{{{name}}}"),
-        })
-        .collect();
-    let Some(request) = crate::openapi::request_in(&sources, &upstream.method, &path) else {
+    let Some(request) = &upstream.body_schema else {
         return Vec::new();
     };
     body.required = false;
@@ -1203,7 +1191,7 @@ fn enrich(
         return Vec::new();
     };
     let mut flattened = Vec::new();
-    if let Some(Value::Object(body_properties)) = request.body.get("properties") {
+    if let Some(Value::Object(body_properties)) = request.get("properties") {
         for (name, property) in body_properties {
             if properties.contains_key(name) {
                 continue;
