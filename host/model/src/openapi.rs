@@ -67,7 +67,12 @@ pub struct OpenApi {
     components: Value,
     /// Every path, as written, for "did you mean".
     paths: Vec<String>,
+    /// Request schemas already cleaned: files that consume the same operation share one.
+    cleaned: std::sync::Mutex<HashMap<(Method, String), Option<Shared>>>,
 }
+
+/// A cleaned schema, shared.
+type Shared = Arc<Map<String, Value>>;
 
 /// What an operation of the description says its request takes.
 #[derive(Debug, Clone)]
@@ -294,6 +299,22 @@ pub fn stripe() -> &'static [Arc<OpenApi>] {
 /// The first description of `sources` that has the operation.
 pub fn request_in(sources: &[Arc<OpenApi>], method: &Method, path: &str) -> Option<RequestSchema> {
     sources.iter().find_map(|api| api.request(method, path))
+}
+
+/// The same, cleaned once per description and operation and shared.
+pub fn shared_request_in(
+    sources: &[Arc<OpenApi>],
+    method: &Method,
+    path: &str,
+) -> Option<Arc<Map<String, Value>>> {
+    sources.iter().find_map(|api| {
+        let key = (method.clone(), erase_variables(path));
+        let mut cleaned = api.cleaned.lock().unwrap_or_else(|e| e.into_inner());
+        cleaned
+            .entry(key)
+            .or_insert_with(|| api.request(method, path).map(|r| Arc::new(r.body)))
+            .clone()
+    })
 }
 
 #[cfg(test)]

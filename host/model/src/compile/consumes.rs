@@ -309,12 +309,11 @@ fn operation(
     if let Some(loaded) = &options.loaded_plugins {
         warn_unloaded(&transforms, loaded, &op.at, diags);
     }
-    let body_schema = crate::openapi::request_in(
+    let body_schema = crate::openapi::shared_request_in(
         &options.schemas.for_adapter(adapter),
         &method,
         &resource.path.value,
-    )
-    .map(|request| Arc::new(request.body));
+    );
     Ok(UpstreamOperation {
         name: full_name.to_owned(),
         capability: capability.clone(),
