@@ -581,11 +581,19 @@ async fn the_access_log_says_who_called_what_and_nothing_secret() {
     assert_eq!(refused.status(), 403);
     let (status, _) = stateless_call(&h, READER, "stripe-get-identity-verification-sessions").await;
     assert_eq!(status, 200);
+    // Past its burst (3), a consumer's tool call is refused at the front door: logged too.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, _) =
+            stateless_call(&h, LIMITED, "stripe-get-identity-verification-sessions").await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
 
     let lines = async {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.lines().count() >= 3 {
+            if text.lines().count() >= 7 && text.contains("\"limit\":\"limited\"") {
                 return text;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -628,8 +636,22 @@ async fn the_access_log_says_who_called_what_and_nothing_secret() {
     );
     assert_eq!(mcp["route"], "tools/call");
     assert_eq!(mcp["upstream_status"], 200);
+    let refused = entries
+        .iter()
+        .find(|e| e["limit"] == "limited")
+        .expect("the refused call's line");
+    assert_eq!(refused["consumer"], "limited");
+    assert_eq!(refused["status"], 429);
+    assert_eq!(refused["upstream_status"], Value::Null);
     // Never a key, the upstream's key, a session's id or secret, or a body.
-    for secret in [READER, WRITER, common::KEY, &session, "client_secret"] {
+    for secret in [
+        READER,
+        WRITER,
+        LIMITED,
+        common::KEY,
+        &session,
+        "client_secret",
+    ] {
         assert!(
             !text.contains(secret),
             "{secret} in the access log:\n{text}"

@@ -409,7 +409,7 @@ impl Hub {
         // Where a consumer is required, its key replaces the adapter's own authentication.
         let (caller, admitted) =
             if consumers.required(key.port, &adapter.origin.capability, &adapter.namespace) {
-                match consumer_of(consumers, adapter, request.headers()).await {
+                match consumer_of(consumers, adapter, request.headers(), &self.invoker).await {
                     Ok(admitted) => admitted,
                     Err(refused) => return refused,
                 }
@@ -816,6 +816,7 @@ async fn consumer_of(
     consumers: &Consumers,
     adapter: &McpAdapter,
     headers: &http::HeaderMap,
+    invoker: &Invoker,
 ) -> Result<(Option<Caller>, bool), HttpResponse> {
     let caller = match consumers.identify(headers).await {
         Ok(caller) => caller,
@@ -851,9 +852,44 @@ async fn consumer_of(
         capability: &adapter.origin.capability,
         name: &tool.name,
     };
+    let timing = Timing::start();
     match consumers.admit(&caller, &call).await {
         Ok(_) => Ok((Some(caller), true)),
-        Err(error) => Err(limited(&error)),
+        Err(error) => {
+            let refused = limited(&error);
+            // A call refused here never reaches the tool: said in the metrics and the log.
+            let status = refused.status().as_u16();
+            invoker.metrics().consumer_call(
+                &caller.consumer.name,
+                &adapter.origin.capability,
+                &tool.name,
+                status,
+            );
+            if invoker.access().is_on() {
+                let request_id = crate::invoke::request_id();
+                let mut entry = Entry {
+                    request_id: &request_id,
+                    surface: "mcp",
+                    consumer: Some(&caller.consumer.name),
+                    credential: Some(&caller.credential),
+                    capability: Some(&adapter.origin.capability),
+                    adapter: Some(&adapter.namespace),
+                    operation: Some(&tool.name),
+                    method: "POST",
+                    route: "tools/call",
+                    status,
+                    limit: Some(if status == 429 {
+                        "limited"
+                    } else {
+                        "unavailable"
+                    }),
+                    ..Entry::default()
+                };
+                timing.finish(&mut entry);
+                invoker.access().write(&entry);
+            }
+            Err(refused)
+        }
     }
 }
 
