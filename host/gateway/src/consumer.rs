@@ -94,8 +94,15 @@ impl Consumers {
         if last.0.is_some() && last.0 == bytes {
             return false;
         }
+        // The bytes just compared are the ones parsed: a write between two reads cannot leave
+        // a set that differs from what the next comparison sees.
+        let loaded = match bytes.as_deref().map(std::str::from_utf8) {
+            Some(Ok(text)) => consumers::parse(&Arc::from(path.as_path()), text),
+            // Unreadable or not UTF-8: `load` says which, with the file's diagnostic.
+            _ => consumers::load(path),
+        };
         last.0 = bytes;
-        match consumers::load(path) {
+        match loaded {
             Ok(set) => {
                 tracing::info!(file = %path.display(), consumers = set.consumers.len(), "consumers loaded");
                 let previous = self.last_use.load();

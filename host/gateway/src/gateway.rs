@@ -548,15 +548,20 @@ impl Gateway {
                 upstreams: next.upstreams.clone(),
                 transforms: next.plugins.bindings.clone(),
                 loaded_plugins: None,
-                // Schema sources are read at start.
-                schemas: options_of(self.config()).schemas,
+                // Schema sources are read at start, and kept.
+                schemas: Default::default(),
             };
             let _turn = self.inner.reloading.lock().await;
-            self.inner
+            let mut catalog = self
+                .inner
                 .catalog
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .reconfigure(env_of(&next), options);
+                .unwrap_or_else(PoisonError::into_inner);
+            let options = compile::Options {
+                schemas: catalog.options().schemas.clone(),
+                ..options
+            };
+            catalog.reconfigure(env_of(&next), options);
         }
         let rest = |c: &Config| {
             let mut c = c.clone();

@@ -149,6 +149,11 @@ impl Catalog {
 
     /// Changes what compilation depends on (upstream overrides, bind values from the config):
     /// every file is compiled again at the next refresh.
+    /// The options files are compiled with now.
+    pub fn options(&self) -> &compile::Options {
+        &self.options
+    }
+
     pub fn reconfigure(&mut self, env: Env, options: compile::Options) {
         self.env = env;
         self.options = options;
