@@ -11,6 +11,7 @@ mod load;
 mod null_proxy;
 mod procs;
 mod scenarios;
+mod traced;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +128,15 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         rounds: usize,
     },
+    /// The same retrieve with tracing off and with every request traced to an OTLP sink.
+    Tracing {
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// HAProxy in front of one and of three replicas, and a rolling restart under load.
     Fleet {
         #[arg(long, default_value_t = 32)]
@@ -167,6 +177,11 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
         } => chain::chain(rate, concurrency, Duration::from_secs(seconds), rounds).await,
+        Scenario::Tracing {
+            rate,
+            seconds,
+            rounds,
+        } => traced::tracing(rate, Duration::from_secs(seconds), rounds).await,
         Scenario::StatusPoll {
             corpus,
             rate,

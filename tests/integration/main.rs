@@ -12,3 +12,4 @@ mod plugins;
 mod reload;
 mod rest;
 mod tidy;
+mod traces;

@@ -91,6 +91,9 @@ pub struct Entry<'a> {
     /// applied.
     pub limit: Option<&'static str>,
     pub limit_remaining: Option<u64>,
+    /// The trace this request is part of, when traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Where access log lines go, if anywhere.
@@ -233,6 +236,7 @@ impl Default for Entry<'_> {
             bytes_out: 0,
             limit: None,
             limit_remaining: None,
+            trace_id: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher};
 use http::HeaderMap;
+use opentelemetry::KeyValue;
 use serde_json::{Value, json};
 
 use crate::error::GatewayError;
@@ -141,7 +142,20 @@ impl Consumers {
     /// credentials that do not hold are a 401 that says what is wrong with them (never which
     /// consumers exist).
     pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
-        let caller = self.identify_by_credential(headers).await?;
+        let span = crate::trace::span("auth", crate::trace::Kind::Internal, Vec::new);
+        let identified = self.identify_by_credential(headers).await;
+        if let Some(span) = span {
+            match &identified {
+                Ok(caller) => {
+                    span.set(KeyValue::new(
+                        "capgate.consumer.name",
+                        caller.consumer.name.clone(),
+                    ));
+                }
+                Err(error) => span.fail(error.code().to_owned()),
+            }
+        }
+        let caller = identified?;
         if let Some(at) = self.last_use.load().get(&caller.consumer.name) {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -222,7 +236,29 @@ impl Consumers {
             consumer: &consumer.name,
             limits: consumer.limits.iter().filter(|l| l.counts(call)).collect(),
         };
-        self.limiter.admit(&counted).await
+        let span = crate::trace::span("rate_limit", crate::trace::Kind::Internal, Vec::new);
+        let decision = self.limiter.admit(&counted).await;
+        if let Some(span) = span {
+            match &decision {
+                Ok(standing) => {
+                    span.set(KeyValue::new("capgate.limit.decision", "admitted"));
+                    if let Some(standing) = standing {
+                        span.set(KeyValue::new(
+                            "capgate.limit.remaining",
+                            standing.remaining as i64,
+                        ));
+                    }
+                }
+                Err(GatewayError::RateLimited { .. }) => {
+                    span.set(KeyValue::new("capgate.limit.decision", "limited"));
+                }
+                Err(error) => {
+                    span.set(KeyValue::new("capgate.limit.decision", "unavailable"));
+                    span.fail(error.code().to_owned());
+                }
+            }
+        }
+        decision
     }
 
     /// Consumers with their labels, scopes and key prefixes (never a digest), and the last

@@ -111,6 +111,7 @@ impl Gateway {
             plugins,
             metrics.clone(),
             crate::access::AccessLog::new(&config.log.access, metrics.clone()),
+            crate::trace::Tracing::new(&config.tracing),
         ));
         let mcp = Hub::new(invoker.clone(), config.mcp.clone());
         let shared = Arc::new(Shared {
@@ -426,6 +427,13 @@ impl Gateway {
         // Long-lived MCP streams end first, so connections can drain.
         self.inner.shared.mcp.close_all();
         self.inner.listeners.lock().await.shutdown().await;
+        // The spans of the last requests still go out (bounded: a dead collector costs 2 s).
+        self.inner
+            .shared
+            .invoker
+            .tracing()
+            .shutdown(Duration::from_secs(2))
+            .await;
     }
 }
 

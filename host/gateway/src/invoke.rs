@@ -14,11 +14,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use opentelemetry::KeyValue;
 use serde_json::{Map, Value};
 
 use crate::access::AccessLog;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamLabels};
+use crate::trace::Tracing;
 use crate::upstream::{self, Client};
 use capgate_model::config::FailurePolicy;
 use capgate_model::consumers::Consumer;
@@ -103,6 +105,7 @@ pub struct Invoker {
     plugins: Option<Arc<Plugins>>,
     metrics: Arc<Metrics>,
     access: AccessLog,
+    tracing: Tracing,
 }
 
 impl std::fmt::Debug for Invoker {
@@ -119,13 +122,20 @@ impl Invoker {
         plugins: Option<Arc<Plugins>>,
         metrics: Arc<Metrics>,
         access: AccessLog,
+        tracing: Tracing,
     ) -> Invoker {
         Invoker {
             client,
             plugins,
             metrics,
             access,
+            tracing,
         }
+    }
+
+    /// Traces (off unless configured).
+    pub fn tracing(&self) -> &Tracing {
+        &self.tracing
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -255,6 +265,7 @@ impl Invoker {
             };
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| request.clone());
             let started = std::time::Instant::now();
+            let span = hook_span(transform, "on-request");
             let outcome = match loaded.get(&transform.plugin) {
                 Some(plugin) => plugins
                     .on_request(plugin, transform, context, request)
@@ -263,6 +274,13 @@ impl Invoker {
                 None => Err(Failure::NotLoaded),
             };
             crate::access::plugin_took(started.elapsed());
+            if let Some(span) = &span {
+                span.set(KeyValue::new(
+                    "capgate.plugin.outcome",
+                    request_outcome(&outcome),
+                ));
+            }
+            drop(span);
             pending = match outcome {
                 Ok((RequestOutcome::Skipped(request), plugin)) => {
                     ran.push((transform, plugin));
@@ -298,10 +316,22 @@ impl Invoker {
         for (transform, plugin) in ran.into_iter().rev() {
             let kept = (transform.on_error == FailurePolicy::FailOpen).then(|| response.clone());
             let started = std::time::Instant::now();
+            let span = hook_span(transform, "on-response");
             let outcome = plugins
                 .on_response(plugin, transform, context, response)
                 .await;
             crate::access::plugin_took(started.elapsed());
+            if let Some(span) = span {
+                span.set(KeyValue::new(
+                    "capgate.plugin.outcome",
+                    match &outcome {
+                        Ok(ResponseOutcome::Skipped(_)) => "skipped",
+                        Ok(ResponseOutcome::Forward(_)) => "ok",
+                        Ok(ResponseOutcome::Refused(_)) => "refused",
+                        Err(failure) => failure.kind(),
+                    },
+                ));
+            }
             match outcome {
                 Ok(ResponseOutcome::Skipped(unchanged)) => response = unchanged,
                 Ok(ResponseOutcome::Forward(changed)) => {
@@ -321,6 +351,31 @@ impl Invoker {
             }
         }
         Ok(response)
+    }
+}
+
+/// The span of one plugin hook (`plugin on-request`), when the request is traced.
+fn hook_span(transform: &TransformRef, hook: &'static str) -> Option<crate::trace::Child> {
+    crate::trace::span(
+        format!("plugin {hook}"),
+        crate::trace::Kind::Internal,
+        || {
+            vec![
+                KeyValue::new("capgate.plugin.name", transform.plugin.to_string()),
+                KeyValue::new("capgate.plugin.hook", hook),
+            ]
+        },
+    )
+}
+
+/// How an `on-request` hook ended, as the plugin metrics say it.
+fn request_outcome<T>(outcome: &Result<(RequestOutcome, T), Failure>) -> &'static str {
+    match outcome {
+        Ok((RequestOutcome::Skipped(_), _)) => "skipped",
+        Ok((RequestOutcome::Forward(_), _)) => "ok",
+        Ok((RequestOutcome::Respond(_), _)) => "responded",
+        Ok((RequestOutcome::Refused(_), _)) => "refused",
+        Err(failure) => failure.kind(),
     }
 }
 

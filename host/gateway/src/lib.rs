@@ -31,6 +31,7 @@ pub mod reload;
 pub mod response;
 pub mod rest;
 pub mod server;
+pub mod trace;
 pub mod upstream;
 
 pub use gateway::Gateway;

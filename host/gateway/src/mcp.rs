@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use opentelemetry::KeyValue;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
     Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
@@ -32,6 +33,7 @@ use crate::consumer::{Caller, Consumers};
 use crate::error::GatewayError;
 use crate::invoke::{Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse};
+use crate::trace::Traced;
 use capgate_model::arguments::{Strictness, validate_arguments};
 use capgate_model::config::McpConfig;
 use capgate_model::consumers::{Call, Target};
@@ -98,6 +100,9 @@ struct Pinned {
     consumers: Option<Arc<Consumers>>,
     /// Whether the front door already counted this request's tool call (a stateless one).
     admitted: bool,
+    /// The HTTP request's span, when traced: a tool call's span is its child (unless the
+    /// call's `_meta` names a trace of its own).
+    traced: Option<Traced>,
 }
 
 impl Pinned {
@@ -365,14 +370,44 @@ impl Hub {
     }
 
     /// Answers one request for an MCP path, with the adapter and plugins of the snapshot the
-    /// request pinned (`listener` is from it).
+    /// request pinned (`listener` is from it); traced, when tracing is on, as an HTTP request
+    /// (a tool call has a span of its own under it).
     pub async fn handle<B>(
         &self,
         key: ListenKey,
         listener: &Listener,
         plugins: &PluginSet,
         consumers: &Arc<Consumers>,
+        request: http::Request<B>,
+    ) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + 'static,
+    {
+        let traced = self.invoker.tracing().request(
+            format!("{} {}", request.method(), request.uri().path()),
+            request.headers(),
+            http_attributes(key.port, &request),
+        );
+        let response = crate::trace::within(
+            traced.as_ref(),
+            self.answer(key, listener, plugins, consumers, request, traced.clone()),
+        )
+        .await;
+        if let Some(traced) = &traced {
+            traced.answered(response.status().as_u16());
+        }
+        response
+    }
+
+    async fn answer<B>(
+        &self,
+        key: ListenKey,
+        listener: &Listener,
+        plugins: &PluginSet,
+        consumers: &Arc<Consumers>,
         mut request: http::Request<B>,
+        traced: Option<Traced>,
     ) -> HttpResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -428,6 +463,7 @@ impl Hub {
             consumers: caller.as_ref().map(|_| consumers.clone()),
             caller,
             admitted,
+            traced,
         });
         let endpoint = self
             .endpoints
@@ -558,6 +594,23 @@ fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> HttpResponse {
     response::json_bytes(status, body.to_string())
 }
 
+/// An MCP HTTP request's span attributes.
+fn http_attributes<B>(port: u16, request: &http::Request<B>) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", request.method().as_str().to_owned()),
+        KeyValue::new("url.path", request.uri().path().to_owned()),
+        KeyValue::new("server.port", i64::from(port)),
+    ];
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(version) = header("mcp-protocol-version") {
+        attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
+    }
+    if let Some(method) = header("mcp-method") {
+        attributes.push(KeyValue::new("mcp.method.name", method.to_owned()));
+    }
+    attributes
+}
+
 /// rmcp's view of one adapter: cheap to clone (rmcp makes one per session and per request).
 #[derive(Clone)]
 struct Handler {
@@ -574,17 +627,47 @@ impl Handler {
         pinned: &Pinned,
         arguments: Option<Map<String, Value>>,
         progress: &Progress,
+        meta: crate::trace::MetaContext<'_>,
     ) -> CallToolResult {
         let timing = Timing::start();
         let request_id = crate::invoke::request_id();
         let bytes_in = arguments
             .as_ref()
             .map_or(0, |a| serde_json::to_vec(a).map_or(0, |v| v.len() as u64));
+        let traced = pinned.traced.as_ref().map(|http| {
+            // As the MCP semantic conventions name and describe a tool call.
+            let mut attributes = vec![
+                KeyValue::new("mcp.method.name", "tools/call"),
+                KeyValue::new("gen_ai.tool.name", tool.name.clone()),
+                KeyValue::new("gen_ai.operation.name", "execute_tool"),
+                KeyValue::new(
+                    "capgate.capability",
+                    pinned.adapter.origin.capability.to_string(),
+                ),
+                KeyValue::new("capgate.request_id", request_id.to_string()),
+            ];
+            if let Some(caller) = &pinned.caller {
+                attributes.push(KeyValue::new(
+                    "capgate.consumer.name",
+                    caller.consumer.name.clone(),
+                ));
+            }
+            http.request_from_meta(format!("tools/call {}", tool.name), meta, attributes)
+        });
         let (status, result) = crate::access::recording(
             timing.exchange.clone(),
-            self.call(tool, pinned, arguments, progress, &request_id),
+            crate::trace::within(
+                traced.as_ref(),
+                self.call(tool, pinned, arguments, progress, &request_id),
+            ),
         )
         .await;
+        if let Some(traced) = &traced {
+            traced.answered(status);
+            if result.is_error == Some(true) {
+                traced.set(KeyValue::new("error.type", "tool_error"));
+            }
+        }
         if let Some(caller) = &pinned.caller {
             self.invoker.metrics().consumer_call(
                 &caller.consumer.name,
@@ -616,6 +699,7 @@ impl Handler {
                 limit: caller
                     .filter(|c| !c.consumer.limits.is_empty())
                     .map(|_| "admitted"),
+                trace_id: traced.as_ref().map(Traced::trace_id),
                 ..Entry::default()
             };
             timing.finish(&mut entry);
@@ -688,6 +772,7 @@ impl Handler {
                 caller: None,
                 consumers: None,
                 admitted: false,
+                traced: None,
             })
     }
 }
@@ -768,8 +853,13 @@ impl ServerHandler for Handler {
         }
         self.invoker.metrics().tool_call("rmcp");
         let progress = Progress::of(&context);
+        let meta = request
+            .meta
+            .as_ref()
+            .map(|meta| crate::trace::MetaContext::of(&meta.0.0))
+            .unwrap_or_default();
         tokio::select! {
-            result = self.run(tool, &pinned, request.arguments, &progress) => Ok(result.into()),
+            result = self.run(tool, &pinned, request.arguments, &progress, meta) => Ok(result.into()),
             () = context.ct.cancelled() => {
                 tracing::info!(tool = %tool.name, "tool call cancelled by the client; upstream call aborted");
                 Err(ErrorData::internal_error("the request was cancelled", None))

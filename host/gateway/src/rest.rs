@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use http_body_util::{BodyExt, Limited};
+use opentelemetry::KeyValue;
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
@@ -56,21 +57,56 @@ where
     let method = request.method().clone();
     let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut seen = Seen::default();
+    let traced = invoker.tracing().request(
+        method.as_str().to_owned(),
+        request.headers(),
+        vec![
+            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new("url.path", request.uri().path().to_owned()),
+            KeyValue::new("server.port", i64::from(port)),
+            KeyValue::new("capgate.request_id", request_id.to_string()),
+        ],
+    );
     let response = crate::access::recording(
         timing.exchange.clone(),
-        answer(
-            invoker,
-            consumers,
-            port,
-            listener,
-            plugins,
-            max_body,
-            request,
-            &request_id,
-            &mut seen,
+        crate::trace::within(
+            traced.as_ref(),
+            answer(
+                invoker,
+                consumers,
+                port,
+                listener,
+                plugins,
+                max_body,
+                request,
+                &request_id,
+                &mut seen,
+            ),
         ),
     )
     .await;
+    if let Some(traced) = &traced {
+        if let Some(route) = seen.route {
+            // Named by its route template, as HTTP server spans are.
+            traced.rename(format!("{method} {}", route.path));
+            traced.set(KeyValue::new("http.route", route.path.clone()));
+            traced.set(KeyValue::new(
+                "capgate.capability",
+                route.operation.origin.capability.to_string(),
+            ));
+            traced.set(KeyValue::new(
+                "capgate.operation",
+                operation_name(route).to_owned(),
+            ));
+        }
+        if let Some(caller) = &seen.caller {
+            traced.set(KeyValue::new(
+                "capgate.consumer.name",
+                caller.consumer.name.clone(),
+            ));
+        }
+        traced.answered(response.status().as_u16());
+    }
     if let (Some(caller), Some(route)) = (&seen.caller, seen.route) {
         invoker.metrics().consumer_call(
             &caller.consumer.name,
@@ -102,6 +138,7 @@ where
                 seen.standing.map(|_| "admitted")
             },
             limit_remaining: seen.standing.map(|s| s.remaining),
+            trace_id: traced.as_ref().map(crate::trace::Traced::trace_id),
             ..Entry::default()
         };
         timing.finish(&mut entry);

@@ -32,6 +32,7 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub env: BTreeMap<String, String>,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub reload: ReloadConfig,
     pub plugins: PluginsConfig,
     /// The file this config was read from, watched for changes.
@@ -58,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("schemas", &self.schemas)
             .field("env", &crate::secret::RedactedValues(&self.env))
             .field("log", &self.log)
+            .field("tracing", &self.tracing)
             .field("reload", &self.reload)
             .field("plugins", &self.plugins)
             .field("source", &self.source)
@@ -96,6 +98,7 @@ impl Default for Config {
             schemas: SchemasConfig::default(),
             env: BTreeMap::new(),
             log: LogConfig::default(),
+            tracing: TracingConfig::default(),
             reload: ReloadConfig::default(),
             plugins: PluginsConfig::default(),
             source: None,
@@ -689,6 +692,30 @@ impl Default for AccessLogConfig {
     }
 }
 
+/// OpenTelemetry traces, exported over OTLP. Off unless this section or the standard
+/// `OTEL_*` variables turn them on; a setting left out here is taken from the environment
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_TRACES_SAMPLER_ARG`,
+/// `OTEL_SERVICE_NAME`, ...), then from the defaults. Read at start: a change needs a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// `otlp` or `off`; unset: `OTEL_TRACES_EXPORTER` decides, and without it tracing is off.
+    pub exporter: Option<String>,
+    /// The collector: a base URL (`/v1/traces` is added for HTTP, as for
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`.
+    pub protocol: Option<String>,
+    /// The share of new traces recorded, 0 to 1 (a caller's sampled flag is followed).
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    /// Finished spans waiting for export; past it, spans are dropped, never waited for.
+    pub queue: Option<usize>,
+    /// How long one export may take.
+    #[serde(default, with = "millis_opt")]
+    pub export_timeout: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
@@ -895,6 +922,28 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+mod millis_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.serialize_u64(value.as_millis() as u64),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
     }
 }
 

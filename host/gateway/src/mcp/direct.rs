@@ -78,9 +78,19 @@ impl Endpoint {
                     return super::limited(&error);
                 }
                 self.handler.invoker.metrics().tool_call("direct");
+                let meta = crate::trace::MetaContext {
+                    traceparent: call.params.meta.traceparent.as_deref(),
+                    tracestate: call.params.meta.tracestate.as_deref(),
+                };
                 let result = self
                     .handler
-                    .run(tool, &pinned, call.params.arguments, &Progress::none())
+                    .run(
+                        tool,
+                        &pinned,
+                        call.params.arguments,
+                        &Progress::none(),
+                        meta,
+                    )
                     .await;
                 return answer(call.id, result.into());
             }
@@ -181,6 +191,11 @@ struct Meta {
     _client_capabilities: ClientCapabilities,
     #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
     _client_info: Option<IgnoredAny>,
+    /// W3C trace context (SEP-414).
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    tracestate: Option<String>,
 }
 
 impl ToolCall {

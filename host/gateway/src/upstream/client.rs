@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use opentelemetry::KeyValue;
 use tokio::sync::Semaphore;
 
 use capgate_model::config::{Limits, ProfileName, RetryPolicy};
@@ -122,11 +123,29 @@ impl Client {
                     retry_after,
                 });
             }
+            let span = attempt_span(&encoded, attempt);
             let outcome = tokio::time::timeout(remaining, async {
                 let _permit = slot.acquire().await.expect("semaphores are never closed");
-                self.exchange(adapter, &encoded).await
+                self.exchange(adapter, &encoded, span.as_ref()).await
             })
             .await;
+            if let Some(span) = span {
+                match &outcome {
+                    Ok(Ok(response)) => {
+                        let status = response.status.as_u16();
+                        span.set(KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(status),
+                        ));
+                        if status >= 400 {
+                            span.fail(status.to_string());
+                        }
+                    }
+                    Err(_) | Ok(Err(Failure::Timeout)) => span.fail("timeout"),
+                    Ok(Err(Failure::Connect(_))) => span.fail("connect"),
+                    Ok(Err(Failure::Invalid(_))) => span.fail("invalid_response"),
+                }
+            }
             let retry_reason = match outcome {
                 Err(_) => return Err(timeout()),
                 Ok(Ok(response)) => {
@@ -179,11 +198,16 @@ impl Client {
         &self,
         adapter: &UpstreamAdapter,
         encoded: &Encoded,
+        span: Option<&crate::trace::Child>,
     ) -> Result<UpstreamResponse, Failure> {
+        let mut headers = encoded.headers.clone();
+        if let Some(span) = span {
+            span.inject(&mut headers);
+        }
         let mut builder = self
             .http
             .request(encoded.method.clone(), encoded.url.clone())
-            .headers(encoded.headers.clone());
+            .headers(headers);
         if let Some(body) = &encoded.body {
             builder = builder.body(body.clone());
         }
@@ -227,6 +251,37 @@ impl Client {
             from_plugins: HeaderMap::new(),
         })
     }
+}
+
+/// The span of one attempt (kind client, named by its method as HTTP client spans are), when
+/// the request is traced. Its URL is recorded without the query, which may carry bound values.
+fn attempt_span(encoded: &Encoded, attempt: u32) -> Option<crate::trace::Child> {
+    crate::trace::span(
+        encoded.method.as_str().to_owned(),
+        crate::trace::Kind::Client,
+        || {
+            let url = &encoded.url;
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", encoded.method.as_str().to_owned()),
+                KeyValue::new("server.address", url.host_str().unwrap_or("").to_owned()),
+                KeyValue::new(
+                    "server.port",
+                    i64::from(url.port_or_known_default().unwrap_or(0)),
+                ),
+                KeyValue::new(
+                    "url.full",
+                    format!("{}{}", &url[..url::Position::BeforePath], url.path()),
+                ),
+            ];
+            if attempt > 0 {
+                attributes.push(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(attempt),
+                ));
+            }
+            attributes
+        },
+    )
 }
 
 /// A failed exchange, before the retry decision.
