@@ -2,7 +2,7 @@
 //! test) in front of three `capgate serve` replicas sharing one `redis-server`, one specs folder
 //! mounted the way a ConfigMap is, and the Stripe stand-in. Checks that requests spread over
 //! the replicas, a consumer's limit holds fleet-wide, an MCP session opened through the
-//! balancer keeps working (HAProxy learns each session's replica from its `Mcp-Session-Id`),
+//! balancer keeps working without affinity (replicas restore it from Redis),
 //! a rolling restart under load fails no request, and a spec change reaches every replica.
 
 mod support;
@@ -35,7 +35,7 @@ fn replica(dir: &Path, index: usize, ports: Ports, sim: &str, redis: u16) -> Run
     std::fs::write(
         &config,
         format!(
-            "specs: {}\nlisten:\n  ports: {{8080: {}, 9090: {}, 8081: {}}}\nadmin:\n  address: 127.0.0.1:{}\nupstreams:\n  - {{namespace: \"*\", base_uri: \"{sim}\"}}\nenv: {{STRIPE_API_KEY: {}}}\nconsumers:\n  file: {}\n  require:\n    - capability: identity-sessions\nlimits:\n  store: redis://127.0.0.1:{redis}/0\n  store_timeout: 150\n  replicas: 3\n  max_connections_per_peer: 0\nmcp:\n  max_sessions_per_peer: 0\nreload:\n  drain_timeout: 5000\n",
+            "specs: {}\nlisten:\n  ports: {{8080: {}, 9090: {}, 8081: {}}}\nadmin:\n  address: 127.0.0.1:{}\nupstreams:\n  - {{namespace: \"*\", base_uri: \"{sim}\"}}\nenv: {{STRIPE_API_KEY: {}}}\nconsumers:\n  file: {}\n  require:\n    - capability: identity-sessions\nlimits:\n  store: redis://127.0.0.1:{redis}/0\n  store_timeout: 150\n  replicas: 3\n  max_connections_per_peer: 0\nmcp:\n  max_sessions_per_peer: 0\n  session_store: redis://127.0.0.1:{redis}/1\nreload:\n  drain_timeout: 5000\n",
             dir.join("specs").display(),
             ports.rest,
             ports.mcp,
@@ -66,9 +66,9 @@ fn haproxy_config(rest: u16, mcp: u16, replicas: &[Ports]) -> String {
             p.rest, p.admin
         ));
     }
-    // A 2025-11-25 session lives in the replica that opened it: the balancer learns which from
-    // the answer's `Mcp-Session-Id` and sends the session's next requests there.
-    text.push_str("backend mcp\n  balance roundrobin\n  stick-table type string len 128 size 10k expire 30m\n  stick on req.hdr(mcp-session-id)\n  stick store-response res.hdr(mcp-session-id)\n  option httpchk\n  http-check send meth GET uri /readyz\n  default-server inter 100ms fall 1 rise 2\n");
+    // No affinity: a 2025-11-25 session is kept in Redis (`mcp.session_store`), and the
+    // replica a request lands on restores it when it did not open it.
+    text.push_str("backend mcp\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /readyz\n  default-server inter 100ms fall 1 rise 2\n");
     for (i, p) in replicas.iter().enumerate() {
         text.push_str(&format!(
             "  server m{i} 127.0.0.1:{} check port {}\n",
@@ -307,7 +307,8 @@ async fn a_fleet_behind_haproxy_shares_limits_keeps_sessions_and_restarts_withou
     );
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 
-    // 3. An MCP session opened through the balancer keeps working on its replica.
+    // 3. An MCP session opened through the balancer keeps working, wherever round-robin sends
+    // its requests (no affinity), and on each replica asked directly.
     let mcp_url = format!("http://127.0.0.1:{front_mcp}/mcp/identity-sessions-mcp");
     let (status, session, _) = mcp_post(&http, &mcp_url, None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "fleet", "version": "1"}}})).await;
     assert_eq!(status, 200);
@@ -324,6 +325,32 @@ async fn a_fleet_behind_haproxy_shares_limits_keeps_sessions_and_restarts_withou
         let (status, _, answer) = mcp_post(&http, &mcp_url, Some(&session), json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "stripe-get-identity-verification-sessions", "arguments": {}}})).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["result"]["isError"], false, "{answer}");
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let direct = format!("http://127.0.0.1:{}/mcp/identity-sessions-mcp", p.mcp);
+        let (status, _, answer) = mcp_post(
+            &http,
+            &direct,
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/list"}),
+        )
+        .await;
+        assert_eq!(status, 200, "replica {i}: {answer}");
+        assert!(
+            answer["result"]["tools"]
+                .as_array()
+                .is_some_and(|t| t.len() == 6),
+            "replica {i}: {answer}"
+        );
+        // A session no replica opened is not made up: the client is told to start again.
+        let (status, _, answer) = mcp_post(
+            &http,
+            &direct,
+            Some("not-a-session"),
+            json!({"jsonrpc": "2.0", "id": 20 + i, "method": "tools/list"}),
+        )
+        .await;
+        assert_eq!(status, 404, "replica {i}: {answer}");
     }
 
     // 4. A rolling restart under load fails no request.

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::store::SessionStore;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
@@ -42,6 +44,7 @@ use capgate_plugin::PluginSet;
 
 mod direct;
 mod sessions;
+mod store;
 
 use sessions::{Book, Budgeted};
 
@@ -52,6 +55,8 @@ pub struct Hub {
     endpoints: Mutex<HashMap<(ListenKey, String), Arc<Endpoint>>>,
     /// Each listener's legacy sessions, all its endpoints together.
     books: Mutex<HashMap<ListenKey, Arc<Book>>>,
+    /// Where sessions are remembered for the fleet (`mcp.session_store`), if anywhere.
+    store: Option<Arc<dyn SessionStore>>,
 }
 
 struct Endpoint {
@@ -209,11 +214,23 @@ fn to_mcp_tool(tool: &Tool) -> McpTool {
 
 impl Hub {
     pub fn new(invoker: Arc<Invoker>, config: McpConfig) -> Hub {
+        let store = config.session_store.as_deref().and_then(|url| {
+            // A session idle for its whole timeout is gone anyway; a minute more covers clocks.
+            let ttl = config.session_idle_timeout + Duration::from_secs(60);
+            match store::RedisSessions::new(url, ttl, Duration::from_millis(500)) {
+                Ok(store) => Some(Arc::new(store) as Arc<dyn SessionStore>),
+                Err(error) => {
+                    tracing::error!("{error}; MCP sessions stay with the replica that opened them");
+                    None
+                }
+            }
+        });
         Hub {
             invoker,
             config,
             endpoints: Mutex::new(HashMap::new()),
             books: Mutex::new(HashMap::new()),
+            store,
         }
     }
 
@@ -234,6 +251,8 @@ impl Hub {
             .with_max_request_body_bytes(self.config.max_body_bytes)
             .with_json_response(true)
             .with_cancellation_token(stop.clone());
+        let mut config = config;
+        config.session_store = self.store.clone();
         let book = self
             .books
             .lock()

@@ -457,6 +457,11 @@ pub struct McpConfig {
     /// service; every other message still goes through rmcp. Off only to rule it out when
     /// debugging: the answers are the same, byte for byte.
     pub direct_tool_calls: bool,
+    /// Where legacy (2025-11-25) sessions are remembered for the fleet: a Redis URL
+    /// (`redis://host:6379/0`), so that any replica can serve a session another one opened
+    /// (it is restored from what its client sent in `initialize`). None: sessions live in the
+    /// replica that opened them, and a balancer must keep them there.
+    pub session_store: Option<String>,
 }
 
 impl Default for McpConfig {
@@ -476,6 +481,7 @@ impl Default for McpConfig {
             max_listen_streams: 10_000,
             max_listen_streams_per_peer: 16,
             direct_tool_calls: true,
+            session_store: None,
         }
     }
 }
