@@ -647,12 +647,12 @@ async fn a_changed_config_file_applies_and_command_line_settings_keep_winning() 
 /// folder, a `..data` link swapped to it atomically (a new link renamed over the old), a key
 /// link through `..data` for each file, the previous folder removed.
 #[cfg(unix)]
-fn configmap(dir: &std::path::Path, version: u32, files: &[(&str, String)]) {
+fn configmap<T: AsRef<[u8]>>(dir: &std::path::Path, version: u32, files: &[(&str, T)]) {
     use std::os::unix::fs::symlink;
     let stamp = format!("..2026_12_03_{version:02}");
     std::fs::create_dir_all(dir.join(&stamp)).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(&stamp).join(name), text).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(&stamp).join(name), content).unwrap();
     }
     symlink(&stamp, dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
@@ -667,8 +667,8 @@ fn configmap(dir: &std::path::Path, version: u32, files: &[(&str, String)]) {
     }
 }
 
-/// Specs, the consumers file and the gateway config each mounted from a ConfigMap, all three
-/// updated at once while a client keeps calling: no call fails, and each change is served.
+/// Specs, plugins, the consumers file and the gateway config each mounted from a ConfigMap, all
+/// four updated at once while a client keeps calling: no call fails, and each change is served.
 #[cfg(unix)]
 #[tokio::test]
 async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
@@ -677,12 +677,13 @@ async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let root = tempfile::tempdir().unwrap();
-    let (specs, consumers, config_dir) = (
+    let (specs, consumers, config_dir, plugins) = (
         root.path().join("specs"),
         root.path().join("consumers"),
         root.path().join("config"),
+        root.path().join("plugins"),
     );
-    for dir in [&specs, &consumers, &config_dir] {
+    for dir in [&specs, &consumers, &config_dir, &plugins] {
         std::fs::create_dir_all(dir).unwrap();
     }
     let sim_a = stripe_sim::StripeSim::start(([127, 0, 0, 1], 0).into())
@@ -707,17 +708,21 @@ async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
     };
     let config_text = |sim: &stripe_sim::StripeSim| {
         format!(
-            "specs: {}\nlisten: {{ephemeral_ports: true, force_address: 127.0.0.1}}\nadmin: {{address: null}}\nreload: {{watch: true}}\nenv: {{STRIPE_API_KEY: {}}}\nupstreams:\n  - {{namespace: \"*\", base_uri: \"{}\"}}\nconsumers:\n  file: {}\n  require:\n    - {{capability: identity-sessions}}\n",
+            "specs: {}\nlisten: {{ephemeral_ports: true, force_address: 127.0.0.1}}\nadmin: {{address: null}}\nreload: {{watch: true}}\nenv: {{STRIPE_API_KEY: {}}}\nupstreams:\n  - {{namespace: \"*\", base_uri: \"{}\"}}\nconsumers:\n  file: {}\n  require:\n    - {{capability: identity-sessions}}\nplugins:\n  dir: {}\n  bindings:\n    - {{plugin: stamp.wasm, capabilities: [identity-*], operations: [identity-sessions.getidentityverificationsessions], config: {{value: v2}}, on_error: fail-closed}}\n",
             specs.display(),
             common::KEY,
             sim.base_url(),
-            consumers.join("consumers.yaml").display()
+            consumers.join("consumers.yaml").display(),
+            plugins.display()
         )
     };
     let seed =
         std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
     configmap(&specs, 1, &[("identity-sessions.yaml", seed.clone())]);
     configmap(&consumers, 1, &[("consumers.yaml", consumer(&[first_key]))]);
+    // The bound plugin is first a no-op, then the stamping one.
+    let plugin = |name: &str| std::fs::read(common::plugin_wasm(name)).unwrap();
+    configmap(&plugins, 1, &[("stamp.wasm", plugin("noop"))]);
     configmap(&config_dir, 1, &[("capgate.yaml", config_text(&sim_a))]);
     let config = Config::from_file(&config_dir.join("capgate.yaml")).unwrap();
     let gateway = capgate::start(config).await;
@@ -776,6 +781,7 @@ async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
         &[("consumers.yaml", consumer(&[first_key, second_key]))],
     );
     configmap(&config_dir, 2, &[("capgate.yaml", config_text(&sim_b))]);
+    configmap(&plugins, 2, &[("stamp.wasm", plugin("stamp"))]);
     let served = async {
         loop {
             let ping_served = match gateway.local_addr(8081).await {
@@ -786,13 +792,14 @@ async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
                     .is_ok_and(|r| r.status() == 200),
                 None => false,
             };
-            let second_key_works = http
-                .get(&list)
-                .bearer_auth(second_key)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ping_served && second_key_works && !sim_b.requests().is_empty() {
+            let answer = http.get(&list).bearer_auth(second_key).send().await;
+            let second_key_works = answer.as_ref().is_ok_and(|r| r.status() == 200);
+            let stamped = answer.is_ok_and(|r| {
+                r.headers()
+                    .get("x-capgate-stamp")
+                    .is_some_and(|v| v.as_bytes().ends_with(b"v2"))
+            });
+            if ping_served && second_key_works && stamped && !sim_b.requests().is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -800,7 +807,7 @@ async fn configmaps_of_specs_consumers_and_config_swap_under_load() {
     };
     tokio::time::timeout(Duration::from_secs(15), served)
         .await
-        .expect("the new spec, key and upstream are all served");
+        .expect("the new spec, key, plugin and upstream are all served");
     // The old upstream gets nothing new once the config applies.
     let on_a = sim_a.requests().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
