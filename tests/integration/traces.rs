@@ -133,6 +133,16 @@ fn consumers_file() -> String {
 /// The seed traced to `endpoint` (all of it sampled), with a consumer and a no-op plugin on
 /// the retrieve operation.
 async fn traced_harness(dir: &tempfile::TempDir, tracing: TracingConfig) -> Harness {
+    traced_harness_with(dir, tracing, None).await
+}
+
+/// The same, with the access log written to `log`.
+async fn traced_harness_with(
+    dir: &tempfile::TempDir,
+    tracing: TracingConfig,
+    log: Option<&std::path::Path>,
+) -> Harness {
+    let log = log.map(|l| l.display().to_string());
     let seed =
         std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
     let consumers = dir.path().join("consumers.yaml");
@@ -142,6 +152,9 @@ async fn traced_harness(dir: &tempfile::TempDir, tracing: TracingConfig) -> Harn
     std::fs::copy(common::plugin_wasm("stamp"), plugins.join("stamp.wasm")).unwrap();
     Harness::with_specs(&[("identity-sessions.yaml", &seed)], move |c| {
         c.tracing = tracing;
+        if let Some(log) = log {
+            c.log.access.to = log;
+        }
         c.consumers.file = Some(consumers);
         c.consumers.require = vec![Requirement::default()];
         c.plugins.dir = Some(plugins);
@@ -216,7 +229,13 @@ async fn until_received(received: &Received, name: &str) -> Vec<Span> {
 async fn a_rest_call_is_one_trace_from_the_caller_to_the_upstream_over_otlp_http() {
     let (collector, received) = receiver(false).await;
     let dir = tempfile::tempdir().unwrap();
-    let h = traced_harness(&dir, otlp(format!("http://{collector}"), "http/protobuf")).await;
+    let log = dir.path().join("access.log");
+    let h = traced_harness_with(
+        &dir,
+        otlp(format!("http://{collector}"), "http/protobuf"),
+        Some(&log),
+    )
+    .await;
     let id = common::create_session_directly(&h.sim).await;
     let response = h
         .http
@@ -302,6 +321,10 @@ async fn a_rest_call_is_one_trace_from_the_caller_to_the_upstream_over_otlp_http
         None,
         "a first attempt"
     );
+    // The access log line names the trace.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let line: Value = serde_json::from_str(lines.lines().last().expect("a line")).unwrap();
+    assert_eq!(line["trace_id"], TRACE, "{line}");
     let url = attribute(attempt, "url.full").unwrap();
     assert!(
         url.as_str()
