@@ -268,15 +268,21 @@ end
 return out
 ";
 
+/// A lazily connected, reconnecting Redis connection whose every call is bounded by
+/// `timeout` (shared limits, and the MCP session store).
+pub(crate) fn connect(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
 impl Shared {
     fn new(url: &str, timeout: Duration) -> redis::RedisResult<Shared> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = connect(url, timeout)?;
         Ok(Shared {
             connection,
             script: redis::Script::new(SCRIPT),

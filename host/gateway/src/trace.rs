@@ -328,17 +328,25 @@ impl On {
         parent: &Context,
         attributes: Vec<KeyValue>,
     ) -> Traced {
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, parent);
-        Traced {
-            cx: parent
-                .with_value(Carried(self.tracer.clone()))
-                .with_span(span),
-        }
+        server_span(&Carried(self.tracer.clone()), name, parent, attributes)
+    }
+}
+
+/// A server span under `parent`, in a context that carries the tracer for its children.
+fn server_span(
+    tracer: &Carried,
+    name: impl Into<Cow<'static, str>>,
+    parent: &Context,
+    attributes: Vec<KeyValue>,
+) -> Traced {
+    let span = tracer
+        .0
+        .span_builder(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
+        .start_with_context(&tracer.0, parent);
+    Traced {
+        cx: parent.with_value(tracer.clone()).with_span(span),
     }
 }
 
@@ -370,15 +378,7 @@ impl Traced {
             Some(_) => TraceContextPropagator::new().extract(&meta),
             None => self.cx.clone(),
         };
-        let span = tracer
-            .0
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&tracer.0, &parent);
-        Traced {
-            cx: parent.with_value(tracer.clone()).with_span(span),
-        }
+        server_span(tracer, name, &parent, attributes)
     }
 
     pub fn set(&self, attribute: KeyValue) {

@@ -16,7 +16,8 @@ use redis::aio::ConnectionManager;
 use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
 };
-use sha2::{Digest, Sha256};
+
+use capgate_model::consumers;
 
 /// Sessions kept in Redis.
 pub struct RedisSessions {
@@ -28,19 +29,8 @@ pub struct RedisSessions {
 impl RedisSessions {
     /// Sessions at `url` (connected lazily), each kept `ttl` after its last restore.
     pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<RedisSessions, String> {
-        let client = redis::Client::open(url).map_err(|e| {
-            format!(
-                "mcp.session_store is not a Redis URL ({}): {e}",
-                e.category()
-            )
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("mcp.session_store: {e}"))?;
+        let connection = crate::limits::connect(url, timeout)
+            .map_err(|e| format!("mcp.session_store: {e} ({})", e.category()))?;
         Ok(RedisSessions {
             connection,
             ttl,
@@ -50,9 +40,10 @@ impl RedisSessions {
 
     /// The key of `session_id`: a digest, so that Redis never holds a usable session id.
     fn key(session_id: &str) -> String {
-        let digest = Sha256::digest(session_id.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("capgate:mcp:session:{hex}")
+        format!(
+            "capgate:mcp:session:{}",
+            consumers::hex(&consumers::digest(session_id))
+        )
     }
 
     async fn bounded<T>(
