@@ -7,6 +7,7 @@
 
 mod chain;
 mod fleet;
+mod hop;
 mod load;
 mod null_proxy;
 mod procs;
@@ -146,6 +147,25 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         rounds: usize,
     },
+    /// The proxy hop: nginx and capgate side by side in front of one minimal upstream, each
+    /// with the same workers pinned to the same CPUs (needs nginx and wrk).
+    Hop {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// The fixed rate for added latency (requests/s).
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Workers of each proxy.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The CPUs the proxies run on (comma-separated); the rest run on the others.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        proxy_cpus: Vec<usize>,
+    },
     /// Startup time and peak memory with one file and with all 322 corpus files.
     Footprint {
         /// The corpus folder.
@@ -165,6 +185,24 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
         } => rest(rate, concurrency, Duration::from_secs(seconds), rounds).await,
+        Scenario::Hop {
+            concurrency,
+            rate,
+            seconds,
+            rounds,
+            workers,
+            proxy_cpus,
+        } => {
+            hop::hop(hop::Hop {
+                concurrency,
+                rate,
+                seconds,
+                rounds,
+                workers,
+                proxy_cpus,
+            })
+            .await
+        }
         Scenario::Footprint { corpus, rounds } => footprint(&corpus, rounds).await,
         Scenario::Fleet {
             concurrency,

@@ -143,6 +143,10 @@ struct ServeArgs {
     /// Do not watch the specs folder for changes.
     #[arg(long)]
     no_watch: bool,
+    /// Threads that answer requests (default: one per CPU this process may run on, which
+    /// follows CPU affinity and cgroup limits).
+    #[arg(long, env = "CAPGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 }
 
 fn parse_port_map(text: &str) -> Result<(u16, u16), String> {
@@ -158,7 +162,15 @@ fn parse_port_map(text: &str) -> Result<(u16, u16), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(ServeArgs {
+        workers: Some(workers),
+        ..
+    }) = &cli.command
+    {
+        builder.worker_threads(usize::from(*workers));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
