@@ -33,8 +33,12 @@ pub struct Exchange {
 }
 
 /// Runs `future` with `exchange` as the request's record.
-pub async fn recording<F: Future>(exchange: Arc<Exchange>, future: F) -> F::Output {
-    CURRENT.scope(exchange, future).await
+///
+/// A plain function, not an `async fn`: an `async fn` keeps its argument and the future it
+/// awaits in separate slots of its own state, so each such wrapper doubles the size of a
+/// request's future, which is then copied whenever it moves (BENCHMARKS.md, issue 22).
+pub fn recording<F: Future>(exchange: Arc<Exchange>, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(exchange, future)
 }
 
 /// The upstream answered `status` after `retries` retries (in the current request's record).

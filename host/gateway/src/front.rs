@@ -66,10 +66,16 @@ impl Shared {
             return document;
         }
         if Hub::wants(listener, request.uri().path()) {
-            let response = self
-                .mcp
-                .handle(key, listener, &published.plugins, &self.consumers, request)
-                .await;
+            // Boxed: the MCP future is larger than the REST one, and every request's future is
+            // as large as its largest branch (and copied at that size when it moves).
+            let response = Box::pin(self.mcp.handle(
+                key,
+                listener,
+                &published.plugins,
+                &self.consumers,
+                request,
+            ))
+            .await;
             self.metrics.request("mcp", response.status());
             return response;
         }

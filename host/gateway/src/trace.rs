@@ -14,11 +14,13 @@
 //! collectors (the tests do).
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderMap;
-use opentelemetry::context::FutureExt;
+use opentelemetry::context::{FutureExt, WithContext};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
@@ -404,13 +406,19 @@ impl Traced {
     }
 }
 
-/// Runs `future` inside `traced`'s span, or as it is when the request is not traced. A traced
-/// future is boxed first: moved by value through the context wrapper, a request's future (tens
-/// of KiB in a debug build) would sit on the stack several times over.
-pub async fn within<F: Future>(traced: Option<&Traced>, future: F) -> F::Output {
+/// Runs `future` inside `traced`'s span, or as it is when the request is not traced.
+///
+/// A plain function returning either future, not an `async fn` (which would hold `future` twice
+/// over: as its argument and as what it awaits). A traced future is boxed first, so the
+/// context wrapper moves a pointer.
+pub fn within<F: Future>(
+    traced: Option<&Traced>,
+    future: F,
+) -> futures_util::future::Either<WithContext<Pin<Box<F>>>, F> {
+    use futures_util::future::Either;
     match traced {
-        Some(traced) => Box::pin(future).with_context(traced.cx.clone()).await,
-        None => future.await,
+        Some(traced) => Either::Left(Box::pin(future).with_context(traced.cx.clone())),
+        None => Either::Right(future),
     }
 }
 
