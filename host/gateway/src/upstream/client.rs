@@ -1,6 +1,13 @@
-//! The HTTP client every upstream call goes through (reqwest, rustls): a bounded number of
-//! requests per origin, connect and request timeouts, and retries by Stripe's SDK rules (with
-//! the Stripe profile, a POST gets an `Idempotency-Key` before its first attempt and keeps it).
+//! The HTTP client every upstream call goes through (hyper's pooled client, rustls verified
+//! against the platform's roots): a bounded number of requests per origin, connect and request
+//! timeouts, and retries by Stripe's SDK rules (with the Stripe profile, a POST gets an
+//! `Idempotency-Key` before its first attempt and keeps it).
+//!
+//! hyper's client rather than reqwest: reqwest's layers (redirect policy, URL to URI
+//! conversion, its own header defaults) cost half of a proxied request's CPU (BENCHMARKS.md,
+//! issue 22), and none of them is used here. What reqwest did that callers can see is kept:
+//! `User-Agent` and `Accept: */*` unless set, basic credentials, no redirects followed, HTTP/2
+//! by ALPN over TLS.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
 use tokio::sync::Semaphore;
 
@@ -20,10 +31,15 @@ use super::encode::{Encoded, encode};
 use super::random_id;
 use crate::error::GatewayError;
 
+type Http = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// What every upstream request says it is, unless it says otherwise.
+const USER_AGENT: &str = concat!("capgate/", env!("CARGO_PKG_VERSION"));
+
 /// The HTTP client shared by every upstream call.
 #[derive(Debug)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Http,
     limits: Limits,
     retry: RetryPolicy,
     /// One semaphore per origin bounds concurrent upstream requests.
@@ -35,15 +51,26 @@ impl Client {
     pub fn new(limits: &Limits, retry: &RetryPolicy) -> Client {
         // One TLS stack (rustls with ring); installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(limits.upstream_connect_timeout)
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        let tls = {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            rustls::ClientConfig::with_platform_verifier()
+                .expect("the platform's certificate verifier starts")
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tcp);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(limits.upstream_max_idle)
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("capgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client's settings are valid");
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
         Client {
             http,
             limits: limits.clone(),
@@ -95,15 +122,7 @@ impl Client {
                 &request.method,
                 request.headers.contains_key("idempotency-key"),
             );
-        let encoded = encode(adapter, &request)?;
-        // A URL no server takes is the caller's to shorten: refused before any attempt.
-        let length = encoded.url.as_str().len();
-        if length > self.limits.max_upstream_url_bytes {
-            return Err(GatewayError::UriTooLong {
-                length,
-                limit: self.limits.max_upstream_url_bytes,
-            });
-        }
+        let encoded = encode(adapter, &request, self.limits.max_upstream_url_bytes)?;
         let slot = self.slot(&adapter.origin);
         let mut attempt = 0u32;
         loop {
@@ -200,54 +219,54 @@ impl Client {
         encoded: &Encoded,
         span: Option<&crate::trace::Child>,
     ) -> Result<UpstreamResponse, Failure> {
-        let mut headers = encoded.headers.clone();
+        let mut request = http::Request::new(Full::new(encoded.body.clone().unwrap_or_default()));
+        *request.method_mut() = encoded.method.clone();
+        *request.uri_mut() = encoded.uri.clone();
+        let headers = request.headers_mut();
+        headers.clone_from(&encoded.headers);
         if let Some(span) = span {
-            span.inject(&mut headers);
+            span.inject(headers);
         }
-        let mut builder = self
-            .http
-            .request(encoded.method.clone(), encoded.url.clone())
-            .headers(headers);
-        if let Some(body) = &encoded.body {
-            builder = builder.body(body.clone());
+        if !headers.contains_key(http::header::USER_AGENT) {
+            headers.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(USER_AGENT),
+            );
         }
-        if let Some((user, password)) = &encoded.basic {
-            builder = builder.basic_auth(user, Some(password));
+        if !headers.contains_key(http::header::ACCEPT) {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        let mut response = builder.send().await.map_err(|e| {
-            if e.is_timeout() {
+        if let Some(basic) = &encoded.basic {
+            headers.insert(http::header::AUTHORIZATION, basic.clone());
+        }
+        let response = self.http.request(request).await.map_err(|e| {
+            if timed_out(&e) {
+                // The connect timeout (the whole call's deadline is the caller's).
                 Failure::Timeout
             } else if unreadable_answer(&e) {
                 // The upstream answered, but not in a form the client reads (more than 100
                 // headers, say): asking again gets the same answer.
-                Failure::Invalid(format!("its answer could not be read: {}", without_url(&e)))
+                Failure::Invalid(format!("its answer could not be read: {}", chain(&e)))
             } else {
-                Failure::Connect(without_url(&e))
+                Failure::Connect(chain(&e))
             }
         })?;
-        let status = response.status();
-        let headers = std::mem::take(response.headers_mut());
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > self.limits.max_upstream_body_bytes {
-                        return Err(Failure::Invalid(format!(
-                            "response body larger than {} bytes",
-                            self.limits.max_upstream_body_bytes
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(Failure::Connect(without_url(&e))),
+        let (parts, body) = response.into_parts();
+        let limit = self.limits.max_upstream_body_bytes;
+        let body = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(Failure::Invalid(format!(
+                    "response body larger than {limit} bytes"
+                )));
             }
-        }
+            Err(error) => return Err(Failure::Connect(chain(&*error))),
+        };
         let _ = adapter;
         Ok(UpstreamResponse {
-            status,
-            headers,
-            body: Bytes::from(body),
+            status: parts.status,
+            headers: parts.headers,
+            body,
             from_plugins: HeaderMap::new(),
         })
     }
@@ -292,7 +311,7 @@ enum Failure {
 }
 
 /// Whether the request reached the upstream and its answer could not be parsed.
-fn unreadable_answer(error: &reqwest::Error) -> bool {
+fn unreadable_answer(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
@@ -303,13 +322,32 @@ fn unreadable_answer(error: &reqwest::Error) -> bool {
     false
 }
 
-/// A reqwest error's text without its URL (which may carry an API key in the query).
-fn without_url(error: &reqwest::Error) -> String {
-    let mut error = error.to_string();
-    if let Some(i) = error.find(" for url (") {
-        error.truncate(i);
+/// Whether an I/O timeout (connecting took longer than the connect timeout) caused `error`.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = e.source();
     }
-    error
+    false
+}
+
+/// An error and its causes, `: `-separated (the client's errors name no URL, whose query may
+/// carry an API key).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Whether a failed request of `method` may be retried at all. With Stripe, as its SDKs do:

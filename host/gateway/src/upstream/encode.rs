@@ -19,14 +19,20 @@ use crate::error::GatewayError;
 pub(super) struct Encoded {
     pub(super) method: Method,
     pub(super) url: url::Url,
+    /// `url` as the HTTP client takes it.
+    pub(super) uri: http::Uri,
     pub(super) headers: HeaderMap,
     pub(super) body: Option<Bytes>,
-    pub(super) basic: Option<(String, String)>,
+    /// `Authorization: Basic ...` (sensitive), for an adapter with basic credentials.
+    pub(super) basic: Option<HeaderValue>,
 }
 
+/// Encodes `request` for `adapter`; a URL longer than `max_url_bytes` (no server takes it) is
+/// the caller's to shorten, refused before any attempt.
 pub(super) fn encode(
     adapter: &UpstreamAdapter,
     request: &UpstreamRequest,
+    max_url_bytes: usize,
 ) -> Result<Encoded, GatewayError> {
     let style = match adapter.profile {
         ProfileName::Stripe => ArrayStyle::Indexed,
@@ -60,9 +66,33 @@ pub(super) fn encode(
         upstream: adapter.namespace.clone(),
         detail: format!("cannot build the upstream URL: {e}"),
     })?;
+    let length = url.as_str().len();
+    if length > max_url_bytes {
+        return Err(GatewayError::UriTooLong {
+            length,
+            limit: max_url_bytes,
+        });
+    }
+    let uri = http::Uri::try_from(url.as_str()).map_err(|e| GatewayError::UpstreamInvalid {
+        upstream: adapter.namespace.clone(),
+        detail: format!("cannot build the upstream URL: {e}"),
+    })?;
+    let basic = match basic {
+        None => None,
+        Some((user, password)) => {
+            use base64::Engine as _;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let mut value = HeaderValue::try_from(format!("Basic {token}"))
+                .map_err(|_| misconfigured(adapter))?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+    };
     Ok(Encoded {
         method: request.method.clone(),
         url,
+        uri,
         headers,
         body,
         basic,
