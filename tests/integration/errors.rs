@@ -482,3 +482,54 @@ async fn a_caller_that_trickles_its_request_is_cut_off() {
     assert!(h.sim.requests().is_empty(), "nothing reached the upstream");
     assert_eq!(h.http.get(url).send().await.unwrap().status(), 200);
 }
+
+/// Stripe is reached over TLS, and a certificate no trusted root vouches for is refused: the
+/// server sees a TLS handshake the client aborts, and the caller a 502, with nothing sent.
+#[tokio::test]
+async fn an_https_upstream_with_an_untrusted_certificate_is_refused() {
+    use std::sync::Arc;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (handshakes, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let outcome = acceptor
+                .accept(stream)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = handshakes.send(outcome);
+        }
+    });
+
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let h = Harness::with_specs(&[("s.yaml", &seed)], |c| {
+        c.upstreams[0].base_uri = Some(format!("https://localhost:{port}"));
+        c.retry.max_retries = 0;
+    })
+    .await;
+    let (status, body) = error_of(h.http.get(h.sessions().await).send().await.unwrap()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("the gateway never connected")
+        .unwrap();
+    let refusal = outcome.expect_err("the handshake with an untrusted certificate completed");
+    assert!(
+        refusal.contains("UnknownCA") || refusal.contains("BadCertificate"),
+        "the client aborted for another reason: {refusal}"
+    );
+    server.abort();
+}
