@@ -160,6 +160,11 @@ fn parse_port_map(text: &str) -> Result<(u16, u16), String> {
     Ok((parse(declared)?, parse(actual)?))
 }
 
+/// mimalloc: the request path allocates a few dozen small blocks per call; glibc's allocator
+/// spent 6 to 7 % of the gateway's CPU on them (BENCHMARKS.md, the proxy hop).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

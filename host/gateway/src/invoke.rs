@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opentelemetry::KeyValue;
 use serde_json::{Map, Value};
 
@@ -51,7 +51,10 @@ pub struct Inputs {
 
 /// A new request id: `req_` and 24 random characters.
 pub fn request_id() -> Arc<str> {
-    Arc::from(format!("req_{}", upstream::random_id()))
+    let mut id = String::with_capacity(4 + upstream::RANDOM_ID_LEN);
+    id.push_str("req_");
+    upstream::push_random_id(&mut id);
+    Arc::from(id)
 }
 
 #[derive(Debug)]
@@ -492,9 +495,10 @@ fn json_outcome(status: StatusCode, mut headers: HeaderMap, body: Value) -> Outc
 /// transform plugins added.
 fn passed_back(response: &UpstreamResponse) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    for name in PASSED_BACK_HEADERS {
-        for value in response.headers.get_all(name) {
-            headers.append(HeaderName::from_static(name), value.clone());
+    // One pass over the upstream's headers (a dozen), rather than a lookup per name.
+    for (name, value) in &response.headers {
+        if PASSED_BACK_HEADERS.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
         }
     }
     for (name, value) in &response.from_plugins {

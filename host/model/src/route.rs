@@ -5,6 +5,7 @@
 //! and the tree only knows "a variable here". Matching is per segment, percent-decoded, with
 //! backtracking so that `/a/search` and `/a/{id}/x` both work.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::Method;
@@ -79,7 +80,8 @@ struct Endpoint<T> {
 
 #[derive(Debug)]
 struct Node<T> {
-    statics: HashMap<String, Node<T>>,
+    /// Keyed by the spec's segments, so a fast unkeyed hash is safe: requests only look up.
+    statics: HashMap<String, Node<T>, foldhash::fast::FixedState>,
     variable: Option<Box<Node<T>>>,
     rest: Vec<Endpoint<T>>,
     endpoints: Vec<Endpoint<T>>,
@@ -88,7 +90,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            statics: HashMap::new(),
+            statics: HashMap::default(),
             variable: None,
             rest: Vec::new(),
             endpoints: Vec::new(),
@@ -186,9 +188,10 @@ impl<T> Router<T> {
         } else {
             trimmed.split('/').collect()
         };
-        let decoded: Vec<String> = raw
+        // Borrowed unless a segment has escapes: the common path allocates nothing here.
+        let decoded: Vec<Cow<'_, str>> = raw
             .iter()
-            .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .map(|s| percent_decode_str(s).decode_utf8_lossy())
             .collect();
         let mut values = Vec::new();
         let mut allowed = Vec::new();
@@ -242,7 +245,7 @@ fn find_in<'r, T>(
     node: &'r Node<T>,
     method: &Method,
     raw: &[&str],
-    decoded: &[String],
+    decoded: &[Cow<'_, str>],
     depth: usize,
     values: &mut Vec<String>,
     allowed: &mut Vec<Method>,
@@ -253,7 +256,7 @@ fn find_in<'r, T>(
         }
         allowed.extend(node.endpoints.iter().map(|e| e.method.clone()));
     } else {
-        if let Some(child) = node.statics.get(decoded[depth].as_str())
+        if let Some(child) = node.statics.get(decoded[depth].as_ref())
             && let Some(found) = find_in(child, method, raw, decoded, depth + 1, values, allowed)
         {
             return Some(found);
@@ -261,7 +264,7 @@ fn find_in<'r, T>(
         if let Some(child) = &node.variable
             && !decoded[depth].is_empty()
         {
-            values.push(decoded[depth].clone());
+            values.push(decoded[depth].clone().into_owned());
             let found = find_in(child, method, raw, decoded, depth + 1, values, allowed);
             values.pop();
             if found.is_some() {

@@ -20,10 +20,18 @@ pub use prepare::prepare;
 
 /// A random identifier of 24 lowercase alphanumerics.
 pub fn random_id() -> String {
+    let mut id = String::with_capacity(RANDOM_ID_LEN);
+    push_random_id(&mut id);
+    id
+}
+
+/// The length of `random_id`'s ids.
+pub const RANDOM_ID_LEN: usize = 24;
+
+/// Appends `random_id`'s characters to `out`.
+pub fn push_random_id(out: &mut String) {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..24)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    out.extend((0..RANDOM_ID_LEN).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char));
 }
