@@ -60,10 +60,14 @@ pub struct Verified {
 
 impl Issuers {
     pub fn new(configs: &[JwtIssuer]) -> Issuers {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        // Built only when there is an issuer to fetch keys from.
+        let http = (!configs.is_empty()).then(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .tls_backend_preconfigured(crate::upstream::tls_config())
+                .build()
+                .unwrap_or_default()
+        });
         let issuers = configs
             .iter()
             .map(|config| {
@@ -71,7 +75,7 @@ impl Issuers {
                     config: config.clone(),
                     keys: ArcSwap::from_pointee(Keys::default()),
                     fetched: tokio::sync::Mutex::new(None),
-                    http: http.clone(),
+                    http: http.clone().unwrap_or_default(),
                 })
             })
             .collect();
