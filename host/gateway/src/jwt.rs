@@ -64,7 +64,7 @@ impl Issuers {
         let http = (!configs.is_empty()).then(|| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .tls_backend_preconfigured(crate::upstream::tls_config())
+                .tls_backend_preconfigured(crate::tls::client_config())
                 .build()
                 .unwrap_or_default()
         });

@@ -31,6 +31,7 @@ pub mod reload;
 pub mod response;
 pub mod rest;
 pub mod server;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
 

@@ -47,20 +47,6 @@ pub struct Client {
     budgets: Budgets,
 }
 
-/// The TLS settings of every outgoing connection (upstreams, JWKS): rustls with ring, verified
-/// against the platform's roots. Loading the roots reads and parses the system's certificate
-/// store (5-15 ms), so it happens once per process, not once per client.
-pub fn tls_config() -> rustls::ClientConfig {
-    static CONFIG: std::sync::LazyLock<rustls::ClientConfig> = std::sync::LazyLock::new(|| {
-        use rustls_platform_verifier::ConfigVerifierExt;
-        // One TLS stack (rustls with ring); installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        rustls::ClientConfig::with_platform_verifier()
-            .expect("the platform's certificate verifier starts")
-    });
-    CONFIG.clone()
-}
-
 impl Client {
     pub fn new(limits: &Limits, retry: &RetryPolicy) -> Client {
         let mut tcp = HttpConnector::new();
@@ -68,7 +54,7 @@ impl Client {
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(limits.upstream_connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
+            .with_tls_config(crate::tls::client_config())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp);

@@ -14,7 +14,7 @@ mod encode;
 mod forward;
 mod prepare;
 
-pub use client::{Client, tls_config};
+pub use client::Client;
 pub use forward::{forward_request, with_fixed};
 pub use prepare::prepare;
 
