@@ -144,7 +144,7 @@ struct ServeArgs {
     #[arg(long)]
     no_watch: bool,
     /// Threads that answer requests (default: one per CPU this process may run on, which
-    /// follows CPU affinity and cgroup limits).
+    /// follows CPU affinity and cgroup limits). `1` runs everything on one thread.
     #[arg(long, env = "CAPGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 }
@@ -167,14 +167,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(ServeArgs {
-        workers: Some(workers),
-        ..
-    }) = &cli.command
-    {
-        builder.worker_threads(usize::from(*workers));
-    }
+    let workers = match &cli.command {
+        Command::Serve(ServeArgs { workers, .. }) => *workers,
+        _ => None,
+    };
+    // One worker is a current-thread runtime: the accept loop, connections, upstream calls and
+    // timers share one thread with no cross-thread wake-ups or work-stealing queues (about a
+    // quarter more requests per second on one core than a one-worker multi-thread runtime,
+    // BENCHMARKS.md). Reloads and plugin compiles run on their own thread either way.
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(workers));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder
         .enable_all()
         .build()

@@ -266,3 +266,112 @@ fn debug_logs_never_show_tool_arguments_or_results() {
         "a tool argument or result reached the log"
     );
 }
+
+/// A GET over a fresh HTTP/1.1 connection; the status code and body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Polls `port` until `path` answers 200, for at most 30 s.
+fn until_ok(port: u16, path: &str) -> String {
+    let started = Instant::now();
+    loop {
+        match get(port, path) {
+            Some((200, body)) => return body,
+            _ if started.elapsed() > Duration::from_secs(30) => {
+                panic!("{path} on {port} never answered 200")
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn one_worker_serves_rest_and_mcp_and_reloads_on_one_thread() {
+    // `--workers 1` is a current-thread runtime: everything (listeners, upstream calls, the
+    // watcher's reloads being published) has to work without a second request thread.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let sim_port = free_port();
+    let _sim = Killed(
+        capgate()
+            .args(["stripe-sim", "--listen", &format!("127.0.0.1:{sim_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
+    let (rest, mcp, moved) = (free_port(), free_port(), free_port());
+    let on_ports = |rest: u16| {
+        seed.replace("port: 8080", &format!("port: {rest}"))
+            .replace("port: 9090", &format!("port: {mcp}"))
+    };
+    let spec = dir.path().join("identity-sessions.yaml");
+    std::fs::write(&spec, on_ports(rest)).unwrap();
+    let gateway = capgate()
+        .args([
+            "serve",
+            "--workers",
+            "1",
+            "--admin",
+            "off",
+            "--specs",
+            &dir.path().display().to_string(),
+            "--upstream",
+            &format!("*=http://127.0.0.1:{sim_port}"),
+        ])
+        .env("STRIPE_API_KEY", "sk_test_capgate_demo")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _gateway = Killed(gateway);
+    let list = "/v1/v1/identity/verification-sessions?limit=1";
+    let body = until_ok(rest, list);
+    assert!(body.contains(r#""object":"list""#), "{body}");
+
+    let (head, answer) = post(
+        mcp,
+        "/mcp/identity-sessions-mcp",
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "stripe-post-identity-verification-sessions"),
+        ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"stripe-post-identity-verification-sessions","arguments":{"body":{"type":"document"}},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}}}}"#,
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{answer}");
+    assert!(answer.contains("vs_"), "no session was created: {answer}");
+
+    // A reload moves the REST listener; the new port answers and the old one closes.
+    std::fs::write(&spec, on_ports(moved)).unwrap();
+    let body = until_ok(moved, list);
+    assert!(body.contains(r#""object":"list""#), "{body}");
+    let started = Instant::now();
+    while get(rest, list).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the old REST port still answers after the reload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
