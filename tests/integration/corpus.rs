@@ -124,3 +124,109 @@ fn sample(ty: &capgate_model::snapshot::ParamType) -> serde_json::Value {
         ParamType::String | ParamType::Any => serde_json::json!("x1"),
     }
 }
+
+/// A file that leaves out query parameters of an operation (terminal's configuration list
+/// declares neither `expand` nor `is_account_default`) gets them from Stripe's description:
+/// the tool announces them with the description's schemas, a note says so, and both
+/// surfaces send them to the upstream; an argument of the wrong type is still refused.
+#[tokio::test]
+async fn query_parameters_a_file_leaves_out_come_from_the_description() {
+    use serde_json::json;
+    let text = std::fs::read_to_string(common::corpus().join("terminal-terminal.yaml")).unwrap();
+    let h = common::Harness::with_specs(&[("terminal-terminal.yaml", &text)], |_| {}).await;
+    let status = h.gateway.status();
+    let note = status[0]
+        .diagnostics
+        .iter()
+        .find(|d| d.code.as_str() == "schema-source" && d.message.contains("query parameter"))
+        .unwrap_or_else(|| panic!("{:?}", status[0].diagnostics));
+    assert!(
+        note.message
+            .starts_with("6 query parameter(s) of 5 operation(s)"),
+        "{}",
+        note.message
+    );
+
+    let url = format!("{}/mcp/terminal-terminal-mcp", h.base(9090).await);
+    let client = crate::mcp::modern_client(&url).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let tool = tools
+        .iter()
+        .find(|t| t.name == "stripe-list-terminal-configurations")
+        .unwrap();
+    let properties = tool.input_schema["properties"].as_object().unwrap();
+    assert_eq!(properties["is_account_default"]["type"], "boolean");
+    assert_eq!(properties["expand"]["type"], "array");
+    assert_eq!(properties["expand"]["items"]["type"], "string");
+    assert!(
+        properties["is_account_default"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("account"),
+        "{properties:?}"
+    );
+    // What the file declares keeps its own announcement.
+    assert_eq!(properties["limit"]["type"], "integer");
+
+    // The stand-in serves Identity only: it answers Stripe's 404 for this path, which is
+    // enough to see what was sent.
+    let before = h.sim.requests().len();
+    crate::mcp::call(
+        &client,
+        "stripe-list-terminal-configurations",
+        json!({"is_account_default": true, "expand": ["data.tipping"], "limit": 3}),
+    )
+    .await;
+    assert_eq!(h.sim.requests().len(), before + 1);
+    let sent = h.sim.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/terminal/configurations");
+    let query = sent.query.unwrap_or_default();
+    for pair in [
+        "is_account_default=true",
+        "expand[0]=data.tipping",
+        "limit=3",
+    ] {
+        assert!(
+            query
+                .split('&')
+                .any(|p| p == pair || p == pair.replace('[', "%5B").replace(']', "%5D")),
+            "{pair} not in {query}"
+        );
+    }
+    let wrong = crate::mcp::call(
+        &client,
+        "stripe-list-terminal-configurations",
+        json!({"is_account_default": "yes"}),
+    )
+    .await;
+    assert_eq!(wrong.is_error, Some(true), "{wrong:?}");
+    assert!(
+        format!("{wrong:?}").contains("is_account_default"),
+        "{wrong:?}"
+    );
+    assert_eq!(
+        h.sim.requests().len(),
+        before + 1,
+        "refused before the upstream"
+    );
+
+    // REST: the route takes them too (before, `expand` was refused as an unknown parameter).
+    let before = h.sim.requests().len();
+    let response = h
+        .http
+        .get(format!(
+            "{}/v1/v1/terminal/configurations?expand[]=data.tipping&is_account_default=false",
+            h.base(8080).await
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "the stand-in's answer");
+    let requests = h.sim.requests();
+    assert_eq!(requests.len(), before + 1);
+    let query = requests.last().unwrap().query.clone().unwrap_or_default();
+    assert!(
+        query.contains("is_account_default=false") && query.contains("data.tipping"),
+        "{query}"
+    );
+}

@@ -51,6 +51,27 @@ struct PathItem {
 struct OperationDoc {
     #[serde(rename = "requestBody")]
     request_body: Option<Value>,
+    #[serde(default)]
+    parameters: Vec<Value>,
+}
+
+/// What the index keeps of one operation.
+#[derive(Debug)]
+struct Indexed {
+    /// Its `requestBody` (`null` without one).
+    body: Value,
+    /// Its `in: query` parameters, as written.
+    query: Vec<Value>,
+}
+
+/// A query parameter of an operation, as tools announce it. Its `style` is not kept: the
+/// encoder sends an object in a query as `name[key]=value` for every profile, which is what
+/// Stripe's `deepObject` parameters (and its bodies' `encoding`) say.
+#[derive(Debug, Clone)]
+pub struct QueryParam {
+    pub name: String,
+    /// Its JSON Schema, cleaned like a body's, with the parameter's description.
+    pub schema: Arc<Map<String, Value>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -62,14 +83,20 @@ struct WithComponents {
 /// One OpenAPI description, indexed.
 #[derive(Debug, Default)]
 pub struct OpenApi {
-    /// By (method, path with `{}` for each variable): the operation's `requestBody`.
-    operations: HashMap<(Method, String), Value>,
+    /// By (method, path with `{}` for each variable): the operation's request body and
+    /// query parameters.
+    operations: HashMap<(Method, String), Indexed>,
     components: Value,
     /// Every path, as written, for "did you mean".
     paths: Vec<String>,
     /// Request schemas already cleaned: files that consume the same operation share one.
-    cleaned: std::sync::Mutex<HashMap<(Method, String), Option<Shared>>>,
+    cleaned: std::sync::Mutex<HashMap<OperationKey, Option<Shared>>>,
+    /// Query parameters already cleaned, shared the same way.
+    cleaned_query: std::sync::Mutex<HashMap<OperationKey, Arc<[QueryParam]>>>,
 }
+
+/// (method, path with `{}` for each variable).
+type OperationKey = (Method, String);
 
 /// A cleaned schema, shared.
 type Shared = Arc<Map<String, Value>>;
@@ -109,9 +136,15 @@ impl OpenApi {
                     continue;
                 };
                 let body = operation.request_body.unwrap_or(Value::Null);
-                refers |= body.to_string().contains("\"$ref\"");
+                let query: Vec<Value> = operation
+                    .parameters
+                    .into_iter()
+                    .filter(|p| p.get("in").and_then(Value::as_str) == Some("query"))
+                    .collect();
+                refers |= body.to_string().contains("\"$ref\"")
+                    || query.iter().any(|q| q.to_string().contains("\"$ref\""));
                 api.operations
-                    .insert((method, erase_variables(&path)), body);
+                    .insert((method, erase_variables(&path)), Indexed { body, query });
             }
         }
         api.paths.sort();
@@ -150,9 +183,10 @@ impl OpenApi {
     /// The request body schema of the operation at (`method`, `path`), if it has one with
     /// properties.
     pub fn request(&self, method: &Method, path: &str) -> Option<RequestSchema> {
-        let request_body = self
+        let request_body = &self
             .operations
-            .get(&(method.clone(), erase_variables(path)))?;
+            .get(&(method.clone(), erase_variables(path)))?
+            .body;
         let content = request_body.get("content")?;
         let schema = content
             .get("application/x-www-form-urlencoded")
@@ -166,6 +200,38 @@ impl OpenApi {
             .and_then(Value::as_object)
             .is_some_and(|p| !p.is_empty())
             .then_some(RequestSchema { body })
+    }
+
+    /// The query parameters of the operation at (`method`, `path`), `None` when the
+    /// description does not have the operation. A parameter's description (its first
+    /// sentence) becomes its schema's when the schema has none.
+    pub fn query(&self, method: &Method, path: &str) -> Option<Vec<QueryParam>> {
+        let indexed = self
+            .operations
+            .get(&(method.clone(), erase_variables(path)))?;
+        let params = indexed
+            .query
+            .iter()
+            .filter_map(|param| {
+                let name = param.get("name")?.as_str()?.to_owned();
+                let mut chain = Vec::new();
+                let Value::Object(mut schema) =
+                    self.clean(param.get("schema").unwrap_or(&Value::Null), 0, &mut chain)
+                else {
+                    return None;
+                };
+                if !schema.contains_key("description")
+                    && let Some(text) = param.get("description").and_then(Value::as_str)
+                {
+                    schema.insert("description".into(), Value::String(first_sentence(text)));
+                }
+                Some(QueryParam {
+                    name,
+                    schema: Arc::new(schema),
+                })
+            })
+            .collect();
+        Some(params)
     }
 
     /// `schema` with `$ref`s resolved, cut at `MAX_DEPTH`, only `KEPT` keywords.
@@ -317,6 +383,24 @@ pub fn shared_request_in(
     })
 }
 
+/// The query parameters of the first description of `sources` that has the operation
+/// (none when none has it), cleaned once per description and operation and shared.
+pub fn shared_query_in(sources: &[Arc<OpenApi>], method: &Method, path: &str) -> Arc<[QueryParam]> {
+    sources
+        .iter()
+        .find_map(|api| {
+            let key = (method.clone(), erase_variables(path));
+            let mut cleaned = api.cleaned_query.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = cleaned.get(&key) {
+                return Some(found.clone());
+            }
+            let params: Arc<[QueryParam]> = api.query(method, path)?.into();
+            cleaned.insert(key, params.clone());
+            Some(params)
+        })
+        .unwrap_or_else(|| Arc::from(Vec::new()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +435,39 @@ mod tests {
             !text.contains("maxLength") && !text.contains("\"title\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_operations_query_parameters_come_with_their_schemas() {
+        let query = shared_query_in(stripe(), &Method::GET, "/v1/customers");
+        let names: Vec<&str> = query.iter().map(|q| q.name.as_str()).collect();
+        for name in [
+            "created",
+            "email",
+            "ending_before",
+            "expand",
+            "limit",
+            "starting_after",
+        ] {
+            assert!(names.contains(&name), "{name}: {names:?}");
+        }
+        let created = query.iter().find(|q| q.name == "created").unwrap();
+        assert_eq!(created.schema["anyOf"][1]["type"], "integer");
+        assert_eq!(
+            created.schema["anyOf"][0]["properties"]["gte"]["type"],
+            "integer"
+        );
+        let email = query.iter().find(|q| q.name == "email").unwrap();
+        assert_eq!(email.schema["type"], "string");
+        // The parameter's description, to its first sentence, is its schema's.
+        assert_eq!(
+            email.schema["description"],
+            "A case-sensitive filter on the list based on the customer's `email` field."
+        );
+        // Shared: a second file consuming the operation gets the same cleaned schemas.
+        let again = shared_query_in(stripe(), &Method::GET, "/v1/customers");
+        assert!(Arc::ptr_eq(&again, &query));
+        assert!(shared_query_in(stripe(), &Method::GET, "/v1/no-such-thing").is_empty());
     }
 
     #[test]

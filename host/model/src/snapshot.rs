@@ -479,6 +479,9 @@ pub struct UpstreamParam {
     /// The parameter's own `value` template.
     pub value: Option<ValueTemplate>,
     pub spec: InputSpec,
+    /// For a query parameter the file does not declare but the upstream's schema source
+    /// gives the operation: its JSON Schema, which tools announce.
+    pub described: Option<Arc<Map<String, Value>>>,
 }
 
 /// How the request body is built.

@@ -11,7 +11,7 @@ use super::Options;
 use super::auth::Side;
 use super::inputs::input_spec;
 use crate::config::{FailurePolicy, ProfileName, TransformBinding};
-use crate::diag::{Code, Diagnostics};
+use crate::diag::{Code, Diagnostics, Loc};
 use crate::snapshot::{
     BodyPlan, Location, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
 };
@@ -69,6 +69,24 @@ pub(super) fn compile(
             }
             None => add_adapter(loaded, http, options, &binds, &mut upstreams, diags),
         }
+    }
+    let mut operations: Vec<&Arc<UpstreamOperation>> = upstreams.operations.values().collect();
+    operations.sort_by_key(|op| Arc::as_ptr(op));
+    operations.dedup_by_key(|op| Arc::as_ptr(op));
+    let described: usize = operations
+        .iter()
+        .map(|op| op.params.iter().filter(|p| p.described.is_some()).count())
+        .sum();
+    if described > 0 {
+        let ops = operations
+            .iter()
+            .filter(|op| op.params.iter().any(|p| p.described.is_some()))
+            .count();
+        diags.info(
+            Code::SchemaSource,
+            &Loc::default(),
+            format!("{described} query parameter(s) of {ops} operation(s) that the file does not declare are taken from the upstream's OpenAPI description"),
+        );
     }
     upstreams
 }
@@ -297,7 +315,15 @@ fn operation(
     let path_at = resource.at.key("path", resource.path.line);
     let path = path_template(&resource.path.value, &path_at, diags);
     let mut resolve = resolver(loaded);
-    let params = parameters(declared, &path, adapter.profile, &mut resolve, diags);
+    let sources = options.schemas.for_adapter(adapter);
+    let mut params = parameters(declared, &path, adapter.profile, &mut resolve, diags);
+    add_described_query(
+        &mut params,
+        &sources,
+        &method,
+        &resource.path.value,
+        adapter.profile,
+    );
     let body = body_plan(op, &method, &params, &mut resolve, diags)?;
     let missing_binds = missing_binds(adapter, &params, &body);
     let transforms = transforms_for(
@@ -309,11 +335,7 @@ fn operation(
     if let Some(loaded) = &options.loaded_plugins {
         warn_unloaded(&transforms, loaded, &op.at, diags);
     }
-    let body_schema = crate::openapi::shared_request_in(
-        &options.schemas.for_adapter(adapter),
-        &method,
-        &resource.path.value,
-    );
+    let body_schema = crate::openapi::shared_request_in(&sources, &method, &resource.path.value);
     Ok(UpstreamOperation {
         name: full_name.to_owned(),
         capability: capability.clone(),
@@ -380,10 +402,42 @@ fn parameters(
                 location: Location::Path,
                 value: None,
                 spec: input_spec(name, Some("string"), true, None, profile),
+                described: None,
             });
         }
     }
     params
+}
+
+/// The query parameters the upstream's schema sources give the operation and the file does
+/// not declare (by name, or by a spelling that differs only in `-`/`_` or case): each is added,
+/// optional, with its schema, so callers can send it and tools announce it. Stripe's list
+/// operations are where this matters: files that leave out `expand` or `created` would
+/// otherwise refuse them as unknown.
+fn add_described_query(
+    params: &mut Vec<UpstreamParam>,
+    sources: &[Arc<crate::openapi::OpenApi>],
+    method: &Method,
+    path: &str,
+    profile: ProfileName,
+) {
+    if sources.is_empty() {
+        return;
+    }
+    let spelling = |name: &str| name.replace('-', "_").to_ascii_lowercase();
+    for query in crate::openapi::shared_query_in(sources, method, path).iter() {
+        let taken = spelling(&query.name);
+        if params.iter().any(|p| spelling(&p.name) == taken) {
+            continue;
+        }
+        params.push(UpstreamParam {
+            name: query.name.clone(),
+            location: Location::Query,
+            value: None,
+            spec: super::inputs::described_spec(&query.name, &query.schema, profile),
+            described: Some(query.schema.clone()),
+        });
+    }
 }
 
 /// How the request body is built: the operation's `body`, else its `in: body` parameters. GET,
@@ -530,6 +584,7 @@ fn upstream_param(
             param.description.clone(),
             profile,
         ),
+        described: None,
     })
 }
 

@@ -285,7 +285,32 @@ fn rest_inputs(
                 .found(var.clone());
         }
     }
+    let mut params = params;
+    if let Some(upstream) = &compiled.upstream {
+        for param in described_query(upstream, &compiled.with) {
+            if !params.iter().any(|p| p.name == param.name) {
+                params.push(ExposedParam {
+                    name: param.name.clone(),
+                    location: Some(Location::Query),
+                    selector: None,
+                    spec: caller_spec(param, &param.name),
+                });
+            }
+        }
+    }
     RestInputs::Declared(params)
+}
+
+/// The query parameters the schema source added to `upstream`'s (`consumes::
+/// add_described_query`) that `with` does not route: a surface takes each by its own name.
+fn described_query<'a>(
+    upstream: &'a UpstreamOperation,
+    with: &'a [(String, Source)],
+) -> impl Iterator<Item = &'a UpstreamParam> {
+    upstream
+        .params
+        .iter()
+        .filter(|p| p.described.is_some() && !with.iter().any(|(name, _)| name == &p.name))
 }
 
 /// A `forward` resource: every method, the rest of the path passed to the target adapter. Only
@@ -1149,7 +1174,35 @@ fn mcp_tool(cx: &mut Context<'_>, tool: &McpTool, namespaces: &[String]) -> Opti
         },
     };
     let mut inputs = inputs;
+    // The file's own inputs win; the rest of what the schema source describes is added, and
+    // announced with the source's schema (enums, descriptions, the range filter's shape).
+    let mut described = Vec::new();
+    if let Some(upstream) = &compiled.upstream {
+        for param in described_query(upstream, &compiled.with) {
+            match inputs.iter().any(|i| i.name == param.name) {
+                true if !tool.params.is_empty() => continue,
+                true => {}
+                false => inputs.push(caller_spec(param, &param.name)),
+            }
+            described.push(param);
+        }
+    }
     let mut input_schema = schema_for(&inputs);
+    if let Some(Value::Object(properties)) = input_schema.get_mut("properties") {
+        for param in described {
+            if let Some(schema) = &param.described {
+                let mut announced = (**schema).clone();
+                // Stripe's description leaves some filters undescribed; the spec's words stay.
+                if !announced.contains_key("description")
+                    && let Some(Value::Object(own)) = properties.get(&param.name)
+                    && let Some(description) = own.get("description")
+                {
+                    announced.insert("description".into(), description.clone());
+                }
+                properties.insert(param.name.clone(), Value::Object(announced));
+            }
+        }
+    }
     let flattened = compiled
         .upstream
         .as_ref()

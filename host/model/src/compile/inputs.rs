@@ -45,6 +45,54 @@ pub(crate) fn input_spec(
     }
 }
 
+/// The spec of a parameter from a schema source's JSON Schema (optional: the file did not ask
+/// for it). A range filter (`anyOf` an integer and an object) is one; a schema whose type
+/// the specs cannot say is `Any`, checked by the upstream.
+pub(crate) fn described_spec(
+    name: &str,
+    schema: &Map<String, Value>,
+    profile: ProfileName,
+) -> InputSpec {
+    let types: Vec<&str> = match schema.get("anyOf").and_then(Value::as_array) {
+        Some(options) => options
+            .iter()
+            .filter_map(|o| o.get("type").and_then(Value::as_str))
+            .collect(),
+        None => schema
+            .get("type")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
+    };
+    let description = schema
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut spec = match types.as_slice() {
+        [one] => input_spec(name, Some(one), false, description, profile),
+        ["object", "integer"] | ["integer", "object"] => InputSpec {
+            name: name.to_owned(),
+            ty: ParamType::RangeFilter,
+            required: false,
+            description,
+            header: None,
+        },
+        _ => input_spec(name, Some("any"), false, description, profile),
+    };
+    if spec.ty == ParamType::Array
+        && name != "expand"
+        && schema
+            .get("items")
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+            != Some("string")
+    {
+        // Only arrays of strings have a spec of their own.
+        spec.ty = ParamType::Any;
+    }
+    spec
+}
+
 /// The JSON Schema (2020-12) of a tool's arguments.
 pub fn schema_for(inputs: &[InputSpec]) -> Map<String, Value> {
     let mut properties = Map::new();
