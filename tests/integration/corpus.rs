@@ -230,3 +230,41 @@ async fn query_parameters_a_file_leaves_out_come_from_the_description() {
         "{query}"
     );
 }
+
+/// The corpus's `/v1/Invoice Items` (a generator's title case where Stripe has
+/// `/v1/invoiceitems`) is sent as the path its author meant, with a warning naming both;
+/// before, Stripe got `/v1/Invoice%20Items/...` and answered 404.
+#[tokio::test]
+async fn a_title_cased_path_is_sent_as_the_descriptions() {
+    let text = std::fs::read_to_string(common::corpus().join("invoice-delete.yaml")).unwrap();
+    let h = common::Harness::with_specs(&[("invoice-delete.yaml", &text)], |_| {}).await;
+    let status = h.gateway.status();
+    let warning = status[0]
+        .diagnostics
+        .iter()
+        .find(|d| d.code.as_str() == "name-mismatch" && d.message.contains("/v1/invoiceitems"))
+        .unwrap_or_else(|| panic!("{:?}", status[0].diagnostics));
+    assert!(
+        warning.message.contains("`/v1/invoiceitems/{invoiceitem}`"),
+        "{}",
+        warning.message
+    );
+    assert!(
+        !status[0]
+            .diagnostics
+            .iter()
+            .any(|d| d.code.as_str() == "path-encoded"),
+        "{:?}",
+        status[0].diagnostics
+    );
+    let response = h
+        .http
+        .delete(format!("{}/v1/v1/invoice-items/ii_123", h.base(8080).await))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("request-id"));
+    let sent = h.sim.requests().pop().expect("the upstream was called");
+    assert_eq!(sent.method, "DELETE");
+    assert_eq!(sent.path, "/v1/invoiceitems/ii_123");
+}

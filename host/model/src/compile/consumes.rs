@@ -240,8 +240,20 @@ fn operations(
     for resource in &http.resources {
         // A path the upstream's description does not have is most likely a typo in the file
         // (the corpus has `/v1/Invoice Items` for `/v1/invoiceitems`), or a surface newer than
-        // the description.
-        if !sources.is_empty() && !sources.iter().any(|api| api.has_path(&resource.path.value)) {
+        // the description. The typo of spaces and capitals is what the author meant, sent so.
+        let meant = meant_path(&resource.path.value, &sources);
+        if let Some(meant) = &meant {
+            diags
+                .warning(
+                    Code::NameMismatch,
+                    &resource.at.key("path", resource.path.line),
+                    format!("this path is not in the upstream's OpenAPI description, but `{meant}` is, spelled without spaces and in lower case; sent as `{meant}`"),
+                )
+                .found(resource.path.value.clone())
+                .expected(meant.clone());
+        } else if !sources.is_empty()
+            && !sources.iter().any(|api| api.has_path(&resource.path.value))
+        {
             let nearest = sources[sources.len() - 1].nearest_paths(&resource.path.value);
             diags
                 .warning(
@@ -258,6 +270,7 @@ fn operations(
                 loaded,
                 http,
                 resource,
+                path: meant.as_deref().unwrap_or(&resource.path.value),
                 op,
             };
             match operation(&declared, &capability, &full_name, adapter, options, diags) {
@@ -277,7 +290,34 @@ struct Declared<'a> {
     loaded: &'a LoadedFile,
     http: &'a HttpConsumes,
     resource: &'a ConsumedResource,
+    /// The resource's path, or the one its author evidently meant (`meant_path`).
+    path: &'a str,
     op: &'a ConsumedOperation,
+}
+
+/// The path the author evidently meant when theirs is not in the upstream's description: its
+/// literal text without whitespace and in lower case (`/v1/Invoice Items/{invoiceitem}` for
+/// `/v1/invoiceitems/{invoiceitem}`), when the description has that. Variables keep the
+/// file's names. `None` when the path is in the description or the fix is not.
+fn meant_path(path: &str, sources: &[Arc<crate::openapi::OpenApi>]) -> Option<String> {
+    if sources.is_empty() || sources.iter().any(|api| api.has_path(path)) {
+        return None;
+    }
+    let mut meant = String::with_capacity(path.len());
+    let mut inside = false;
+    for c in path.chars() {
+        match c {
+            '{' => inside = true,
+            '}' => inside = false,
+            _ => {}
+        }
+        if inside || c == '}' {
+            meant.push(c);
+        } else if !c.is_whitespace() {
+            meant.push(c.to_ascii_lowercase());
+        }
+    }
+    (meant != path && sources.iter().any(|api| api.has_path(&meant))).then_some(meant)
 }
 
 /// One consumed operation; `Err` is why it is not served (a diagnostic says it in full).
@@ -294,6 +334,7 @@ fn operation(
         http,
         resource,
         op,
+        ..
     } = *declared;
     let method = method_of(op, diags)?;
     if let Some(format) = &op.output_raw_format
@@ -313,7 +354,7 @@ fn operation(
         ));
     }
     let path_at = resource.at.key("path", resource.path.line);
-    let path = path_template(&resource.path.value, &path_at, diags);
+    let path = path_template(declared.path, &path_at, diags);
     let mut resolve = resolver(loaded);
     let sources = options.schemas.for_adapter(adapter);
     let mut params = parameters(declared, &path, adapter.profile, &mut resolve, diags);
@@ -321,7 +362,7 @@ fn operation(
         &mut params,
         &sources,
         &method,
-        &resource.path.value,
+        declared.path,
         adapter.profile,
     );
     let body = body_plan(op, &method, &params, &mut resolve, diags)?;
@@ -335,7 +376,7 @@ fn operation(
     if let Some(loaded) = &options.loaded_plugins {
         warn_unloaded(&transforms, loaded, &op.at, diags);
     }
-    let body_schema = crate::openapi::shared_request_in(&sources, &method, &resource.path.value);
+    let body_schema = crate::openapi::shared_request_in(&sources, &method, declared.path);
     Ok(UpstreamOperation {
         name: full_name.to_owned(),
         capability: capability.clone(),
