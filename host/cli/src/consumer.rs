@@ -31,6 +31,17 @@ fn key_entry(key: &str, indent: &str) -> String {
 
 /// Appends a consumer with a new key to `file` (made if missing); returns the key.
 pub fn add(file: &Path, name: &str, scope: &ScopeArgs<'_>) -> Result<String, String> {
+    add_with_limits(file, name, scope, &[])
+}
+
+/// `add`, with `limits` (each a limit as a YAML flow mapping, `{ rate: 1, burst: 5 }`) on the
+/// consumer.
+pub fn add_with_limits(
+    file: &Path,
+    name: &str,
+    scope: &ScopeArgs<'_>,
+    limits: &[&str],
+) -> Result<String, String> {
     let mut text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => "consumers:\n".to_owned(),
@@ -57,6 +68,12 @@ pub fn add(file: &Path, name: &str, scope: &ScopeArgs<'_>) -> Result<String, Str
         quote(scope.name),
         quote(scope.access)
     ));
+    if !limits.is_empty() {
+        text.push_str("    limits:\n");
+        for limit in limits {
+            text.push_str(&format!("      - {limit}\n"));
+        }
+    }
     check(file, &text)?;
     write(file, &text)?;
     Ok(key)

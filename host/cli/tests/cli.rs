@@ -172,6 +172,66 @@ fn demo_prints_where_everything_is() {
     assert!(out.contains("Stripe stand-in   http://127.0.0.1:"), "{out}");
 }
 
+#[test]
+fn demo_with_a_consumer_prints_its_key_and_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
+    let (rest, mcp) = (free_port(), free_port());
+    let seed = seed
+        .replace("port: 8080", &format!("port: {rest}"))
+        .replace("port: 9090", &format!("port: {mcp}"));
+    std::fs::write(dir.path().join("identity-sessions.yaml"), seed).unwrap();
+    let mut child = capgate()
+        .args([
+            "demo",
+            "--consumer",
+            "--specs",
+            &dir.path().display().to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut printed = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    let key = printed
+        .split_whitespace()
+        .find(|word| word.starts_with("cg_") && word.len() > 40)
+        .map(str::to_owned);
+    let path = "/v1/v1/identity/verification-sessions?limit=1";
+    let bearer = key.as_ref().map(|key| format!("Bearer {key}"));
+    let answers: Vec<_> = bearer
+        .iter()
+        .flat_map(|bearer| {
+            (0..8).map(|_| get_with(rest, path, &[("authorization", bearer)]).map(|(s, _)| s))
+        })
+        .collect();
+    let without = get(rest, path).map(|(status, _)| status);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(key.is_some(), "no key printed:\n{printed}");
+    assert!(
+        printed.contains(&format!("-H 'Authorization: Bearer {}'", key.unwrap())),
+        "the commands do not send the key:\n{printed}"
+    );
+    assert_eq!(without, Some(401), "a call without a key");
+    // A burst of 5, then one call per second: the first five pass, the eighth does not.
+    assert_eq!(
+        answers[..5],
+        [Some(200); 5],
+        "the demo consumer's calls: {answers:?}"
+    );
+    assert_eq!(answers[7], Some(429), "past the burst: {answers:?}");
+}
+
 /// A POST over a fresh HTTP/1.1 connection; the answer's head and body.
 fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (String, String) {
     use std::io::{Read, Write};
@@ -269,12 +329,21 @@ fn debug_logs_never_show_tool_arguments_or_results() {
 
 /// A GET over a fresh HTTP/1.1 connection; the status code and body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    get_with(port, path, &[])
+}
+
+/// A GET with `headers` over a fresh HTTP/1.1 connection; the status code and body.
+fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;

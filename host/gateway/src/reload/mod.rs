@@ -14,5 +14,5 @@ mod thread;
 mod watch;
 
 pub use catalog::{Catalog, FileState, FileStatus, Report};
-pub use thread::ReloadThread;
+pub use thread::{ReloadThread, set_memory_release};
 pub use watch::Watcher;

@@ -41,11 +41,29 @@ impl ReloadThread {
     }
 }
 
+/// How the reload thread gives freed memory back, when the binary's allocator is not the
+/// system's (`set_memory_release`).
+static RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets how the reload thread returns the memory a reload freed to the system, for a binary
+/// with its own global allocator (glibc's `malloc_trim` does nothing for mimalloc's heaps).
+/// The first call wins.
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE.set(release);
+}
+
 /// Returns the memory a reload freed (the previous snapshot's, the parse trees') to the system:
-/// glibc keeps it otherwise, and RSS would creep up with reloads.
+/// allocators keep it otherwise, and RSS would creep up with reloads.
+fn give_back_free_memory() {
+    match RELEASE.get() {
+        Some(release) => release(),
+        None => trim_system_heap(),
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn give_back_free_memory() {
+fn trim_system_heap() {
     // SAFETY: `malloc_trim` only releases free heap pages; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
@@ -53,4 +71,4 @@ fn give_back_free_memory() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn give_back_free_memory() {}
+fn trim_system_heap() {}
