@@ -300,6 +300,82 @@ async fn mcp_consumers_see_only_the_tools_their_scopes_grant() {
     );
 }
 
+/// A 2025-11-25 session opened with `key`, and what it hears of tool list changes.
+async fn notified_session(
+    url: &str,
+    key: &str,
+) -> (
+    rmcp::service::RunningService<rmcp::RoleClient, crate::reload::Notified>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(key),
+    );
+    let session = crate::reload::Notified(tx).serve(transport).await.unwrap();
+    (session, rx)
+}
+
+#[tokio::test]
+async fn only_consumers_whose_visible_tools_change_hear_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir).await;
+    let url = crate::mcp::mcp_url(&h).await;
+    let (reader, mut reader_heard) = notified_session(&url, READER).await;
+    let (writer, mut writer_heard) = notified_session(&url, WRITER).await;
+    assert_eq!(reader.list_all_tools().await.unwrap().len(), 2);
+    assert_eq!(writer.list_all_tools().await.unwrap().len(), 4);
+
+    // The writer may now read as well; the reader's scopes are as they were.
+    std::fs::write(dir.path().join("consumers.yaml"), consumers_file("any")).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), writer_heard.recv())
+        .await
+        .expect("the writer's session hears that its tools changed")
+        .unwrap();
+    assert_eq!(writer.list_all_tools().await.unwrap().len(), 6);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), reader_heard.recv())
+            .await
+            .is_err(),
+        "the reader's tools did not change, and it was told they had"
+    );
+    assert_eq!(reader.list_all_tools().await.unwrap().len(), 2);
+
+    // An edit that changes nobody's tools (a new consumer's key for another team) tells the
+    // new consumer's sessions only, and there are none.
+    let mut edited = consumers_file("any");
+    edited.push_str(&format!(
+        "  - name: newcomer\n    keys:\n{}    scopes:\n      - access: read\n",
+        key("cg_00000000000000000000000000000000000000000000ffff", "")
+    ));
+    std::fs::write(dir.path().join("consumers.yaml"), edited).unwrap();
+    // The newcomer's key working is the sign that the edit was loaded.
+    let started = std::time::Instant::now();
+    while tools_list(
+        &h,
+        Some("cg_00000000000000000000000000000000000000000000ffff"),
+    )
+    .await
+    .0 != 200
+    {
+        assert!(started.elapsed() < Duration::from_secs(5), "never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for heard in [&mut reader_heard, &mut writer_heard] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), heard.recv())
+                .await
+                .is_err(),
+            "a session was told of a change that did not touch its tools"
+        );
+    }
+    reader.cancel().await.unwrap();
+    writer.cancel().await.unwrap();
+}
+
 /// The official Python SDK, given a consumer's key, sees only that consumer's tools.
 #[tokio::test]
 async fn the_python_sdk_with_a_bearer_key_sees_only_its_tools() {

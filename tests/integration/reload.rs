@@ -470,7 +470,7 @@ async fn shutdown_finishes_in_flight_requests_then_stops_accepting() {
 
 /// An MCP client that reports `notifications/tools/list_changed` on a channel.
 #[derive(Clone)]
-struct Notified(tokio::sync::mpsc::UnboundedSender<()>);
+pub struct Notified(pub tokio::sync::mpsc::UnboundedSender<()>);
 
 impl rmcp::ClientHandler for Notified {
     async fn on_tool_list_changed(

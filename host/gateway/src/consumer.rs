@@ -40,6 +40,12 @@ pub struct Consumers {
     last_use: ArcSwap<HashMap<String, Arc<AtomicU64>>>,
 }
 
+/// A consumers file that loaded with changes: the set it replaced, and the new one.
+pub struct Changed {
+    pub before: Arc<ConsumerSet>,
+    pub after: Arc<ConsumerSet>,
+}
+
 /// A caller identified by its key or token.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -84,16 +90,17 @@ impl Consumers {
         self.file.as_ref()
     }
 
-    /// Re-reads the consumers file if its bytes changed; returns whether the set changed. A
-    /// file with errors keeps the last good set (its diagnostics are in [`Consumers::status`]).
-    pub fn refresh(&self) -> bool {
+    /// Re-reads the consumers file if its bytes changed; returns the set before and after
+    /// when it changed. A file with errors keeps the last good set (its diagnostics are in
+    /// [`Consumers::status`]).
+    pub fn refresh(&self) -> Option<Changed> {
         let Some(path) = &self.file else {
-            return false;
+            return None;
         };
         let bytes = capgate_model::read::bytes(path, capgate_model::read::SPEC_LIMIT).ok();
         let mut last = self.last.lock().expect("not poisoned");
         if last.0.is_some() && last.0 == bytes {
-            return false;
+            return None;
         }
         // The bytes just compared are the ones parsed: a write between two reads cannot leave
         // a set that differs from what the next comparison sees.
@@ -116,9 +123,10 @@ impl Consumers {
                     })
                     .collect();
                 self.last_use.store(Arc::new(last_use));
-                self.set.store(Arc::new(set));
+                let after = Arc::new(set);
+                let before = self.set.swap(after.clone());
                 last.1.clear();
-                true
+                Some(Changed { before, after })
             }
             Err(diagnostics) => {
                 for d in &diagnostics {
@@ -126,7 +134,7 @@ impl Consumers {
                 }
                 tracing::error!(file = %path.display(), "the consumers file has errors; the last good consumers stay");
                 last.1 = diagnostics;
-                false
+                None
             }
         }
     }

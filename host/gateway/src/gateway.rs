@@ -248,9 +248,9 @@ impl Gateway {
             );
             return None;
         };
-        if consumers_changed {
-            // What each consumer sees may have changed: MCP clients list their tools again.
-            shared.mcp.notify_all();
+        if let Some(changed) = &consumers_changed {
+            // Sessions of consumers whose scopes now show other tools list them again.
+            shared.mcp.notify_consumers(changed);
         }
         let report = match refreshed {
             Some((snapshot, mut report)) => {

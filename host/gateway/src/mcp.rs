@@ -8,7 +8,7 @@
 //! answered by `direct` without rmcp's per-request service. Only this module knows rmcp.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,14 +31,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Entry, Timing};
-use crate::consumer::{Caller, Consumers};
+use crate::consumer::{Caller, Changed, Consumers};
 use crate::error::GatewayError;
 use crate::invoke::{Inputs, Invoker, Outcome};
 use crate::response::{self, HttpResponse};
 use crate::trace::Traced;
 use capgate_model::arguments::{Strictness, validate_arguments};
 use capgate_model::config::McpConfig;
-use capgate_model::consumers::{Call, Target};
+use capgate_model::consumers::{Call, Consumer, ConsumerSet, Target};
 use capgate_model::snapshot::{ListenKey, Listener, McpAdapter, Snapshot, Tool};
 use capgate_plugin::PluginSet;
 
@@ -74,10 +74,28 @@ struct Endpoint {
 /// describes.
 struct Registry {
     latest: ArcSwap<Version>,
-    /// Legacy (2025-era) sessions, to notify on change.
-    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// Legacy (2025-era) sessions, to notify on change, with the consumer each was opened by.
+    peers: Mutex<Vec<(Peer<RoleServer>, Option<String>)>>,
     /// 2026-era `subscriptions/listen` streams, to notify on change.
-    changed: broadcast::Sender<()>,
+    changed: broadcast::Sender<Notice>,
+}
+
+/// Whose tool lists changed: everyone's (the adapter's tools did), or only what some
+/// consumers see (the consumers file changed their scopes).
+#[derive(Clone, Debug)]
+enum Notice {
+    Everyone,
+    Consumers(Arc<HashSet<String>>),
+}
+
+impl Notice {
+    /// Whether a session or stream opened by `consumer` (none: no consumer required) is told.
+    fn reaches(&self, consumer: Option<&str>) -> bool {
+        match self {
+            Notice::Everyone => true,
+            Notice::Consumers(names) => consumer.is_some_and(|name| names.contains(name)),
+        }
+    }
 }
 
 /// One version of an adapter and its tool list as MCP announces it.
@@ -174,11 +192,11 @@ impl Registry {
         }
     }
 
-    fn notify(&self) {
-        let _ = self.changed.send(());
+    fn notify(&self, notice: Notice) {
+        let _ = self.changed.send(notice.clone());
         let mut peers = self.peers.lock().expect("not poisoned");
-        peers.retain(|peer| !peer.is_transport_closed());
-        for peer in peers.iter() {
+        peers.retain(|(peer, _)| !peer.is_transport_closed());
+        for (peer, _) in peers.iter().filter(|(_, c)| notice.reaches(c.as_deref())) {
             let peer = peer.clone();
             tokio::spawn(async move {
                 if let Err(error) = peer.notify_tool_list_changed().await {
@@ -187,6 +205,38 @@ impl Registry {
             });
         }
     }
+}
+
+/// The consumers who see a different set of `adapter`'s tools in `after` than in `before`.
+fn seeing_other_tools(
+    adapter: &McpAdapter,
+    before: &ConsumerSet,
+    after: &ConsumerSet,
+) -> HashSet<String> {
+    let sees = |consumer: Option<&Arc<Consumer>>| -> Vec<bool> {
+        adapter
+            .tools
+            .iter()
+            .map(|tool| {
+                consumer.is_some_and(|c| {
+                    c.may(&Target {
+                        capability: &adapter.origin.capability,
+                        adapter: &adapter.namespace,
+                        name: &tool.name,
+                        read_only: tool.hints.read_only,
+                    })
+                })
+            })
+            .collect()
+    };
+    before
+        .consumers
+        .iter()
+        .chain(&after.consumers)
+        .map(|c| c.name.as_str())
+        .filter(|name| sees(before.get(name)) != sees(after.get(name)))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn to_mcp_tool(tool: &Tool) -> McpTool {
@@ -305,16 +355,21 @@ impl Hub {
         let endpoints = self.endpoints.lock().expect("not poisoned");
         for key in changed {
             if let Some(endpoint) = endpoints.get(key) {
-                endpoint.registry.notify();
+                endpoint.registry.notify(Notice::Everyone);
             }
         }
     }
 
-    /// Tells the clients of every adapter that its tool list may have changed (the consumers
-    /// changed, and with them what each one sees).
-    pub fn notify_all(&self) {
+    /// Tells the sessions and streams of each consumer whose visible tools the consumers
+    /// file's change changed (new or narrower scopes, a consumer added or removed) that its
+    /// tool list changed; the other consumers' hear nothing.
+    pub fn notify_consumers(&self, changed: &Changed) {
         for endpoint in self.endpoints.lock().expect("not poisoned").values() {
-            endpoint.registry.notify();
+            let adapter = endpoint.registry.latest.load().adapter.clone();
+            let names = seeing_other_tools(&adapter, &changed.before, &changed.after);
+            if !names.is_empty() {
+                endpoint.registry.notify(Notice::Consumers(Arc::new(names)));
+            }
         }
     }
 
@@ -776,14 +831,18 @@ impl Handler {
     }
 }
 
+/// What the front door pinned for the HTTP request whose message carries `extensions`.
+fn pinned_in(extensions: &rmcp::model::Extensions) -> Option<&Pinned> {
+    extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Pinned>())
+}
+
 impl Handler {
     /// What the front door pinned for this request; the latest version for messages that reach
     /// rmcp without one (none should: every request passes `Hub::handle`).
     fn pinned(&self, context: &RequestContext<RoleServer>) -> Pinned {
-        context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<Pinned>())
+        pinned_in(&context.extensions)
             .cloned()
             .unwrap_or_else(|| Pinned {
                 adapter: self.registry.latest.load().adapter.clone(),
@@ -887,9 +946,12 @@ impl ServerHandler for Handler {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let consumer = pinned_in(&context.extensions)
+            .and_then(|pinned| pinned.caller.as_ref())
+            .map(|caller| caller.consumer.name.clone());
         let mut peers = self.registry.peers.lock().expect("not poisoned");
-        peers.retain(|peer| !peer.is_transport_closed());
-        peers.push(context.peer);
+        peers.retain(|(peer, _)| !peer.is_transport_closed());
+        peers.push((context.peer, consumer));
     }
 
     fn accepted_subscription_filter(
@@ -900,13 +962,18 @@ impl ServerHandler for Handler {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let consumer = self
+            .pinned(context.request_context())
+            .caller
+            .map(|caller| caller.consumer.name.clone());
         let mut changes = self.registry.changed.subscribe();
         loop {
             tokio::select! {
                 () = context.cancelled() => return Ok(()),
                 change = changes.recv() => match change {
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(notice) if !notice.reaches(consumer.as_deref()) => {}
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         if let Err(error) = context.sink().notify_tool_list_changed().await {
                             tracing::debug!(%error, "a subscription stream closed");
                             return Ok(());
