@@ -87,6 +87,14 @@ async fn all_corpus_files_serve_together() {
             values.insert("probe".into(), serde_json::json!("1"));
         }
         values.extend(required);
+        // What the operation's description requires of the body, as it would be sent.
+        if let capgate_model::snapshot::Action::Call(call) = &route.operation.action
+            && let Some(schema) = &call.upstream.body_schema
+            && let serde_json::Value::Object(needed) =
+                sample_of(&serde_json::Value::Object(schema.as_ref().clone()))
+        {
+            values.extend(needed);
+        }
         if route.method == http::Method::POST {
             request = request.json(&values);
         } else {
@@ -111,6 +119,34 @@ async fn all_corpus_files_serve_together() {
         expected += 1;
     }
     assert_eq!(h.sim.requests().len(), expected);
+}
+
+/// A value that `schema` (an OpenAPI schema as capgate keeps it) accepts, with every
+/// property it requires, at every depth.
+fn sample_of(schema: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Value, json};
+    if let Some(Value::Array(alternatives)) = schema.get("anyOf") {
+        return alternatives.first().map(sample_of).unwrap_or(json!("x"));
+    }
+    if let Some(Value::Array(allowed)) = schema.get("enum")
+        && let Some(first) = allowed.iter().find(|v| v.as_str() != Some(""))
+    {
+        return first.clone();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let mut object = serde_json::Map::new();
+            for name in schema["required"].as_array().into_iter().flatten() {
+                let name = name.as_str().unwrap();
+                object.insert(name.to_owned(), sample_of(&schema["properties"][name]));
+            }
+            Value::Object(object)
+        }
+        Some("array") => json!([sample_of(&schema["items"])]),
+        Some("integer") | Some("number") => json!(1),
+        Some("boolean") => json!(true),
+        _ => json!("x"),
+    }
 }
 
 /// A value of the given type, to fill a required input.
@@ -267,4 +303,35 @@ async fn a_title_cased_path_is_sent_as_the_descriptions() {
     let sent = h.sim.requests().pop().expect("the upstream was called");
     assert_eq!(sent.method, "DELETE");
     assert_eq!(sent.path, "/v1/invoiceitems/ii_123");
+}
+
+/// What an operation requires (its OpenAPI description says so) is asked for before anything
+/// is sent: a PaymentIntent without `currency` is Stripe's 400 `parameter_missing`, from the
+/// gateway; with it, the call goes on.
+#[tokio::test]
+async fn a_required_parameter_left_out_is_refused_naming_it() {
+    let file = "payment-intents-post.yaml";
+    let text = std::fs::read_to_string(common::corpus().join(file)).unwrap();
+    let h = common::Harness::with_specs(&[(file, &text)], |_| {}).await;
+    let url = format!("{}/v1/v1/payment-intents", h.base(8080).await);
+    let response = h
+        .http
+        .post(&url)
+        .form(&[("amount", "2000")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "parameter_missing", "{body}");
+    assert_eq!(body["error"]["param"], "currency", "{body}");
+    assert!(h.sim.requests().is_empty(), "a refused call reached Stripe");
+    h.http
+        .post(&url)
+        .form(&[("amount", "2000"), ("currency", "usd")])
+        .send()
+        .await
+        .unwrap();
+    let sent = h.sim.requests().pop().expect("the complete call was sent");
+    assert_eq!(sent.path, "/v1/payment_intents");
 }

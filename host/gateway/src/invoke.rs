@@ -383,8 +383,8 @@ fn request_outcome<T>(outcome: &Result<(RequestOutcome, T), Failure>) -> &'stati
 }
 
 /// The caller's body checked against the operation's request schema (from its schema source,
-/// when it has one): an unknown field, a value outside an enum or of the wrong kind is the
-/// caller's 400, naming the parameter, before anything is sent.
+/// when it has one): an unknown field, a value outside an enum or of the wrong kind, or a
+/// required one left out, is the caller's 400, naming the parameter, before anything is sent.
 fn check_body(
     call: &capgate_model::snapshot::Call,
     values: &Map<String, Value>,
@@ -400,10 +400,16 @@ fn check_body(
             _ => None,
         })
         .unwrap_or("body");
-    let Some(Value::Object(body)) = values.get(input) else {
-        return Ok(());
+    let empty = Map::new();
+    let body = match values.get(input) {
+        Some(Value::Object(body)) => body,
+        // No body at all: nothing to check but what the operation requires.
+        None | Some(Value::Null) => &empty,
+        Some(_) => return Ok(()),
     };
-    capgate_model::openapi::check(body, schema).map_err(|mismatch| {
+    // A required field the call sends as a parameter of its own (not in `body`) is there.
+    let given = |name: &str| call.with.iter().any(|(with, _)| with == name);
+    capgate_model::openapi::check_given(body, schema, given).map_err(|mismatch| {
         GatewayError::bad_request(mismatch.code, mismatch.message, Some(&mismatch.param))
     })
 }

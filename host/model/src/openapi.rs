@@ -513,7 +513,44 @@ pub struct Mismatch {
 /// "unset", is taken anywhere): unknown fields where the schema allows none, values outside an
 /// `enum`, and values of the wrong kind.
 pub fn check(body: &Map<String, Value>, schema: &Map<String, Value>) -> Result<(), Mismatch> {
+    check_given(body, schema, |_| false)
+}
+
+/// [`check`], and what the schema requires is there: in `body`, or (at its top level) among
+/// the request's other parameters, those `given` says the call sends besides the body.
+pub fn check_given(
+    body: &Map<String, Value>,
+    schema: &Map<String, Value>,
+    given: impl Fn(&str) -> bool,
+) -> Result<(), Mismatch> {
+    if let Some(missing) = missing_required(body, schema, &given) {
+        return Err(missing_param(missing.to_owned()));
+    }
     check_object(body, schema, "")
+}
+
+/// The first name `schema` requires that neither `object` nor `given` has.
+fn missing_required<'s>(
+    object: &Map<String, Value>,
+    schema: &'s Map<String, Value>,
+    given: &dyn Fn(&str) -> bool,
+) -> Option<&'s str> {
+    let Some(Value::Array(required)) = schema.get("required") else {
+        return None;
+    };
+    required
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|name| !given(name) && object.get(*name).is_none_or(Value::is_null))
+}
+
+/// Stripe's answer to a required parameter left out.
+fn missing_param(param: String) -> Mismatch {
+    Mismatch {
+        code: "parameter_missing",
+        message: format!("Missing required param: {param}."),
+        param,
+    }
 }
 
 fn name_of(parent: &str, key: &str) -> String {
@@ -603,7 +640,12 @@ fn check_value(value: &Value, schema: &Map<String, Value>, param: &str) -> Resul
         param: param.to_owned(),
     };
     match (kind, value) {
-        (Some("object"), Value::Object(object)) => check_object(object, schema, param),
+        (Some("object"), Value::Object(object)) => {
+            if let Some(missing) = missing_required(object, schema, &|_| false) {
+                return Err(missing_param(name_of(param, missing)));
+            }
+            check_object(object, schema, param)
+        }
         (Some("object"), _) => Err(wrong("an object (a hash)")),
         (Some("array"), Value::Array(items)) => {
             let item = schema.get("items").and_then(Value::as_object);
@@ -653,6 +695,45 @@ mod check_tests {
 
     fn body(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn what_an_operation_requires_must_be_sent() {
+        let schema = request_in(stripe(), &Method::POST, "/v1/payment_intents")
+            .unwrap()
+            .body;
+        let missing = check(&body(json!({"amount": 2000})), &schema).unwrap_err();
+        assert_eq!(
+            (
+                missing.code,
+                missing.param.as_str(),
+                missing.message.as_str()
+            ),
+            (
+                "parameter_missing",
+                "currency",
+                "Missing required param: currency."
+            )
+        );
+        // Given as a parameter of its own, besides the body, it is there.
+        assert_eq!(
+            check_given(&body(json!({"amount": 2000})), &schema, |n| n == "currency"),
+            Ok(())
+        );
+        // Inside an object that is sent, what that object requires too.
+        let nested = check(
+            &body(json!({"amount": 2000, "currency": "usd", "shipping": {"name": "A"}})),
+            &schema,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (nested.code, nested.param.as_str()),
+            ("parameter_missing", "shipping[address]")
+        );
+        assert_eq!(
+            check(&body(json!({"amount": 2000, "currency": "usd"})), &schema),
+            Ok(())
+        );
     }
 
     #[test]
