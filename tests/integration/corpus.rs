@@ -171,16 +171,22 @@ async fn query_parameters_a_file_leaves_out_come_from_the_description() {
     let text = std::fs::read_to_string(common::corpus().join("terminal-terminal.yaml")).unwrap();
     let h = common::Harness::with_specs(&[("terminal-terminal.yaml", &text)], |_| {}).await;
     let status = h.gateway.status();
-    let note = status[0]
+    // One note for the file says all that was taken from the description.
+    let notes: Vec<_> = status[0]
         .diagnostics
         .iter()
-        .find(|d| d.code.as_str() == "schema-source" && d.message.contains("query parameter"))
-        .unwrap_or_else(|| panic!("{:?}", status[0].diagnostics));
+        .filter(|d| d.code.as_str() == "schema-source" && d.line == 0)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
-        note.message
-            .starts_with("6 query parameter(s) of 5 operation(s)"),
+        notes[0]
+            .message
+            .contains("6 tool(s) announce the operation's request schema")
+            && notes[0]
+                .message
+                .contains("6 query parameter(s) of 5 operation(s)"),
         "{}",
-        note.message
+        notes[0].message
     );
 
     let url = format!("{}/mcp/terminal-terminal-mcp", h.base(9090).await);

@@ -978,6 +978,53 @@ async fn an_array_output_is_the_text_itself_and_annotations_are_only_the_files()
     }
 }
 
+/// A scalar output is the value itself as the text (its JSON, which the reference engine's
+/// clients parse), with no `structuredContent`; a tool's `label` is its title, in its annotations
+/// too, next to only the hints the file gives.
+#[tokio::test]
+async fn a_scalar_output_is_the_text_itself_and_a_label_is_the_title() {
+    let seed = std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml"))
+        .unwrap()
+        .replacen(
+            "        body: tools.body\n      outputParameters:\n      - type: object\n        mapping: $.\n    - name: stripe-post-identity-verification-sessions-2\n      description: Stripe Post   Identity Verification Sessions Session\n      hints:\n        readOnly: false\n        destructive: false\n        idempotent: false\n",
+            "        body: tools.body\n      outputParameters:\n      - type: string\n        mapping: $.status\n    - name: stripe-post-identity-verification-sessions-2\n      label: Update a verification session\n      description: Stripe Post   Identity Verification Sessions Session\n      hints:\n        idempotent: false\n",
+            1,
+        );
+    assert!(seed.contains("mapping: $.status"), "the seed changed shape");
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |_| {}).await;
+    let session = common::create_session_directly(&h.sim).await;
+    let url = mcp_url(&h).await;
+    for client in [legacy_client(&url).await, modern_client(&url).await] {
+        let tools = client.list_all_tools().await.unwrap();
+        let update = tools
+            .iter()
+            .find(|t| t.name == "stripe-post-identity-verification-sessions-2")
+            .unwrap();
+        assert_eq!(
+            update.title.as_deref(),
+            Some("Update a verification session")
+        );
+        let annotations = update.annotations.as_ref().expect("a label and a hint");
+        assert_eq!(
+            annotations.title.as_deref(),
+            Some("Update a verification session")
+        );
+        assert_eq!(annotations.idempotent_hint, Some(false));
+        assert_eq!(annotations.read_only_hint, None, "not in the file");
+        assert_eq!(annotations.destructive_hint, None, "not in the file");
+        let result = call(
+            &client,
+            "stripe-get-identity-verification-sessions-2",
+            json!({"session": session}),
+        )
+        .await;
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        assert!(result.structured_content.is_none(), "{result:?}");
+        let value: Value = serde_json::from_str(&text_of(&result)).unwrap();
+        assert_eq!(value, json!("requires_input"));
+    }
+}
+
 /// A listener with one MCP adapter answers it at `/` too (the reference engine serves any
 /// path); with two, `/` is a 404 that lists the endpoints.
 #[tokio::test]

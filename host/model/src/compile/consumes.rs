@@ -11,7 +11,7 @@ use super::Options;
 use super::auth::Side;
 use super::inputs::input_spec;
 use crate::config::{FailurePolicy, ProfileName, TransformBinding};
-use crate::diag::{Code, Diagnostics, Loc};
+use crate::diag::{Code, Diagnostics};
 use crate::snapshot::{
     BodyPlan, Location, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
 };
@@ -70,25 +70,20 @@ pub(super) fn compile(
             None => add_adapter(loaded, http, options, &binds, &mut upstreams, diags),
         }
     }
+    upstreams
+}
+
+/// How many query parameters the file does not declare were taken from the upstream's
+/// OpenAPI description, and of how many operations (for the file's `schema-source` note).
+pub fn described_query(upstreams: &Upstreams) -> (usize, usize) {
     let mut operations: Vec<&Arc<UpstreamOperation>> = upstreams.operations.values().collect();
     operations.sort_by_key(|op| Arc::as_ptr(op));
     operations.dedup_by_key(|op| Arc::as_ptr(op));
-    let described: usize = operations
-        .iter()
-        .map(|op| op.params.iter().filter(|p| p.described.is_some()).count())
-        .sum();
-    if described > 0 {
-        let ops = operations
-            .iter()
-            .filter(|op| op.params.iter().any(|p| p.described.is_some()))
-            .count();
-        diags.info(
-            Code::SchemaSource,
-            &Loc::default(),
-            format!("{described} query parameter(s) of {ops} operation(s) that the file does not declare are taken from the upstream's OpenAPI description"),
-        );
-    }
-    upstreams
+    let described =
+        |op: &&Arc<UpstreamOperation>| op.params.iter().filter(|p| p.described.is_some()).count();
+    let params = operations.iter().map(described).sum();
+    let ops = operations.iter().filter(|op| described(op) > 0).count();
+    (params, ops)
 }
 
 fn add_adapter(

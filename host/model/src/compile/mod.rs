@@ -218,12 +218,23 @@ pub fn compile_file(loaded: &LoadedFile, options: &Options) -> CompiledFile {
                     enriched: 0,
                 };
                 let (rest, mcp) = expose::compile(&mut cx, capability);
+                // One note per file for everything taken from the schema sources.
+                let mut taken = Vec::new();
                 if cx.enriched > 0 {
-                    let count = cx.enriched;
+                    taken.push(format!("{} tool(s) announce the operation's request schema instead of an opaque body", cx.enriched));
+                }
+                let (params, ops) = consumes::described_query(&upstreams);
+                if params > 0 {
+                    taken.push(format!("{params} query parameter(s) of {ops} operation(s) that the file does not declare are added"));
+                }
+                if !taken.is_empty() {
                     cx.diags.info(
                         Code::SchemaSource,
                         &Loc::default(),
-                        format!("{count} tool(s) announce the upstream's request schema (from its OpenAPI description) instead of an opaque body"),
+                        format!(
+                            "from the upstream's OpenAPI description: {}",
+                            taken.join("; ")
+                        ),
                     );
                 }
                 compiled.missing_binds = cx.missing_binds;
