@@ -214,6 +214,7 @@ async fn both_eras_list_the_seeds_six_tools() {
         server.title.as_deref(),
         Some("Stripe Identity API — Sessions")
     );
+    assert_eq!(server.version, "2026-05-19", "the file's `info.modified`");
     assert!(
         info.instructions
             .as_deref()

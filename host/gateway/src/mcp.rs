@@ -863,8 +863,13 @@ impl ServerHandler for Handler {
             .enable_tools()
             .enable_tool_list_changed()
             .build();
-        // The adapter's namespace, as the format's reference engine names its server.
-        let mut server = Implementation::new(adapter.namespace.clone(), env!("CARGO_PKG_VERSION"));
+        // The adapter's namespace, as the format's reference engine names its server; the
+        // version is the file's (its `info` date), else capgate's.
+        let version = adapter
+            .version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
+        let mut server = Implementation::new(adapter.namespace.clone(), version);
         server.title = Some(adapter.title.clone());
         let mut info = ServerConfig::new(capabilities).with_server_info(server);
         if let Some(description) = &adapter.description {

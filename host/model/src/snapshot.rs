@@ -167,6 +167,8 @@ pub struct McpAdapter {
     pub namespace: String,
     /// The capability's `info.label`, else its file name.
     pub title: String,
+    /// The capability's `info.modified` (else `created`), as MCP's `serverInfo.version`.
+    pub version: Option<String>,
     pub description: Option<String>,
     pub origin: Origin,
     /// The adapter's caller authentication, if it declares one.

@@ -1093,6 +1093,7 @@ fn mcp_adapter(
         Arc::new(McpAdapter {
             namespace: adapter.namespace.value.clone(),
             title,
+            version: cx.loaded.document.info.modified.clone(),
             description: adapter.description.clone(),
             origin: Origin {
                 line: adapter.at.line,

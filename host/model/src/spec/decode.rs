@@ -70,11 +70,16 @@ fn info(node: &Node, at: Loc, diags: &mut Diagnostics) -> Info {
     let Some(mut fields) = Fields::open(node, at, diags, "a mapping") else {
         return Info::default();
     };
+    let label = fields.string("label", diags).map(|s| s.value);
+    let description = fields.string("description", diags).map(|s| s.value);
+    let created = fields.string("created", diags).map(|s| s.value);
+    let modified = fields.string("modified", diags).map(|s| s.value);
     let info = Info {
-        label: fields.string("label", diags).map(|s| s.value),
-        description: fields.string("description", diags).map(|s| s.value),
+        label,
+        description,
+        modified: modified.or(created),
     };
-    for key in ["tags", "created", "modified", "stakeholders"] {
+    for key in ["tags", "stakeholders"] {
         fields.take(key);
     }
     fields.finish(diags);

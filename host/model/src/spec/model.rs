@@ -54,6 +54,9 @@ pub enum DocumentBody {
 pub struct Info {
     pub label: Option<String>,
     pub description: Option<String>,
+    /// `modified` (else `created`): the date the capability was last changed, the nearest
+    /// thing the format has to a version.
+    pub modified: Option<String>,
 }
 
 /// One entry of `binds`.
