@@ -134,6 +134,86 @@ fn check_seed_tools(tools: &[Tool]) {
 
 /// A call with the body's fields as arguments of their own reaches Stripe as the form body
 /// the old `body: {...}` call sent; `tools/list` of the seed stays small.
+/// A description attached in the gateway config (YAML, by namespace glob) is the schema source
+/// for the adapters it names, and `stripe: false` turns Stripe's off: the seed's create tool is
+/// then described, and its REST body checked, by the attached file alone; with neither, its
+/// body is the file's opaque object again.
+#[tokio::test]
+async fn an_attached_description_replaces_stripes_and_off_means_opaque() {
+    use capgate_model::config::SchemaSource;
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let description = dir.path().join("widgets.yaml");
+    std::fs::write(
+        &description,
+        "openapi: 3.0.0\npaths:\n  /v1/identity/verification_sessions:\n    post:\n      requestBody:\n        content:\n          application/x-www-form-urlencoded:\n            schema:\n              type: object\n              additionalProperties: false\n              properties:\n                colour:\n                  type: string\n                  enum: [red, blue]\n                  description: The session's colour. Only two exist.\n",
+    )
+    .unwrap();
+    let create = "stripe-post-identity-verification-sessions";
+    let tool_schema = |tools: Vec<Tool>| {
+        let tool = tools.into_iter().find(|t| t.name == create).unwrap();
+        Value::Object(tool.input_schema.as_ref().clone())
+    };
+
+    let attached = description.clone();
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], move |c| {
+        c.schemas.stripe = false;
+        c.schemas.sources = vec![SchemaSource {
+            namespace: "identity-*".into(),
+            file: attached,
+        }];
+    })
+    .await;
+    let schema = tool_schema(
+        legacy_client(&mcp_url(&h).await)
+            .await
+            .list_all_tools()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        schema["properties"]["colour"]["enum"],
+        json!(["red", "blue"]),
+        "{schema}"
+    );
+    assert!(schema["properties"].get("type").is_none(), "{schema}");
+    let sessions = h.sessions().await;
+    for (form, code, param) in [
+        (&[("colour", "green")][..], "parameter_invalid", "colour"),
+        (&[("type", "document")][..], "parameter_unknown", "type"),
+    ] {
+        let response = h.http.post(&sessions).form(form).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{form:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (
+                body["error"]["code"].as_str(),
+                body["error"]["param"].as_str()
+            ),
+            (Some(code), Some(param)),
+            "{body}"
+        );
+    }
+    assert!(h.sim.requests().is_empty(), "a refused body was sent");
+    h.gateway.shutdown().await;
+
+    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |c| {
+        c.schemas.stripe = false;
+    })
+    .await;
+    let schema = tool_schema(
+        legacy_client(&mcp_url(&h).await)
+            .await
+            .list_all_tools()
+            .await
+            .unwrap(),
+    );
+    let properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+    assert!(properties.contains(&&"body".to_owned()), "{schema}");
+    assert!(schema["properties"].get("type").is_none(), "{schema}");
+}
+
 #[tokio::test]
 async fn flattened_arguments_reach_the_upstream_as_the_form_body() {
     let h = Harness::seed().await;
