@@ -274,6 +274,7 @@ fn watched_gateway(
     sim: SocketAddr,
     with_corpus: bool,
     debounce_ms: u64,
+    schemas: bool,
 ) -> anyhow::Result<Watched> {
     let specs = tempfile::tempdir()?;
     if with_corpus {
@@ -289,12 +290,15 @@ fn watched_gateway(
         .path()
         .join("..")
         .join(format!("capgate-bench-{}.yaml", std::process::id()));
-    let config_text = format!(
+    let mut config_text = format!(
         "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 7001: {port}, 8080: {}, 9090: {} }} }}\nreload: {{ debounce: {debounce_ms} }}\n",
         specs.path().display(),
         procs::free_port(),
         procs::free_port()
     );
+    if !schemas {
+        config_text.push_str("schemas: { stripe: false }\n");
+    }
     std::fs::write(&config, config_text)?;
     let gateway = procs::gateway_with_config(&config, sim)?;
     procs::wait_for_port(
@@ -345,8 +349,14 @@ pub async fn reload(samples: usize, reloads: usize) -> anyhow::Result<()> {
     );
     println!("| specs loaded | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|");
-    for (name, corpus) in [("1 file", false), ("322 corpus files + 1", true)] {
-        let watched = watched_gateway(stand.addr, corpus, 100)?;
+    // Tool schemas from Stripe's description (the default), and without (`stripe: false`).
+    for (name, corpus, schemas) in [
+        ("1 file", false, true),
+        ("1 file, schemas off", false, false),
+        ("322 corpus files + 1", true, true),
+        ("322 corpus files + 1, schemas off", true, false),
+    ] {
+        let watched = watched_gateway(stand.addr, corpus, 100, schemas)?;
         let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
         for i in 0..samples {
             let took = reload_once(&client, &watched, &format!("s{i}")).await?;
@@ -359,7 +369,7 @@ pub async fn reload(samples: usize, reloads: usize) -> anyhow::Result<()> {
             histogram.max() as f64 / 1000.0
         );
     }
-    let watched = watched_gateway(stand.addr, true, 5)?;
+    let watched = watched_gateway(stand.addr, true, 5, true)?;
     reload_once(&client, &watched, "first").await?;
     let first = watched.gateway.rss_kib().unwrap_or(0);
     println!(
