@@ -340,4 +340,41 @@ async fn a_required_parameter_left_out_is_refused_naming_it() {
         .unwrap();
     let sent = h.sim.requests().pop().expect("the complete call was sent");
     assert_eq!(sent.path, "/v1/payment_intents");
+
+    // The file's tool for it announces the real parameters, not its opaque `body`.
+    let url = format!("{}/mcp/payment-intents-post-mcp", h.base(9090).await);
+    let client = crate::mcp::modern_client(&url).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let create = tools
+        .iter()
+        .find(|t| t.name == "stripe-post-payment-intents")
+        .expect("the create tool");
+    let properties = create.input_schema["properties"].as_object().unwrap();
+    for name in [
+        "amount",
+        "currency",
+        "customer",
+        "metadata",
+        "payment_method_types",
+    ] {
+        assert!(properties.contains_key(name), "{name}: {properties:?}");
+    }
+    assert_eq!(properties["amount"]["type"], "integer");
+    let sent_before = h.sim.requests().len();
+    let refused = crate::mcp::call(
+        &client,
+        "stripe-post-payment-intents",
+        serde_json::json!({"amount": 5}),
+    )
+    .await;
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    assert!(
+        format!("{refused:?}").contains("currency"),
+        "the refusal names what is missing: {refused:?}"
+    );
+    assert_eq!(
+        h.sim.requests().len(),
+        sent_before,
+        "a refused call was sent"
+    );
 }
