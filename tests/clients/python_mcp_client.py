@@ -36,6 +36,7 @@ async def session(url: str, mode: str) -> dict:
         missing = dump(await client.call_tool("stripe-get-identity-verification-sessions-2", {"session": "vs_missing"}))
         bad = dump(await client.call_tool("stripe-get-identity-verification-sessions", {"limit": "ten"}))
         return {
+            "protocol_version": client.protocol_version,
             "tools": [tool.name for tool in tools],
             "annotations": {tool.name: dump(tool.annotations) for tool in tools},
             "created": created,

@@ -93,6 +93,9 @@ async fn the_python_sdk_lists_and_calls_the_seed_tools() {
         String::from_utf8_lossy(&output.stderr)
     );
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // `auto` discovers the 2026 era (capgate serves it); `legacy` is the initialize handshake.
+    assert_eq!(seen["legacy"]["protocol_version"], "2025-11-25");
+    assert_eq!(seen["auto"]["protocol_version"], "2026-07-28");
     for mode in ["legacy", "auto"] {
         let run = &seen[mode];
         assert_eq!(run["tools"].as_array().unwrap().len(), 6, "{mode}");
