@@ -702,12 +702,17 @@ impl Handler {
         arguments: Option<Map<String, Value>>,
         progress: &Progress,
         meta: crate::trace::MetaContext<'_>,
-    ) -> CallToolResult {
+        compact: bool,
+    ) -> Answer {
         let timing = Timing::start();
         let request_id = crate::invoke::request_id();
-        let bytes_in = arguments
-            .as_ref()
-            .map_or(0, |a| serde_json::to_vec(a).map_or(0, |v| v.len() as u64));
+        let bytes_in = if self.invoker.access().is_on() {
+            arguments
+                .as_ref()
+                .map_or(0, |a| serde_json::to_vec(a).map_or(0, |v| v.len() as u64))
+        } else {
+            0
+        };
         let traced = pinned.traced.as_ref().map(|http| {
             // As the MCP semantic conventions name and describe a tool call.
             let mut attributes = vec![
@@ -732,13 +737,13 @@ impl Handler {
             timing.exchange.clone(),
             crate::trace::within(
                 traced.as_ref(),
-                self.call(tool, pinned, arguments, progress, &request_id),
+                self.call(tool, pinned, arguments, progress, &request_id, compact),
             ),
         )
         .await;
         if let Some(traced) = &traced {
             traced.answered(status);
-            if result.is_error == Some(true) {
+            if result.is_error() {
                 traced.set(KeyValue::new("error.type", "tool_error"));
             }
         }
@@ -764,12 +769,7 @@ impl Handler {
                 route: "tools/call",
                 status,
                 bytes_in,
-                bytes_out: result
-                    .content
-                    .iter()
-                    .filter_map(|c| c.as_text())
-                    .map(|t| t.text.len() as u64)
-                    .sum(),
+                bytes_out: result.text_len(),
                 limit: caller
                     .filter(|c| !c.consumer.limits.is_empty())
                     .map(|_| "admitted"),
@@ -791,14 +791,18 @@ impl Handler {
         arguments: Option<Map<String, Value>>,
         progress: &Progress,
         request_id: &Arc<str>,
-    ) -> (u16, CallToolResult) {
+        compact: bool,
+    ) -> (u16, Answer) {
         let values = match validate_arguments(
             &tool.inputs,
             into_body(tool, arguments.unwrap_or_default()),
             Strictness::Exact,
         ) {
             Ok(values) => values,
-            Err(error) => return (400, text_error(format!("invalid arguments: {error}"))),
+            Err(error) => {
+                let result = text_error(format!("invalid arguments: {error}"));
+                return (400, Answer::Result(result));
+            }
         };
         progress
             .step(1, "arguments accepted; calling the operation")
@@ -819,11 +823,16 @@ impl Handler {
                 progress
                     .step(2, &format!("answered {}", outcome.status.as_u16()))
                     .await;
-                (outcome.status.as_u16(), tool_result(&outcome))
+                let answer = match compact.then(|| compact_object(&outcome)).flatten() {
+                    Some(text) => Answer::Object(text),
+                    None => Answer::Result(tool_result(&outcome)),
+                };
+                (outcome.status.as_u16(), answer)
             }
             Err(error) => {
                 progress.step(2, &format!("failed: {}", error.code())).await;
-                (error.status().as_u16(), gateway_error_result(&error))
+                let result = gateway_error_result(&error);
+                (error.status().as_u16(), Answer::Result(result))
             }
         };
         progress.step(3, "result ready").await;
@@ -942,7 +951,7 @@ impl ServerHandler for Handler {
             .map(|meta| crate::trace::MetaContext::of(&meta.0.0))
             .unwrap_or_default();
         tokio::select! {
-            result = self.run(tool, &pinned, request.arguments, &progress, meta) => Ok(result.into()),
+            result = self.run(tool, &pinned, request.arguments, &progress, meta, false) => Ok(result.into_result().into()),
             () = context.ct.cancelled() => {
                 tracing::info!(tool = %tool.name, "tool call cancelled by the client; upstream call aborted");
                 Err(ErrorData::internal_error("the request was cancelled", None))
@@ -1192,6 +1201,97 @@ fn text_error(message: String) -> CallToolResult {
 
 /// An upstream answer as a tool result: the JSON as `structuredContent` plus a text copy;
 /// an upstream status of 400 or more is an error result carrying the upstream error.
+/// What a tool call answers: rmcp's result, or (where the caller asked for it: the direct path)
+/// a successful result whose structured content is an object, kept as its compact JSON text,
+/// which is also the result's text: written out without building a tree of it.
+pub(super) enum Answer {
+    Result(CallToolResult),
+    Object(String),
+}
+
+impl Answer {
+    fn into_result(self) -> CallToolResult {
+        match self {
+            Answer::Result(result) => result,
+            Answer::Object(text) => CallToolResult::structured(
+                serde_json::from_str(&text).expect("the compact JSON of an object"),
+            ),
+        }
+    }
+
+    fn is_error(&self) -> bool {
+        match self {
+            Answer::Result(result) => result.is_error == Some(true),
+            Answer::Object(_) => false,
+        }
+    }
+
+    /// The length of the result's text, for the access log.
+    fn text_len(&self) -> u64 {
+        match self {
+            Answer::Result(result) => result
+                .content
+                .iter()
+                .filter_map(|c| c.as_text())
+                .map(|t| t.text.len() as u64)
+                .sum(),
+            Answer::Object(text) => text.len() as u64,
+        }
+    }
+}
+
+/// The compact JSON of a successful outcome's body when it is upstream bytes holding one JSON
+/// object: what `tool_result` would serialize of it (as both the text and the structured
+/// content), made by transcoding the bytes rather than parsing them into a `Value` (whose map
+/// hashes every key) and serializing that twice. Duplicate keys, which a `Value` would merge,
+/// are written as they came.
+fn compact_object(outcome: &Outcome) -> Option<String> {
+    let crate::invoke::Body::Raw(bytes) = &outcome.body else {
+        return None;
+    };
+    if outcome.status.as_u16() >= 400
+        || bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut from = serde_json::Deserializer::from_slice(bytes);
+    serde_transcode::transcode(&mut from, &mut serde_json::Serializer::new(&mut out)).ok()?;
+    from.end().ok()?;
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    #[test]
+    fn a_compact_object_is_what_a_parsed_value_would_serialize_to() {
+        let pretty = "{\n  \"id\": \"vs_1\",\n  \"amount\": 1e2,\n  \"big\": 18446744073709551615,\n  \"s\": \"\\u00e9\\/\\t\\\"x\\\"\",\n  \"a\": [ 1 , 2.50, {\"k\": null} ]\n}\n";
+        let outcome = Outcome {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: crate::invoke::Body::Raw(Bytes::from(pretty)),
+        };
+        let parsed: Value = serde_json::from_str(pretty).unwrap();
+        assert_eq!(compact_object(&outcome), Some(parsed.to_string()));
+        // Not an object, not JSON, or a failure: the usual path.
+        for (status, body) in [
+            (StatusCode::OK, "[1, 2]"),
+            (StatusCode::OK, "{\"a\": 1} trailing"),
+            (StatusCode::OK, "{\"a\": "),
+            (StatusCode::NOT_FOUND, "{\"error\": {}}"),
+        ] {
+            let outcome = Outcome {
+                status,
+                headers: HeaderMap::new(),
+                body: crate::invoke::Body::Raw(Bytes::from(body)),
+            };
+            assert_eq!(compact_object(&outcome), None, "{body}");
+        }
+    }
+}
+
 fn tool_result(outcome: &Outcome) -> CallToolResult {
     let failed = outcome.status.as_u16() >= 400;
     match outcome.body_json() {

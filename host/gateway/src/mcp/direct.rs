@@ -22,7 +22,7 @@ use rmcp::model::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{Endpoint, Pinned, Progress};
+use super::{Answer, Endpoint, Pinned, Progress};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
 
@@ -82,7 +82,7 @@ impl Endpoint {
                     traceparent: call.params.meta.traceparent.as_deref(),
                     tracestate: call.params.meta.tracestate.as_deref(),
                 };
-                let result = self
+                let answered = self
                     .handler
                     .run(
                         tool,
@@ -90,9 +90,13 @@ impl Endpoint {
                         call.params.arguments,
                         &Progress::none(),
                         meta,
+                        true,
                     )
                     .await;
-                return answer(call.id, result.into());
+                return match answered {
+                    Answer::Object(text) => answer_object(call.id, &text),
+                    Answer::Result(result) => answer(call.id, result.into()),
+                };
             }
         }
         self.service
@@ -219,6 +223,45 @@ fn answer(id: RequestId, response: CallToolResponse) -> HttpResponse {
     response::json_bytes(StatusCode::OK, body)
 }
 
+/// Marks where a successful object result's text and structured content go in the message
+/// rmcp would write: control characters, which JSON always escapes, so neither can occur in
+/// the rest of the message as serialized.
+const TEXT_MARK: &str = "\u{1}capgate-text\u{1}";
+const OBJECT_MARK: &str = "\u{1}capgate-object\u{1}";
+
+/// [`answer`] for a successful result whose structured content is the object `compact` (its
+/// compact JSON) and whose text is that JSON: rmcp writes the message around two marks, and
+/// the marks are replaced by `compact`, as a string and as itself. The bytes are those
+/// `answer` writes for `CallToolResult::structured` of the parsed object.
+fn answer_object(id: RequestId, compact: &str) -> HttpResponse {
+    let mut result = rmcp::model::CallToolResult::structured(serde_json::Value::String(
+        OBJECT_MARK.to_owned(),
+    ));
+    result.content = vec![rmcp::model::ContentBlock::text(TEXT_MARK.to_owned())];
+    let mut framed = ServerResult::from(CallToolResponse::from(result));
+    framed.fill_missing_cache_hints();
+    let message = ServerJsonRpcMessage::response(framed, id);
+    let frame = serde_json::to_string(&message).expect("a tool result serializes");
+    let text_mark = serde_json::to_string(TEXT_MARK).expect("a string serializes");
+    let object_mark = serde_json::to_string(OBJECT_MARK).expect("a string serializes");
+    let text = serde_json::to_string(compact).expect("a string serializes");
+    let mut body = Vec::with_capacity(frame.len() + text.len() + compact.len());
+    let mut rest = frame.as_str();
+    for _ in 0..2 {
+        let (at, mark, with) = match (rest.find(&text_mark), rest.find(&object_mark)) {
+            (Some(t), Some(o)) if t < o => (t, &text_mark, text.as_str()),
+            (_, Some(o)) => (o, &object_mark, compact),
+            (Some(t), None) => (t, &text_mark, text.as_str()),
+            (None, None) => break,
+        };
+        body.extend_from_slice(rest[..at].as_bytes());
+        body.extend_from_slice(with.as_bytes());
+        rest = &rest[at + mark.len()..];
+    }
+    body.extend_from_slice(rest.as_bytes());
+    response::json_bytes(StatusCode::OK, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +296,23 @@ mod tests {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {}
         })
+    }
+
+    #[tokio::test]
+    async fn an_object_result_is_written_as_rmcp_writes_it() {
+        let object = serde_json::json!({
+            "id": "vs_1", "quote": "a \"b\" \\ c\n\u{1}", "é": ["ü", 1.5, -2, null, true],
+            "nested": {"empty": {}, "list": []}
+        });
+        let compact = object.to_string();
+        let direct = answer_object(RequestId::Number(7), &compact);
+        let via_rmcp = answer(
+            RequestId::Number(7),
+            rmcp::model::CallToolResult::structured(object).into(),
+        );
+        let direct = direct.into_body().collect().await.unwrap().to_bytes();
+        let via_rmcp = via_rmcp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(direct, via_rmcp);
     }
 
     #[test]
