@@ -1261,37 +1261,6 @@ fn compact_object(outcome: &Outcome) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-#[cfg(test)]
-mod compact_tests {
-    use super::*;
-
-    #[test]
-    fn a_compact_object_is_what_a_parsed_value_would_serialize_to() {
-        let pretty = "{\n  \"id\": \"vs_1\",\n  \"amount\": 1e2,\n  \"big\": 18446744073709551615,\n  \"s\": \"\\u00e9\\/\\t\\\"x\\\"\",\n  \"a\": [ 1 , 2.50, {\"k\": null} ]\n}\n";
-        let outcome = Outcome {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: crate::invoke::Body::Raw(Bytes::from(pretty)),
-        };
-        let parsed: Value = serde_json::from_str(pretty).unwrap();
-        assert_eq!(compact_object(&outcome), Some(parsed.to_string()));
-        // Not an object, not JSON, or a failure: the usual path.
-        for (status, body) in [
-            (StatusCode::OK, "[1, 2]"),
-            (StatusCode::OK, "{\"a\": 1} trailing"),
-            (StatusCode::OK, "{\"a\": "),
-            (StatusCode::NOT_FOUND, "{\"error\": {}}"),
-        ] {
-            let outcome = Outcome {
-                status,
-                headers: HeaderMap::new(),
-                body: crate::invoke::Body::Raw(Bytes::from(body)),
-            };
-            assert_eq!(compact_object(&outcome), None, "{body}");
-        }
-    }
-}
-
 fn tool_result(outcome: &Outcome) -> CallToolResult {
     let failed = outcome.status.as_u16() >= 400;
     match outcome.body_json() {
@@ -1343,4 +1312,35 @@ fn with_status(mut value: Value, status: StatusCode) -> Value {
 /// can read, with the same Stripe-shaped body REST callers get.
 fn gateway_error_result(error: &GatewayError) -> CallToolResult {
     CallToolResult::structured_error(with_status(error.to_json(), error.status()))
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    #[test]
+    fn a_compact_object_is_what_a_parsed_value_would_serialize_to() {
+        let pretty = "{\n  \"id\": \"vs_1\",\n  \"amount\": 1e2,\n  \"big\": 18446744073709551615,\n  \"s\": \"\\u00e9\\/\\t\\\"x\\\"\",\n  \"a\": [ 1 , 2.50, {\"k\": null} ]\n}\n";
+        let outcome = Outcome {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: crate::invoke::Body::Raw(Bytes::from(pretty)),
+        };
+        let parsed: Value = serde_json::from_str(pretty).unwrap();
+        assert_eq!(compact_object(&outcome), Some(parsed.to_string()));
+        // Not an object, not JSON, or a failure: the usual path.
+        for (status, body) in [
+            (StatusCode::OK, "[1, 2]"),
+            (StatusCode::OK, "{\"a\": 1} trailing"),
+            (StatusCode::OK, "{\"a\": "),
+            (StatusCode::NOT_FOUND, "{\"error\": {}}"),
+        ] {
+            let outcome = Outcome {
+                status,
+                headers: HeaderMap::new(),
+                body: crate::invoke::Body::Raw(Bytes::from(body)),
+            };
+            assert_eq!(compact_object(&outcome), None, "{body}");
+        }
+    }
 }

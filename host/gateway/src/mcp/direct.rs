@@ -223,42 +223,71 @@ fn answer(id: RequestId, response: CallToolResponse) -> HttpResponse {
     response::json_bytes(StatusCode::OK, body)
 }
 
-/// Marks where a successful object result's text and structured content go in the message
-/// rmcp would write: control characters, which JSON always escapes, so neither can occur in
-/// the rest of the message as serialized.
+/// Marks where a successful object result's id, text and structured content go in the
+/// message rmcp would write: control characters, which JSON always escapes, so none can occur
+/// in the rest of the message as serialized.
+const ID_MARK: &str = "\u{1}capgate-id\u{1}";
 const TEXT_MARK: &str = "\u{1}capgate-text\u{1}";
 const OBJECT_MARK: &str = "\u{1}capgate-object\u{1}";
 
-/// [`answer`] for a successful result whose structured content is the object `compact` (its
-/// compact JSON) and whose text is that JSON: rmcp writes the message around two marks, and
-/// the marks are replaced by `compact`, as a string and as itself. The bytes are those
-/// `answer` writes for `CallToolResult::structured` of the parsed object.
-fn answer_object(id: RequestId, compact: &str) -> HttpResponse {
-    let mut result = rmcp::model::CallToolResult::structured(serde_json::Value::String(
-        OBJECT_MARK.to_owned(),
-    ));
+/// rmcp's message for a successful structured result, cut at the id, the text and the
+/// structured content, which are what differs between two such messages: written once.
+static OBJECT_FRAME: std::sync::LazyLock<Vec<(Slot, String)>> = std::sync::LazyLock::new(|| {
+    let mut result =
+        rmcp::model::CallToolResult::structured(serde_json::Value::String(OBJECT_MARK.to_owned()));
     result.content = vec![rmcp::model::ContentBlock::text(TEXT_MARK.to_owned())];
     let mut framed = ServerResult::from(CallToolResponse::from(result));
     framed.fill_missing_cache_hints();
-    let message = ServerJsonRpcMessage::response(framed, id);
-    let frame = serde_json::to_string(&message).expect("a tool result serializes");
-    let text_mark = serde_json::to_string(TEXT_MARK).expect("a string serializes");
-    let object_mark = serde_json::to_string(OBJECT_MARK).expect("a string serializes");
-    let text = serde_json::to_string(compact).expect("a string serializes");
-    let mut body = Vec::with_capacity(frame.len() + text.len() + compact.len());
-    let mut rest = frame.as_str();
-    for _ in 0..2 {
-        let (at, mark, with) = match (rest.find(&text_mark), rest.find(&object_mark)) {
-            (Some(t), Some(o)) if t < o => (t, &text_mark, text.as_str()),
-            (_, Some(o)) => (o, &object_mark, compact),
-            (Some(t), None) => (t, &text_mark, text.as_str()),
-            (None, None) => break,
-        };
-        body.extend_from_slice(rest[..at].as_bytes());
-        body.extend_from_slice(with.as_bytes());
-        rest = &rest[at + mark.len()..];
+    let message = ServerJsonRpcMessage::response(framed, RequestId::String(ID_MARK.into()));
+    let mut rest = serde_json::to_string(&message).expect("a tool result serializes");
+    let marks = [
+        (Slot::Id, ID_MARK),
+        (Slot::Text, TEXT_MARK),
+        (Slot::Object, OBJECT_MARK),
+    ]
+    .map(|(slot, mark)| {
+        (
+            slot,
+            serde_json::to_string(mark).expect("a string serializes"),
+        )
+    });
+    // Each piece of text is followed by the slot that comes next in the message.
+    let mut pieces = Vec::new();
+    while let Some((at, slot, len)) = marks
+        .iter()
+        .filter_map(|(slot, mark)| rest.find(mark.as_str()).map(|at| (at, *slot, mark.len())))
+        .min_by_key(|(at, _, _)| *at)
+    {
+        pieces.push((slot, rest[..at].to_owned()));
+        rest = rest[at + len..].to_owned();
     }
-    body.extend_from_slice(rest.as_bytes());
+    pieces.push((Slot::End, rest));
+    pieces
+});
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Id,
+    Text,
+    Object,
+    End,
+}
+
+/// [`answer`] for a successful result whose structured content is the object `compact` (its
+/// compact JSON) and whose text is that JSON: rmcp's frame for such a result, written once
+/// around marks, with the id, `compact` as a string and `compact` itself in their places. The
+/// bytes are those `answer` writes for `CallToolResult::structured` of the parsed object.
+fn answer_object(id: RequestId, compact: &str) -> HttpResponse {
+    let mut body = Vec::with_capacity(2 * compact.len() + 256);
+    for (slot, text) in OBJECT_FRAME.iter() {
+        body.extend_from_slice(text.as_bytes());
+        match slot {
+            Slot::Id => serde_json::to_writer(&mut body, &id).expect("an id serializes"),
+            Slot::Text => serde_json::to_writer(&mut body, compact).expect("a string serializes"),
+            Slot::Object => body.extend_from_slice(compact.as_bytes()),
+            Slot::End => {}
+        }
+    }
     response::json_bytes(StatusCode::OK, body)
 }
 
@@ -305,14 +334,19 @@ mod tests {
             "nested": {"empty": {}, "list": []}
         });
         let compact = object.to_string();
-        let direct = answer_object(RequestId::Number(7), &compact);
-        let via_rmcp = answer(
+        for id in [
             RequestId::Number(7),
-            rmcp::model::CallToolResult::structured(object).into(),
-        );
-        let direct = direct.into_body().collect().await.unwrap().to_bytes();
-        let via_rmcp = via_rmcp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(direct, via_rmcp);
+            RequestId::String("a \"quoted\" id".into()),
+        ] {
+            let direct = answer_object(id.clone(), &compact);
+            let via_rmcp = answer(
+                id,
+                rmcp::model::CallToolResult::structured(object.clone()).into(),
+            );
+            let direct = direct.into_body().collect().await.unwrap().to_bytes();
+            let via_rmcp = via_rmcp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(direct, via_rmcp);
+        }
     }
 
     #[test]
