@@ -144,10 +144,9 @@ fn runs_until(args: &[&str], needle: &str) -> String {
     );
 }
 
-#[test]
-fn demo_prints_where_everything_is() {
-    // The shipped spec declares 8080 and 9090, which may be taken on a test machine: run a copy
-    // that declares free ports instead.
+/// A folder with the shipped seed declaring free ports (8080 and 9090 may be taken on a test
+/// machine), and those ports: REST's, then MCP's.
+fn seed_on_free_ports() -> (tempfile::TempDir, u16, u16) {
     let dir = tempfile::tempdir().unwrap();
     let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
     let (rest, mcp) = (free_port(), free_port());
@@ -155,6 +154,12 @@ fn demo_prints_where_everything_is() {
         .replace("port: 8080", &format!("port: {rest}"))
         .replace("port: 9090", &format!("port: {mcp}"));
     std::fs::write(dir.path().join("identity-sessions.yaml"), seed).unwrap();
+    (dir, rest, mcp)
+}
+
+#[test]
+fn demo_prints_where_everything_is() {
+    let (dir, rest, mcp) = seed_on_free_ports();
     let out = runs_until(
         &["demo", "--specs", &dir.path().display().to_string()],
         "Ctrl-C",
@@ -174,13 +179,7 @@ fn demo_prints_where_everything_is() {
 
 #[test]
 fn demo_with_a_consumer_prints_its_key_and_requires_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
-    let (rest, mcp) = (free_port(), free_port());
-    let seed = seed
-        .replace("port: 8080", &format!("port: {rest}"))
-        .replace("port: 9090", &format!("port: {mcp}"));
-    std::fs::write(dir.path().join("identity-sessions.yaml"), seed).unwrap();
+    let (dir, rest, _) = seed_on_free_ports();
     let mut child = capgate()
         .args([
             "demo",
@@ -257,13 +256,7 @@ fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (String,
 
 #[test]
 fn debug_logs_never_show_tool_arguments_or_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let seed = std::fs::read_to_string(repo("specs/identity-sessions.yaml")).unwrap();
-    let (rest, mcp) = (free_port(), free_port());
-    let seed = seed
-        .replace("port: 8080", &format!("port: {rest}"))
-        .replace("port: 9090", &format!("port: {mcp}"));
-    std::fs::write(dir.path().join("identity-sessions.yaml"), seed).unwrap();
+    let (dir, _, mcp) = seed_on_free_ports();
     let log = dir.path().join("stderr.log");
     let mut child = capgate()
         .args(["demo", "--specs", &dir.path().display().to_string()])
