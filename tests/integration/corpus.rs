@@ -378,3 +378,51 @@ async fn a_required_parameter_left_out_is_refused_naming_it() {
         "a refused call was sent"
     );
 }
+
+/// An operation that declares its body as `in: body` parameters, and only some of them, takes
+/// the description's others too: a tool's flattened argument and a REST form field of those
+/// names reach Stripe in the form body (`tests/specs/ok/body-params-described.yaml`).
+#[tokio::test]
+async fn body_parameters_a_file_leaves_out_come_from_the_description() {
+    let file = "body-params-described.yaml";
+    let text = std::fs::read_to_string(common::root().join("tests/specs/ok").join(file)).unwrap();
+    let h = common::Harness::with_specs(&[(file, &text)], |_| {}).await;
+    let url = format!("{}/mcp/identity-mcp", h.base(9090).await);
+    let client = crate::mcp::modern_client(&url).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let properties = tools[0].input_schema["properties"].as_object().unwrap();
+    assert!(properties.contains_key("metadata"), "{properties:?}");
+    assert_eq!(
+        properties["type"]["description"], "The kind of check, as this file says.",
+        "the declared one keeps the file's words"
+    );
+    let called = crate::mcp::call(
+        &client,
+        "create-session",
+        serde_json::json!({"type": "document", "metadata": {"team": "kyc"}}),
+    )
+    .await;
+    // The file declares no credentials: the stand-in answers 401, having seen the form.
+    assert_eq!(called.is_error, Some(true), "{called:?}");
+    let sent = h.sim.requests().pop().expect("the call was sent");
+    assert_eq!(sent.form()["metadata"]["team"], "kyc", "{}", sent.body);
+
+    let response = h
+        .http
+        .post(format!("{}/v1/sessions", h.base(8080).await))
+        .form(&[
+            ("type", "document"),
+            ("return_url", "https://example.com/back"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "{}", response.text().await.unwrap());
+    let sent = h.sim.requests().pop().expect("the call was sent");
+    assert_eq!(
+        sent.form()["return_url"],
+        "https://example.com/back",
+        "{}",
+        sent.body
+    );
+}

@@ -408,7 +408,8 @@ fn check_body(
         Some(_) => return Ok(()),
     };
     // A required field the call sends as a parameter of its own (not in `body`) is there.
-    let given = |name: &str| call.with.iter().any(|(with, _)| with == name);
+    let given =
+        |name: &str| call.with.iter().any(|(with, _)| with == name) || values.contains_key(name);
     capgate_model::openapi::check_given(body, schema, given).map_err(|mismatch| {
         GatewayError::bad_request(mismatch.code, mismatch.message, Some(&mismatch.param))
     })

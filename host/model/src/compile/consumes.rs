@@ -73,17 +73,26 @@ pub(super) fn compile(
     upstreams
 }
 
-/// How many query parameters the file does not declare were taken from the upstream's
-/// OpenAPI description, and of how many operations (for the file's `schema-source` note).
-pub fn described_query(upstreams: &Upstreams) -> (usize, usize) {
+/// How many query and body parameters the file does not declare were taken from the
+/// upstream's OpenAPI description, and of how many operations (for the file's
+/// `schema-source` note).
+pub fn described_params(upstreams: &Upstreams) -> (usize, usize, usize) {
     let mut operations: Vec<&Arc<UpstreamOperation>> = upstreams.operations.values().collect();
     operations.sort_by_key(|op| Arc::as_ptr(op));
     operations.dedup_by_key(|op| Arc::as_ptr(op));
-    let described =
-        |op: &&Arc<UpstreamOperation>| op.params.iter().filter(|p| p.described.is_some()).count();
-    let params = operations.iter().map(described).sum();
-    let ops = operations.iter().filter(|op| described(op) > 0).count();
-    (params, ops)
+    let described = |op: &&Arc<UpstreamOperation>, body: bool| {
+        op.params
+            .iter()
+            .filter(|p| p.described.is_some() && (p.location == Location::Body) == body)
+            .count()
+    };
+    let query = operations.iter().map(|op| described(op, false)).sum();
+    let body = operations.iter().map(|op| described(op, true)).sum();
+    let ops = operations
+        .iter()
+        .filter(|op| described(op, false) + described(op, true) > 0)
+        .count();
+    (query, body, ops)
 }
 
 fn add_adapter(
@@ -360,6 +369,14 @@ fn operation(
         declared.path,
         adapter.profile,
     );
+    add_described_body(
+        &mut params,
+        &sources,
+        &method,
+        declared.path,
+        adapter.profile,
+        op.body.is_some(),
+    );
     let body = body_plan(op, &method, &params, &mut resolve, diags)?;
     let missing_binds = missing_binds(adapter, &params, &body);
     let transforms = transforms_for(
@@ -472,6 +489,52 @@ fn add_described_query(
             value: None,
             spec: super::inputs::described_spec(&query.name, &query.schema, profile),
             described: Some(query.schema.clone()),
+        });
+    }
+}
+
+/// An operation that sends its body as `in: body` parameters (no `body` template, no opaque
+/// `body` object, which tools enrich instead) gets the description's other body properties as
+/// optional `in: body` parameters, as it gets the query parameters it leaves out: surfaces take
+/// them by name and announce them with their schemas, and the body carries those a call gives.
+fn add_described_body(
+    params: &mut Vec<UpstreamParam>,
+    sources: &[Arc<crate::openapi::OpenApi>],
+    method: &Method,
+    path: &str,
+    profile: ProfileName,
+    templated: bool,
+) {
+    let in_body = |p: &&UpstreamParam| p.location == Location::Body;
+    if sources.is_empty()
+        || templated
+        || matches!(*method, Method::GET | Method::DELETE | Method::HEAD)
+        || !params.iter().any(|p| in_body(&p))
+        || params.iter().filter(in_body).any(|p| p.name == "body")
+    {
+        return;
+    }
+    let Some(schema) = crate::openapi::shared_request_in(sources, method, path) else {
+        return;
+    };
+    let Some(serde_json::Value::Object(properties)) = schema.get("properties") else {
+        return;
+    };
+    let spelling = |name: &str| name.replace('-', "_").to_ascii_lowercase();
+    for (name, property) in properties {
+        let taken = spelling(name);
+        let serde_json::Value::Object(property) = property else {
+            continue;
+        };
+        if params.iter().any(|p| spelling(&p.name) == taken) {
+            continue;
+        }
+        params.push(UpstreamParam {
+            name: name.clone(),
+            location: Location::Body,
+            value: None,
+            spec: super::inputs::described_spec(name, property, profile),
+            described: Some(Arc::new(property.clone())),
         });
     }
 }

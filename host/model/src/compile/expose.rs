@@ -291,7 +291,7 @@ fn rest_inputs(
             if !params.iter().any(|p| p.name == param.name) {
                 params.push(ExposedParam {
                     name: param.name.clone(),
-                    location: Some(Location::Query),
+                    location: Some(param.location),
                     selector: None,
                     spec: caller_spec(param, &param.name),
                 });
@@ -301,8 +301,9 @@ fn rest_inputs(
     RestInputs::Declared(params)
 }
 
-/// The query parameters the schema source added to `upstream`'s (`consumes::
-/// add_described_query`) that `with` does not route: a surface takes each by its own name.
+/// The query and body parameters the schema source added to `upstream`'s (`consumes::
+/// add_described_query`, `add_described_body`) that `with` does not route: a surface takes
+/// each by its own name.
 fn described_query<'a>(
     upstream: &'a UpstreamOperation,
     with: &'a [(String, Source)],

@@ -223,9 +223,17 @@ pub fn compile_file(loaded: &LoadedFile, options: &Options) -> CompiledFile {
                 if cx.enriched > 0 {
                     taken.push(format!("{} tool(s) announce the operation's request schema instead of an opaque body", cx.enriched));
                 }
-                let (params, ops) = consumes::described_query(&upstreams);
-                if params > 0 {
-                    taken.push(format!("{params} query parameter(s) of {ops} operation(s) that the file does not declare are added"));
+                let (query, body, ops) = consumes::described_params(&upstreams);
+                let params = match (query, body) {
+                    (0, 0) => None,
+                    (query, 0) => Some(format!("{query} query parameter(s)")),
+                    (0, body) => Some(format!("{body} body parameter(s)")),
+                    (query, body) => Some(format!("{query} query and {body} body parameter(s)")),
+                };
+                if let Some(params) = params {
+                    taken.push(format!(
+                        "{params} of {ops} operation(s) that the file does not declare are added"
+                    ));
                 }
                 if !taken.is_empty() {
                     cx.diags.info(
