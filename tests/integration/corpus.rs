@@ -360,6 +360,11 @@ async fn a_required_parameter_left_out_is_refused_naming_it() {
         assert!(properties.contains_key(name), "{name}: {properties:?}");
     }
     assert_eq!(properties["amount"]["type"], "integer");
+    // What the operation requires is required of the (flattened) arguments, as announced.
+    let required = create.input_schema["required"].as_array().unwrap();
+    for name in ["amount", "currency"] {
+        assert!(required.contains(&serde_json::json!(name)), "{required:?}");
+    }
     let sent_before = h.sim.requests().len();
     let refused = crate::mcp::call(
         &client,

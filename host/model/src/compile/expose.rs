@@ -1263,11 +1263,33 @@ fn enrich(
             ),
         );
     }
-    if let Some(Value::Array(required)) = schema.get_mut("required") {
+    // The announced form is the flattened one: what the operation requires of its body is
+    // required of the arguments (a call that sends `body` whole instead is still taken, and
+    // checked for them there).
+    let body_required: Vec<Value> = match request.get("required") {
+        Some(Value::Array(names)) => names
+            .iter()
+            .filter(|name| {
+                name.as_str()
+                    .is_some_and(|n| flattened.iter().any(|f| f == n))
+            })
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let required = schema
+        .entry("required")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(required) = required {
         required.retain(|r| r != "body");
-        if required.is_empty() {
-            schema.remove("required");
-        }
+        required.extend(body_required);
+    }
+    if schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        schema.remove("required");
     }
     cx.enriched += 1;
     flattened
