@@ -369,11 +369,11 @@ fn operation(
         declared.path,
         adapter.profile,
     );
+    let body_schema = crate::openapi::shared_request_in(&sources, &method, declared.path);
     add_described_body(
         &mut params,
-        &sources,
+        body_schema.as_deref(),
         &method,
-        declared.path,
         adapter.profile,
         op.body.is_some(),
     );
@@ -388,7 +388,6 @@ fn operation(
     if let Some(loaded) = &options.loaded_plugins {
         warn_unloaded(&transforms, loaded, &op.at, diags);
     }
-    let body_schema = crate::openapi::shared_request_in(&sources, &method, declared.path);
     Ok(UpstreamOperation {
         name: full_name.to_owned(),
         capability: capability.clone(),
@@ -477,7 +476,7 @@ fn add_described_query(
     if sources.is_empty() {
         return;
     }
-    let spelling = |name: &str| name.replace('-', "_").to_ascii_lowercase();
+    let spelling = super::fold_spelling;
     for query in crate::openapi::shared_query_in(sources, method, path).iter() {
         let taken = spelling(&query.name);
         if params.iter().any(|p| spelling(&p.name) == taken) {
@@ -499,28 +498,26 @@ fn add_described_query(
 /// them by name and announce them with their schemas, and the body carries those a call gives.
 fn add_described_body(
     params: &mut Vec<UpstreamParam>,
-    sources: &[Arc<crate::openapi::OpenApi>],
+    schema: Option<&serde_json::Map<String, serde_json::Value>>,
     method: &Method,
-    path: &str,
     profile: ProfileName,
     templated: bool,
 ) {
     let in_body = |p: &&UpstreamParam| p.location == Location::Body;
-    if sources.is_empty()
-        || templated
+    let Some(schema) = schema else {
+        return;
+    };
+    if templated
         || matches!(*method, Method::GET | Method::DELETE | Method::HEAD)
         || !params.iter().any(|p| in_body(&p))
         || params.iter().filter(in_body).any(|p| p.name == "body")
     {
         return;
     }
-    let Some(schema) = crate::openapi::shared_request_in(sources, method, path) else {
-        return;
-    };
     let Some(serde_json::Value::Object(properties)) = schema.get("properties") else {
         return;
     };
-    let spelling = |name: &str| name.replace('-', "_").to_ascii_lowercase();
+    let spelling = super::fold_spelling;
     for (name, property) in properties {
         let taken = spelling(name);
         let serde_json::Value::Object(property) = property else {

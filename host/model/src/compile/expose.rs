@@ -755,7 +755,7 @@ fn bind_misspelled(
     entries: &[WithEntry],
     at: &Loc,
 ) -> Vec<(String, Source)> {
-    let fold = |name: &str| name.replace('-', "_").to_ascii_lowercase();
+    let fold = super::fold_spelling;
     with.into_iter()
         .map(|(name, source)| {
             let Source::Input(input) = &source else {

@@ -153,6 +153,12 @@ pub struct PlannedRoute {
 }
 
 /// Where a parameter declared `in: <place>` is, on a request; `None` for `environment`.
+/// A name as the corpus's generator may have respelled it: `-` and `_` alike, case ignored.
+/// Two names with the same fold are meant to be one.
+pub(crate) fn fold_spelling(name: &str) -> String {
+    name.replace('-', "_").to_ascii_lowercase()
+}
+
 pub(crate) fn location_of(place: ParamIn) -> Option<Location> {
     match place {
         ParamIn::Query => Some(Location::Query),
