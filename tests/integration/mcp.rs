@@ -1021,20 +1021,25 @@ async fn past_the_listeners_session_cap_the_longest_idle_session_makes_room() {
     assert!(session_open(&h.http, &url, &fourth).await);
 }
 
+/// A gateway on the seed with `from` replaced by `to` (once), which must be in it.
+async fn seed_edited(from: &str, to: &str) -> Harness {
+    let seed =
+        std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml")).unwrap();
+    assert!(seed.contains(from), "the seed changed shape");
+    let seed = seed.replacen(from, to, 1);
+    Harness::with_specs(&[("identity-sessions.yaml", &seed)], |_| {}).await
+}
+
 /// As the format's reference engine answers: a tool whose mapped output is an array returns the
 /// array itself as its text (no `structuredContent`, which must be an object); annotations say
 /// only what the file says, and a tool without hints or label has none.
 #[tokio::test]
 async fn an_array_output_is_the_text_itself_and_annotations_are_only_the_files() {
-    let seed = std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml"))
-        .unwrap()
-        .replacen(
-            "        body: tools.body\n      outputParameters:\n      - type: object\n        mapping: $.\n    - name: stripe-post-identity-verification-sessions\n      description: Stripe Post   Identity Verification Sessions\n      hints:\n        readOnly: false\n        destructive: false\n        idempotent: false\n",
-            "        body: tools.body\n      outputParameters:\n      - type: array\n        mapping: $.data\n    - name: stripe-post-identity-verification-sessions\n      description: Stripe Post   Identity Verification Sessions\n",
-            1,
-        );
-    assert!(seed.contains("mapping: $.data"), "the seed changed shape");
-    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |_| {}).await;
+    let h = seed_edited(
+        "        body: tools.body\n      outputParameters:\n      - type: object\n        mapping: $.\n    - name: stripe-post-identity-verification-sessions\n      description: Stripe Post   Identity Verification Sessions\n      hints:\n        readOnly: false\n        destructive: false\n        idempotent: false\n",
+        "        body: tools.body\n      outputParameters:\n      - type: array\n        mapping: $.data\n    - name: stripe-post-identity-verification-sessions\n      description: Stripe Post   Identity Verification Sessions\n",
+    )
+    .await;
     common::create_session_directly(&h.sim).await;
     let url = mcp_url(&h).await;
     for client in [legacy_client(&url).await, modern_client(&url).await] {
@@ -1064,15 +1069,11 @@ async fn an_array_output_is_the_text_itself_and_annotations_are_only_the_files()
 /// too, next to only the hints the file gives.
 #[tokio::test]
 async fn a_scalar_output_is_the_text_itself_and_a_label_is_the_title() {
-    let seed = std::fs::read_to_string(common::root().join("specs/identity-sessions.yaml"))
-        .unwrap()
-        .replacen(
-            "        body: tools.body\n      outputParameters:\n      - type: object\n        mapping: $.\n    - name: stripe-post-identity-verification-sessions-2\n      description: Stripe Post   Identity Verification Sessions Session\n      hints:\n        readOnly: false\n        destructive: false\n        idempotent: false\n",
-            "        body: tools.body\n      outputParameters:\n      - type: string\n        mapping: $.status\n    - name: stripe-post-identity-verification-sessions-2\n      label: Update a verification session\n      description: Stripe Post   Identity Verification Sessions Session\n      hints:\n        idempotent: false\n",
-            1,
-        );
-    assert!(seed.contains("mapping: $.status"), "the seed changed shape");
-    let h = Harness::with_specs(&[("identity-sessions.yaml", &seed)], |_| {}).await;
+    let h = seed_edited(
+        "        body: tools.body\n      outputParameters:\n      - type: object\n        mapping: $.\n    - name: stripe-post-identity-verification-sessions-2\n      description: Stripe Post   Identity Verification Sessions Session\n      hints:\n        readOnly: false\n        destructive: false\n        idempotent: false\n",
+        "        body: tools.body\n      outputParameters:\n      - type: string\n        mapping: $.status\n    - name: stripe-post-identity-verification-sessions-2\n      label: Update a verification session\n      description: Stripe Post   Identity Verification Sessions Session\n      hints:\n        idempotent: false\n",
+    )
+    .await;
     let session = common::create_session_directly(&h.sim).await;
     let url = mcp_url(&h).await;
     for client in [legacy_client(&url).await, modern_client(&url).await] {

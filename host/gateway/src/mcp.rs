@@ -148,14 +148,9 @@ impl Pinned {
     }
 
     fn sees(&self, tool: &Tool) -> bool {
-        self.caller.as_ref().is_none_or(|caller| {
-            caller.may(&Target {
-                capability: &self.adapter.origin.capability,
-                adapter: &self.adapter.namespace,
-                name: &tool.name,
-                read_only: tool.hints.read_only,
-            })
-        })
+        self.caller
+            .as_ref()
+            .is_none_or(|caller| caller.may(&target(&self.adapter, tool)))
     }
 }
 
@@ -207,35 +202,45 @@ impl Registry {
     }
 }
 
-/// The consumers who see a different set of `adapter`'s tools in `after` than in `before`.
-fn seeing_other_tools(
-    adapter: &McpAdapter,
-    before: &ConsumerSet,
-    after: &ConsumerSet,
-) -> HashSet<String> {
-    let sees = |consumer: Option<&Arc<Consumer>>| -> Vec<bool> {
-        adapter
-            .tools
-            .iter()
-            .map(|tool| {
-                consumer.is_some_and(|c| {
-                    c.may(&Target {
-                        capability: &adapter.origin.capability,
-                        adapter: &adapter.namespace,
-                        name: &tool.name,
-                        read_only: tool.hints.read_only,
-                    })
-                })
-            })
-            .collect()
+/// What a scope is matched against when a consumer lists or calls `tool` of `adapter`.
+fn target<'a>(adapter: &'a McpAdapter, tool: &'a Tool) -> Target<'a> {
+    Target {
+        capability: &adapter.origin.capability,
+        adapter: &adapter.namespace,
+        name: &tool.name,
+        read_only: tool.hints.read_only,
+    }
+}
+
+/// Each consumer of a consumers-file change, by name, as it was before and is after (`None`
+/// where it did not exist): indexed once for every adapter to compare.
+type ByName<'a> = HashMap<&'a str, (Option<&'a Consumer>, Option<&'a Consumer>)>;
+
+fn by_name<'a>(before: &'a ConsumerSet, after: &'a ConsumerSet) -> ByName<'a> {
+    let mut out: ByName<'a> = HashMap::new();
+    for consumer in &before.consumers {
+        out.entry(&consumer.name).or_default().0 = Some(consumer);
+    }
+    for consumer in &after.consumers {
+        out.entry(&consumer.name).or_default().1 = Some(consumer);
+    }
+    out
+}
+
+/// The consumers who see a different set of `adapter`'s tools after the change than before.
+fn seeing_other_tools(adapter: &McpAdapter, consumers: &ByName<'_>) -> HashSet<String> {
+    let sees = |consumer: Option<&Consumer>, tool: &Tool| {
+        consumer.is_some_and(|c| c.may(&target(adapter, tool)))
     };
-    before
-        .consumers
+    consumers
         .iter()
-        .chain(&after.consumers)
-        .map(|c| c.name.as_str())
-        .filter(|name| sees(before.get(name)) != sees(after.get(name)))
-        .map(str::to_owned)
+        .filter(|(_, (before, after))| {
+            adapter
+                .tools
+                .iter()
+                .any(|tool| sees(*before, tool) != sees(*after, tool))
+        })
+        .map(|(name, _)| (*name).to_owned())
         .collect()
 }
 
@@ -364,9 +369,10 @@ impl Hub {
     /// file's change changed (new or narrower scopes, a consumer added or removed) that its
     /// tool list changed; the other consumers' hear nothing.
     pub fn notify_consumers(&self, changed: &Changed) {
+        let consumers = by_name(&changed.before, &changed.after);
         for endpoint in self.endpoints.lock().expect("not poisoned").values() {
             let adapter = endpoint.registry.latest.load().adapter.clone();
-            let names = seeing_other_tools(&adapter, &changed.before, &changed.after);
+            let names = seeing_other_tools(&adapter, &consumers);
             if !names.is_empty() {
                 endpoint.registry.notify(Notice::Consumers(Arc::new(names)));
             }
@@ -1027,14 +1033,7 @@ async fn consumer_of(
     };
     let visible = stateless_tool_call(headers)
         .and_then(|name| adapter.tool(name))
-        .filter(|tool| {
-            caller.may(&Target {
-                capability: &adapter.origin.capability,
-                adapter: &adapter.namespace,
-                name: &tool.name,
-                read_only: tool.hints.read_only,
-            })
-        });
+        .filter(|tool| caller.may(&target(adapter, tool)));
     let Some(tool) = visible else {
         return Ok((Some(caller), false));
     };
