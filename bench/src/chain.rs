@@ -1,6 +1,7 @@
 //! The consumer chain of issue 19: an API key, a rate limit and a no-op plugin on a route,
 //! against the same route bare, in one gateway; then the same chain with its limit counted in
-//! a real `redis-server` against in-process counting.
+//! a real `redis-server` against in-process counting, and the chain with the plugin's
+//! instances reused (`instances: reused`) against the bare route.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,6 +32,11 @@ fn setup(dir: &Path, store: &str) -> anyhow::Result<(std::path::PathBuf, u16)> {
         .replace("/v1/v1/", "/keyed/v1/")
         .replace("identity-sessions", "keyed-sessions");
     std::fs::write(specs.join("keyed-sessions.yaml"), keyed)?;
+    // And the whole chain with the plugin's instances reused across calls.
+    let reused = seed
+        .replace("/v1/v1/", "/reused/v1/")
+        .replace("identity-sessions", "reused-sessions");
+    std::fs::write(specs.join("reused-sessions.yaml"), reused)?;
     let digest = capgate_model::consumers::hex(&capgate_model::consumers::digest(KEY));
     let consumers = dir.join("consumers.yaml");
     std::fs::write(
@@ -44,7 +50,7 @@ fn setup(dir: &Path, store: &str) -> anyhow::Result<(std::path::PathBuf, u16)> {
     std::fs::write(
         &config,
         format!(
-            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {} }} }}\nreload: {{ watch: false }}\nconsumers:\n  file: {}\n  require:\n    - capability: identity-sessions\n    - capability: keyed-sessions\nlimits:\n  store: {store}\nplugins:\n  dir: {}\n  bindings:\n    - plugin: noop.wasm\n      capabilities: [identity-sessions]\n      operations: [\"*\"]\n",
+            "specs: {}\nadmin: {{ address: null }}\nlisten: {{ ports: {{ 8080: {rest_port}, 9090: {} }} }}\nreload: {{ watch: false }}\nconsumers:\n  file: {}\n  require:\n    - capability: identity-sessions\n    - capability: keyed-sessions\n    - capability: reused-sessions\nlimits:\n  store: {store}\nplugins:\n  dir: {}\n  bindings:\n    - plugin: noop.wasm\n      capabilities: [identity-sessions]\n      operations: [\"*\"]\n    - plugin: noop.wasm\n      capabilities: [reused-sessions]\n      operations: [\"*\"]\n      instances: reused\n",
             specs.display(),
             procs::free_port(),
             consumers.display(),
@@ -112,10 +118,13 @@ pub async fn chain(
     let mut keyed = full.clone();
     keyed.name = "API key + rate limit".into();
     keyed.uri = route(local_port, "keyed").parse()?;
+    let mut reused = full.clone();
+    reused.name = "the same, the plugin's instances reused".into();
+    reused.uri = route(local_port, "reused").parse()?;
     let mut redis = full.clone();
     redis.name = "the same, limit counted in Redis".into();
     redis.uri = route(shared_port, "v1").parse()?;
-    for target in [&bare, &keyed, &full, &redis] {
+    for target in [&bare, &keyed, &full, &reused, &redis] {
         let (status, _) = load::once(&client, target).await?;
         anyhow::ensure!(status == 200, "{}: {status}", target.name);
         load::fixed_concurrency(&client, target, concurrency, Duration::from_secs(1)).await;
@@ -153,6 +162,36 @@ pub async fn chain(
         "
 throughput key + limit / bare: {:.2}; gateway CPU per request {cpu_bare:.0} us bare, {cpu_keyed:.0} us with the key and the limit",
         compared.series[1].rps() / compared.series[0].rps()
+    );
+    // The chain with `instances: reused`: the no-op plugin's calls in instances earlier calls
+    // left, rather than a fresh one per call.
+    let warm = [&bare, &reused];
+    let compared = alternate(warm, procs, rounds, "reused instances, ", |i| {
+        load::fixed_concurrency(&client, warm[i], concurrency, duration)
+    })
+    .await?;
+    table(
+        &format!("REST at concurrency {concurrency}: the chain with `instances: reused`"),
+        &compared.series.iter().collect::<Vec<_>>(),
+    );
+    let [cpu_bare, cpu_reused] = compared.gateway_cpu.clone().map(crate::median);
+    println!(
+        "\nthroughput chain (reused instances) / bare: {:.2} (target >= 0.85); gateway CPU per request {cpu_bare:.0} us bare, {cpu_reused:.0} us with the chain",
+        compared.series[1].rps() / compared.series[0].rps()
+    );
+    let compared = alternate(warm, procs, rounds, "reused instances, fixed rate, ", |i| {
+        load::fixed_rate(warm[i], rate, duration)
+    })
+    .await?;
+    let series = &compared.series;
+    table(
+        &format!("REST at a fixed rate of {rate} requests/s: the chain with `instances: reused`"),
+        &series.iter().collect::<Vec<_>>(),
+    );
+    println!(
+        "\nthe chain (reused instances) adds {:.3} ms at p50 (target <= 0.1) and {:.3} ms at p99",
+        series[1].p50() - series[0].p50(),
+        series[1].p99() - series[0].p99()
     );
     let compared = alternate(targets, procs, rounds, "fixed rate, ", |i| {
         load::fixed_rate(targets[i], rate, duration)

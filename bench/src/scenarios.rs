@@ -624,6 +624,7 @@ pub async fn plugin(
         on_error: FailurePolicy::FailClosed,
         timeout: Duration::from_millis(100),
         memory: 16 * 1024 * 1024,
+        reuse: false,
     };
     let context = CallContext {
         capability: "identity-sessions".into(),

@@ -23,6 +23,7 @@ fn binding(plugin: &str, operation: &str, config: Value) -> TransformBinding {
         on_error: FailurePolicy::FailClosed,
         timeout_ms: 200,
         memory_mib: 16,
+        instances: Default::default(),
     }
 }
 
@@ -61,6 +62,7 @@ async fn harness_of(
         c.plugins.dir = Some(plugins_dir);
         c.plugins.bindings = bindings;
         c.plugins.max_concurrent_calls = 32;
+        c.admin.address = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         c.reload.watch = true;
         c.reload.debounce = Duration::from_millis(50);
     })
@@ -169,6 +171,7 @@ fn transform(plugin: &str, timeout: Duration) -> capgate_model::snapshot::Transf
         on_error: FailurePolicy::FailClosed,
         timeout,
         memory: 16 * 1024 * 1024,
+        reuse: false,
     }
 }
 
@@ -507,6 +510,148 @@ async fn every_call_gets_a_fresh_instance() {
             "round {round}"
         );
     }
+}
+
+/// A binding with `instances: reused` runs its calls in the instance earlier calls left: the
+/// `stamp` plugin's count goes on across hooks and requests (one request at a time: one
+/// instance), and `/status` shows it idle between requests.
+#[tokio::test]
+async fn a_reusing_binding_keeps_its_instance_across_calls() {
+    let mut reused = binding("stamp", LIST, json!({"value": "s"}));
+    reused.instances = capgate_model::config::InstancePolicy::Reused;
+    let (h, _dir) = harness(&["stamp"], vec![reused]).await;
+    for round in 0..6u32 {
+        let response = h.http.get(h.sessions().await).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let sent = h.sim.requests().pop().unwrap();
+        assert_eq!(
+            sent.header("x-capgate-stamp-calls"),
+            Some((2 * round + 1).to_string().as_str()),
+            "round {round}: the request hook"
+        );
+        assert_eq!(
+            response.headers()["x-capgate-stamp-calls"],
+            (2 * round + 2).to_string().as_str(),
+            "round {round}: the response hook"
+        );
+        assert_eq!(h.gateway.idle_plugin_instances(), 1, "round {round}");
+    }
+    let admin = h.gateway.admin_addr().expect("admin is open");
+    let status: Value = h
+        .http
+        .get(format!("http://{admin}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["plugins"]["idle_instances"], 1, "{status}");
+    assert_eq!(status["plugins"]["bindings"][0]["instances"], "reused");
+}
+
+/// A reused instance is given back only after a call that did not fail, and never runs under a
+/// memory cap smaller than what it holds: a panicking or out-of-memory plugin fails every call
+/// the same way (a fresh instance each time, not a poisoned one), and nothing is left idle.
+#[tokio::test]
+async fn a_reused_instance_that_fails_is_never_reused() {
+    use capgate_model::exchange::UpstreamRequest;
+    use capgate_plugin::Failure;
+
+    let (plugins, _dir) = in_process(&["panic", "oom", "stamp"]).await;
+    let request = || UpstreamRequest {
+        method: http::Method::GET,
+        path: "/v1/identity/verification_sessions".into(),
+        query: Vec::new(),
+        headers: http::HeaderMap::new(),
+        body: None,
+        sealed: Default::default(),
+    };
+    let reused = |plugin: &str, memory: usize| capgate_model::snapshot::TransformRef {
+        memory,
+        reuse: true,
+        ..transform(plugin, Duration::from_millis(500))
+    };
+    for (name, expected) in [("panic", "trap"), ("oom", "out_of_memory")] {
+        let transform = reused(name, 16 << 20);
+        let plugin = plugins.get(&transform.plugin).unwrap();
+        for call in 0..3 {
+            let outcome = plugins
+                .on_request(&plugin, &transform, &context(LIST), request())
+                .await;
+            let Err(failure) = outcome else {
+                panic!("{name}, call {call}: {outcome:?}")
+            };
+            assert_eq!(failure.kind(), expected, "{name}, call {call}: {failure}");
+            assert!(
+                !failure.to_string().contains("cannot enter"),
+                "{name}, call {call}: a poisoned instance was reused: {failure}"
+            );
+            assert_eq!(plugins.idle_instances(), 0, "{name}, call {call}");
+        }
+    }
+    // stamp leaves its instance idle; a call with a cap below what that instance holds gets a
+    // fresh instance, which cannot even get its first pages under 64 KiB.
+    let roomy = reused("stamp", 16 << 20);
+    let stamp = plugins.get(&roomy.plugin).unwrap();
+    let outcome = plugins
+        .on_request(&stamp, &roomy, &context(LIST), request())
+        .await;
+    assert!(
+        matches!(outcome, Ok(capgate_plugin::RequestOutcome::Forward(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(plugins.idle_instances(), 1);
+    let tight = reused("stamp", 64 << 10);
+    let outcome = plugins
+        .on_request(&stamp, &tight, &context(LIST), request())
+        .await;
+    assert!(
+        matches!(outcome, Err(Failure::OutOfMemory | Failure::Trap(_))),
+        "the idle instance ran under a cap below its memory: {outcome:?}"
+    );
+    assert_eq!(plugins.idle_instances(), 0);
+}
+
+/// The kit's allocator for plugins without `std` rewinds when a call has freed everything: a
+/// reused `noop` instance serves thousands of calls within a 1 MiB cap that the calls'
+/// arguments together would pass many times over if nothing were given back.
+#[tokio::test]
+async fn a_reused_instance_without_std_serves_on_the_same_memory() {
+    use capgate_model::exchange::UpstreamRequest;
+
+    let (plugins, _dir) = in_process(&["noop"]).await;
+    let transform = capgate_model::snapshot::TransformRef {
+        memory: 1 << 20,
+        reuse: true,
+        ..transform("noop", Duration::from_millis(500))
+    };
+    let plugin = plugins.get(&transform.plugin).unwrap();
+    let mut headers = http::HeaderMap::new();
+    for i in 0..10 {
+        headers.insert(
+            http::HeaderName::try_from(format!("x-header-{i}")).unwrap(),
+            http::HeaderValue::from_str(&"v".repeat(100)).unwrap(),
+        );
+    }
+    for call in 0..5000 {
+        let request = UpstreamRequest {
+            method: http::Method::GET,
+            path: "/v1/identity/verification_sessions".into(),
+            query: Vec::new(),
+            headers: headers.clone(),
+            body: None,
+            sealed: Default::default(),
+        };
+        let outcome = plugins
+            .on_request(&plugin, &transform, &context(LIST), request)
+            .await;
+        assert!(
+            matches!(outcome, Ok(capgate_plugin::RequestOutcome::Forward(_))),
+            "call {call}: {outcome:?}"
+        );
+    }
+    assert_eq!(plugins.idle_instances(), 1);
 }
 
 /// Every misbehaving plugin fails only its own request, within its deadline, while the gateway

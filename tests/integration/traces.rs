@@ -166,6 +166,7 @@ async fn traced_harness_with(
             on_error: capgate_model::config::FailurePolicy::FailClosed,
             timeout_ms: 1000,
             memory_mib: 16,
+            instances: Default::default(),
         }];
     })
     .await

@@ -254,11 +254,16 @@ fn plugins(gateway: &Gateway, view: &View, snapshot: &Snapshot) -> serde_json::V
                 "on_error": binding.on_error,
                 "timeout_ms": binding.timeout_ms,
                 "memory_mib": binding.memory_mib,
+                "instances": binding.instances,
                 "loaded": loaded,
                 "operations_bound": operations,
                 "problems": problems,
             })
         })
         .collect();
-    json!({"files": files, "bindings": bindings})
+    json!({
+        "files": files,
+        "bindings": bindings,
+        "idle_instances": gateway.idle_plugin_instances(),
+    })
 }

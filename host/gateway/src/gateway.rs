@@ -200,6 +200,15 @@ impl Gateway {
         self.view().plugins.clone()
     }
 
+    /// Idle plugin instances kept for bindings with `instances: reused` (0 without plugins).
+    pub fn idle_plugin_instances(&self) -> usize {
+        self.inner
+            .shared
+            .invoker
+            .plugins()
+            .map_or(0, |p| p.idle_instances())
+    }
+
     /// The consumers and where they are required.
     pub fn consumers(&self) -> &crate::consumer::Consumers {
         &self.inner.shared.consumers

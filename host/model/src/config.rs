@@ -763,6 +763,10 @@ pub struct PluginsConfig {
     /// run that long, to yield).
     #[serde(with = "millis")]
     pub epoch_tick: Duration,
+    /// The most idle instances kept for bindings with `instances: reused`, all plugins
+    /// together. The pool holds this many more instances than `max_concurrent_calls`, so idle
+    /// ones never take a call's capacity.
+    pub warm_instances: usize,
 }
 
 impl Default for PluginsConfig {
@@ -774,6 +778,7 @@ impl Default for PluginsConfig {
             max_concurrent_calls: 256,
             max_memory_mib: 64,
             epoch_tick: Duration::from_millis(1),
+            warm_instances: 32,
         }
     }
 }
@@ -801,6 +806,25 @@ pub struct TransformBinding {
     /// Memory a call may use, in MiB.
     #[serde(default = "default_plugin_memory")]
     pub memory_mib: usize,
+    /// Whether each call gets a fresh instance (the default) or may reuse one an earlier call
+    /// left.
+    #[serde(default)]
+    pub instances: InstancePolicy,
+}
+
+/// Which instance of its plugin a call runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstancePolicy {
+    /// A fresh instance for every call: nothing a call leaves in the plugin's memory reaches
+    /// another call.
+    #[default]
+    Fresh,
+    /// An instance that served an earlier call without failing serves the next (of any
+    /// request and any consumer), with the same memory cap and deadline per call: what the
+    /// plugin keeps in its memory between calls is kept. For plugins trusted to keep no
+    /// request's data, where a fresh instance per call costs too much.
+    Reused,
 }
 
 fn everything() -> Vec<String> {
@@ -1028,6 +1052,27 @@ mod tests {
             None,
             "not from a file"
         );
+    }
+
+    #[test]
+    fn a_binding_reuses_instances_only_when_it_says_so() {
+        let config: Config = serde_yaml::from_str(
+            "plugins:\n  bindings:\n    - plugin: a.wasm\n    - plugin: b.wasm\n      instances: reused\n",
+        )
+        .unwrap();
+        let policies: Vec<_> = config
+            .plugins
+            .bindings
+            .iter()
+            .map(|b| b.instances)
+            .collect();
+        assert_eq!(policies, [InstancePolicy::Fresh, InstancePolicy::Reused]);
+        assert_eq!(config.plugins.warm_instances, 32);
+        let err = serde_yaml::from_str::<Config>(
+            "plugins:\n  bindings:\n    - plugin: a.wasm\n      instances: shared\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shared"), "{err}");
     }
 
     #[test]

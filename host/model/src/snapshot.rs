@@ -435,6 +435,8 @@ pub struct TransformRef {
     pub timeout: std::time::Duration,
     /// Bytes of memory a call may use.
     pub memory: usize,
+    /// Whether a call may run in an instance an earlier call left (`instances: reused`).
+    pub reuse: bool,
 }
 
 /// A consumed operation.

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::bindings::{RequestAction, Transform, TransformPre};
 use crate::convert::{
     from_wit_request, from_wit_response, refusal, to_wit_request, to_wit_response, wit_context,
 };
-use crate::store::{State, classify, log_stderr, new_store};
+use crate::store::{State, classify, log_stderr, new_store, park, rearm, reusable};
 use crate::ticker::Ticker;
 use crate::{CallContext, Failure, HostError, RequestOutcome, ResponseOutcome, cache};
 
@@ -81,6 +82,44 @@ pub struct Plugin {
     /// SHA-256 of the file.
     pub digest: String,
     pre: TransformPre<State>,
+    /// Idle instances left by calls of bindings with `instances: reused`, the last one left
+    /// last. They go with this version of the plugin.
+    warm: Mutex<Vec<Warm>>,
+}
+
+/// An idle instance and its store, counted among the host's idle instances while it exists.
+struct Warm {
+    store: Store<State>,
+    instance: Transform,
+    _idle: Idle,
+}
+
+/// One of the host's idle instances: counted from `Idle::reserve` until dropped.
+struct Idle(Arc<AtomicUsize>);
+
+impl Idle {
+    /// Counts one more idle instance, unless there are `most` already.
+    fn reserve(count: &Arc<AtomicUsize>, most: usize) -> Option<Idle> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Idle(count.clone()))
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An instance serving one call, and the pool slot it holds until dropped.
+struct Call<'a> {
+    store: Store<State>,
+    instance: Transform,
+    _slot: SemaphorePermit<'a>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -155,6 +194,8 @@ pub struct Plugins {
     /// Per file: the digest last tried and its status.
     files: Mutex<Tried>,
     slots: Arc<Semaphore>,
+    /// Idle instances kept, all plugins together (at most `config.warm_instances`).
+    idle: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -171,7 +212,8 @@ impl Plugins {
     pub fn new(config: &PluginsConfig) -> Result<Plugins, HostError> {
         let slots = config.max_concurrent_calls.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        let per_slot = |n: usize| (slots * n) as u32;
+        // Every call slot's share, and as many again for the idle instances kept.
+        let per_slot = |n: usize| ((slots + config.warm_instances) * n) as u32;
         pool.total_component_instances(per_slot(1))
             .total_core_instances(per_slot(MAX_CORE_INSTANCES))
             .total_memories(per_slot(MAX_MEMORIES))
@@ -204,6 +246,7 @@ impl Plugins {
             loaded: ArcSwap::from_pointee(HashMap::new()),
             files: Mutex::new(BTreeMap::new()),
             slots: Arc::new(Semaphore::new(slots)),
+            idle: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -220,6 +263,11 @@ impl Plugins {
     /// one version of each plugin from its first hook to its last.
     pub fn loaded(&self) -> PluginSet {
         PluginSet(self.loaded.load_full())
+    }
+
+    /// Idle instances kept for bindings with `instances: reused`, all plugins together.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.load(Ordering::Acquire)
     }
 
     /// Every plugin file's state.
@@ -372,6 +420,7 @@ impl Plugins {
             needs_response_body: info.needs_response_body,
             digest: digest.to_owned(),
             pre,
+            warm: Mutex::new(Vec::new()),
         })
     }
 
@@ -394,15 +443,39 @@ impl Plugins {
         )
     }
 
-    /// A fresh instance of `plugin` for one call, in a store of its own with the transform's
-    /// memory cap and deadline, holding one of the pool's slots until it is dropped.
+    /// An instance of `plugin` for one call, with the transform's memory cap and deadline,
+    /// holding one of the pool's slots until it is dropped: an idle one an earlier call left
+    /// when the binding reuses instances and there is one, else a fresh one in a store of its
+    /// own.
     async fn instantiate(
         &self,
         plugin: &Plugin,
         transform: &TransformRef,
         context: &CallContext,
-    ) -> Result<(Store<State>, Transform, SemaphorePermit<'_>), Failure> {
+    ) -> Result<Call<'_>, Failure> {
         let slot = self.slots.acquire().await.expect("never closed");
+        if transform.reuse {
+            while let Some(Warm {
+                store, instance, ..
+            }) = plugin.warm.lock().expect("not poisoned").pop()
+            {
+                let rearmed = rearm(
+                    store,
+                    &self.ticker,
+                    self.config.epoch_tick,
+                    context.request_id.clone(),
+                    transform.memory,
+                    transform.timeout,
+                );
+                if let Some(store) = rearmed {
+                    return Ok(Call {
+                        store,
+                        instance,
+                        _slot: slot,
+                    });
+                }
+            }
+        }
         let mut store = self.store(
             plugin.name.clone(),
             context.request_id.clone(),
@@ -414,7 +487,34 @@ impl Plugins {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| classify(&e, &mut store))?;
-        Ok((store, instance, slot))
+        Ok(Call {
+            store,
+            instance,
+            _slot: slot,
+        })
+    }
+
+    /// After a call that did not fail: keeps its instance idle for the next call when the
+    /// binding reuses instances, the instance is still sound, and fewer than
+    /// `warm_instances` are idle; drops it otherwise.
+    fn release(&self, plugin: &Plugin, transform: &TransformRef, call: Call<'_>) {
+        let Call {
+            mut store,
+            instance,
+            ..
+        } = call;
+        if !transform.reuse || !reusable(&store) {
+            return;
+        }
+        let Some(idle) = Idle::reserve(&self.idle, self.config.warm_instances) else {
+            return;
+        };
+        park(&mut store);
+        plugin.warm.lock().expect("not poisoned").push(Warm {
+            store,
+            instance,
+            _idle: idle,
+        });
     }
 
     /// Runs `on-request` of `plugin` (the one `transform` names, as the caller resolved it).
@@ -428,13 +528,19 @@ impl Plugins {
         if !plugin.handles_requests {
             return Ok(RequestOutcome::Skipped(request));
         }
-        let (mut store, instance, _slot) = self.instantiate(plugin, transform, context).await?;
+        let mut call = self.instantiate(plugin, transform, context).await?;
         let wit_request = to_wit_request(&request, plugin.needs_request_body);
-        let result = instance
-            .call_on_request(&mut store, &wit_context(transform, context), &wit_request)
+        let result = call
+            .instance
+            .call_on_request(
+                &mut call.store,
+                &wit_context(transform, context),
+                &wit_request,
+            )
             .await
-            .map_err(|e| classify(&e, &mut store))?;
-        log_stderr(store.data());
+            .map_err(|e| classify(&e, &mut call.store))?;
+        log_stderr(call.store.data());
+        self.release(plugin, transform, call);
         match result {
             Ok(RequestAction::Forward(changed)) => Ok(RequestOutcome::Forward(from_wit_request(
                 changed,
@@ -459,13 +565,19 @@ impl Plugins {
         if !plugin.handles_responses {
             return Ok(ResponseOutcome::Skipped(response));
         }
-        let (mut store, instance, _slot) = self.instantiate(plugin, transform, context).await?;
+        let mut call = self.instantiate(plugin, transform, context).await?;
         let wit_response = to_wit_response(&response, plugin.needs_response_body);
-        let result = instance
-            .call_on_response(&mut store, &wit_context(transform, context), &wit_response)
+        let result = call
+            .instance
+            .call_on_response(
+                &mut call.store,
+                &wit_context(transform, context),
+                &wit_response,
+            )
             .await
-            .map_err(|e| classify(&e, &mut store))?;
-        log_stderr(store.data());
+            .map_err(|e| classify(&e, &mut call.store))?;
+        log_stderr(call.store.data());
+        self.release(plugin, transform, call);
         match result {
             Ok(changed) => {
                 let original = (!plugin.needs_response_body).then(|| response.body.clone());

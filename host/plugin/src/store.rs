@@ -44,8 +44,10 @@ pub(crate) struct State {
     log_left: usize,
     /// Whether the budget ran out (and that was said).
     log_cut: bool,
-    /// Keeps the epoch ticking while this store exists.
-    _running: Running,
+    /// The current call's CPU time and deadline, which the epoch callback checks.
+    budget: Arc<Mutex<CpuBudget>>,
+    /// Keeps the epoch ticking during a call (an idle reused store holds none).
+    running: Option<Running>,
 }
 
 impl WasiView for State {
@@ -124,6 +126,34 @@ struct Limits {
     memory_refused: bool,
 }
 
+impl Limits {
+    fn new(memory: usize) -> Limits {
+        Limits {
+            store: Limits::store_limits(memory),
+            memory_cap: memory,
+            memory_used: 0,
+            memory_granted: 0,
+            memory_refused: false,
+        }
+    }
+
+    fn store_limits(memory: usize) -> StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .instances(MAX_CORE_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            .build()
+    }
+
+    /// The cap of the next call of a reused instance; what its memories hold stays counted.
+    fn rearm(&mut self, memory: usize) {
+        self.store = Limits::store_limits(memory);
+        self.memory_cap = memory;
+        self.memory_refused = false;
+    }
+}
+
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
@@ -183,31 +213,20 @@ pub(crate) fn new_store(
     memory: usize,
     timeout: Duration,
 ) -> Store<State> {
-    let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-    let limits = Limits {
-        store: StoreLimitsBuilder::new()
-            .memory_size(memory)
-            .instances(MAX_CORE_INSTANCES)
-            .tables(MAX_TABLES)
-            .memories(MAX_MEMORIES)
-            .build(),
-        memory_cap: memory,
-        memory_used: 0,
-        memory_granted: 0,
-        memory_refused: false,
-    };
+    let budget = Arc::new(Mutex::new(CpuBudget::start(tick, timeout)));
     let mut store = Store::new(
         engine,
         State {
             wasi: None,
             table: ResourceTable::new(),
-            limits,
+            limits: Limits::new(memory),
             plugin,
             request_id,
-            stderr,
+            stderr: MemoryOutputPipe::new(STDERR_CAPACITY),
             log_left: LOG_CALL_BUDGET,
             log_cut: false,
-            _running: ticker.running(),
+            budget: budget.clone(),
+            running: Some(ticker.running()),
         },
     );
     store.limiter(|state| &mut state.limits);
@@ -218,14 +237,13 @@ pub(crate) fn new_store(
     // the CPU time it used, not wall time: neither waiting to be scheduled again after a
     // yield nor the OS preempting the thread on a busy machine may turn a quick plugin into a
     // timeout, while a plugin that loops still burns through its budget.
-    let budget = Arc::new(Mutex::new(CpuBudget::start(tick)));
     store.epoch_deadline_callback(move |_| {
         let mut clock = budget.lock().expect("not poisoned");
         let used = clock.used();
-        if used >= timeout {
+        if used >= clock.timeout {
             return Ok(UpdateDeadline::Interrupt);
         }
-        if used < clock.yielded_at + tick {
+        if used < clock.yielded_at + clock.tick {
             return Ok(UpdateDeadline::Continue(1));
         }
         clock.yielded_at = used;
@@ -241,6 +259,43 @@ pub(crate) fn new_store(
         ))
     });
     store
+}
+
+/// Whether a store that has just served a call without failing may serve another: it wrote
+/// nothing to stderr (whose pipe is never emptied) and its memory cap never refused it.
+pub(crate) fn reusable(store: &Store<State>) -> bool {
+    let state = store.data();
+    !state.limits.memory_refused && state.stderr.contents().is_empty()
+}
+
+/// Parks a store between calls: the epoch no longer ticks for it.
+pub(crate) fn park(store: &mut Store<State>) {
+    store.data_mut().running = None;
+}
+
+/// Readies a parked store for its next call, as `new_store` would have made it: a fresh
+/// deadline and log budget, this call's request id and memory cap. `None` when the memory its
+/// instance already holds is more than `memory` allows.
+pub(crate) fn rearm(
+    mut store: Store<State>,
+    ticker: &Ticker,
+    tick: Duration,
+    request_id: Arc<str>,
+    memory: usize,
+    timeout: Duration,
+) -> Option<Store<State>> {
+    let state = store.data_mut();
+    if state.limits.memory_used > memory {
+        return None;
+    }
+    state.limits.rearm(memory);
+    state.request_id = request_id;
+    state.log_left = LOG_CALL_BUDGET;
+    state.log_cut = false;
+    *state.budget.lock().expect("not poisoned") = CpuBudget::start(tick, timeout);
+    state.running = Some(ticker.running());
+    store.set_epoch_deadline(1);
+    Some(store)
 }
 
 /// The CPU time one plugin call has used, counted per stretch it ran on one thread.
@@ -260,16 +315,19 @@ struct CpuBudget {
     stretch: Option<(std::thread::ThreadId, Duration)>,
     started: Instant,
     tick: Duration,
+    /// The CPU time the call may use.
+    timeout: Duration,
 }
 
 impl CpuBudget {
-    fn start(tick: Duration) -> CpuBudget {
+    fn start(tick: Duration, timeout: Duration) -> CpuBudget {
         CpuBudget {
             used: Duration::ZERO,
             yielded_at: Duration::ZERO,
             stretch: None,
             started: Instant::now(),
             tick,
+            timeout,
         }
     }
 
@@ -366,7 +424,7 @@ mod tests {
     #[test]
     fn the_deadline_counts_cpu_time_not_waiting() {
         let tick = Duration::from_millis(1);
-        let mut budget = CpuBudget::start(tick);
+        let mut budget = CpuBudget::start(tick, Duration::from_secs(1));
         // The first stretch is not clocked: it is charged its wall time, at most one tick.
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(budget.used(), tick);
@@ -396,13 +454,7 @@ mod tests {
     #[test]
     fn the_memory_cap_counts_every_memory_of_the_instance() {
         let mib = 1024 * 1024;
-        let mut limits = Limits {
-            store: StoreLimitsBuilder::new().memory_size(16 * mib).build(),
-            memory_cap: 16 * mib,
-            memory_used: 0,
-            memory_granted: 0,
-            memory_refused: false,
-        };
+        let mut limits = Limits::new(16 * mib);
         assert!(limits.memory_growing(0, 10 * mib, None).unwrap());
         assert!(limits.memory_growing(0, 4 * mib, None).unwrap());
         // Each memory is under 16 MiB, but together they would not be.

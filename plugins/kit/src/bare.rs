@@ -2,7 +2,7 @@
 //!
 //! Rust's `std` on `wasm32-wasip2` imports about twenty WASI interfaces (environment, exit,
 //! streams, terminals, the filesystem...), and the gateway links every one of them into each
-//! call's fresh instance. A plugin that only uses `core` and `alloc` imports nothing but the
+//! instance. A plugin that only uses `core` and `alloc` imports nothing but the
 //! gateway's `log`: its instances are set up in about half the time (`BENCHMARKS.md`).
 //!
 //! ```ignore
@@ -30,13 +30,19 @@ unsafe extern "C" {
     static __heap_base: u8;
 }
 
-/// A bump allocator: an instance serves one call and its memory goes with it, so nothing is
-/// worth freeing except the latest allocation, which makes a growing `Vec` or `String` grow in
-/// place. Memory is taken from the rest of the initial pages first, then grown a page at a
-/// time (the gateway's memory cap still applies: a failed grow is an allocation failure).
+/// A bump allocator that rewinds when nothing is allocated. Each call's arguments, and all a
+/// well-behaved plugin allocates during the call, are freed by the time the call has returned:
+/// so an instance the gateway reuses (`instances: reused`) starts each call on the same memory
+/// as the last, and a fresh one never frees. Between rewinds, only the latest allocation is
+/// worth freeing, which makes a growing `Vec` or `String` grow in place. Memory is taken from
+/// the rest of the initial pages first, then grown a page at a time (the gateway's memory cap
+/// still applies: a failed grow is an allocation failure, and an instance that fails is never
+/// reused).
 pub struct Bump {
-    /// The first free byte; 0 until the first allocation.
+    /// The first free byte; 0 until the first allocation, and after a rewind.
     next: Cell<usize>,
+    /// Allocations not yet freed.
+    live: Cell<usize>,
 }
 
 // A component instance runs on one thread.
@@ -45,7 +51,10 @@ unsafe impl Sync for Bump {}
 impl Bump {
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Bump {
-        Bump { next: Cell::new(0) }
+        Bump {
+            next: Cell::new(0),
+            live: Cell::new(0),
+        }
     }
 
     fn next(&self) -> usize {
@@ -74,13 +83,20 @@ unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let start = self.next().next_multiple_of(layout.align());
         match start.checked_add(layout.size()) {
-            Some(end) if self.claim(end) => start as *mut u8,
+            Some(end) if self.claim(end) => {
+                self.live.set(self.live.get() + 1);
+                start as *mut u8
+            }
             _ => core::ptr::null_mut(),
         }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if self.is_latest(ptr, layout.size()) {
+        let live = self.live.get().saturating_sub(1);
+        self.live.set(live);
+        if live == 0 {
+            self.next.set(0);
+        } else if self.is_latest(ptr, layout.size()) {
             self.next.set(ptr as usize);
         }
     }
@@ -96,6 +112,8 @@ unsafe impl GlobalAlloc for Bump {
         let new = unsafe { self.alloc(new_layout) };
         if !new.is_null() {
             unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            // The old block is not the latest: this only counts it freed.
+            unsafe { self.dealloc(ptr, layout) };
         }
         new
     }

@@ -10,7 +10,7 @@ use http::Method;
 use super::Options;
 use super::auth::Side;
 use super::inputs::input_spec;
-use crate::config::{FailurePolicy, ProfileName, TransformBinding};
+use crate::config::{FailurePolicy, InstancePolicy, ProfileName, TransformBinding};
 use crate::diag::{Code, Diagnostics};
 use crate::snapshot::{
     BodyPlan, Location, PathPart, TransformRef, UpstreamAdapter, UpstreamOperation, UpstreamParam,
@@ -852,6 +852,7 @@ pub(crate) fn transforms_for(
                 on_error: b.on_error,
                 timeout: std::time::Duration::from_millis(b.timeout_ms),
                 memory: b.memory_mib * 1024 * 1024,
+                reuse: b.instances == InstancePolicy::Reused,
             })
         })
         .collect()

@@ -1,7 +1,7 @@
 //! `stamp`: appends `x-capgate-stamp: <config.value>` to the upstream request and to the
 //! response, so that chains can be seen in order, `x-capgate-stamp-saw` with the names of
 //! the request headers it was shown, and `x-capgate-stamp-calls` with how many calls this
-//! instance has served (always 1: the host never reuses an instance).
+//! instance has served (1 in a fresh instance; more when its binding says `instances: reused`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
