@@ -175,6 +175,18 @@ fn transform(plugin: &str, timeout: Duration) -> capgate_model::snapshot::Transf
     }
 }
 
+/// The upstream request of the list operation, with `headers`, as a hook is given it.
+fn list_request(headers: http::HeaderMap) -> capgate_model::exchange::UpstreamRequest {
+    capgate_model::exchange::UpstreamRequest {
+        method: http::Method::GET,
+        path: "/v1/identity/verification_sessions".into(),
+        query: Vec::new(),
+        headers,
+        body: None,
+        sealed: Default::default(),
+    }
+}
+
 fn context(operation: &str) -> capgate_plugin::CallContext {
     capgate_plugin::CallContext {
         capability: "identity-sessions".into(),
@@ -187,20 +199,12 @@ fn context(operation: &str) -> capgate_plugin::CallContext {
 /// it: on a runtime with a single thread, another task keeps getting turns meanwhile.
 #[tokio::test(flavor = "current_thread")]
 async fn a_looping_plugin_gives_its_thread_back_until_its_deadline() {
-    use capgate_model::exchange::UpstreamRequest;
     use capgate_plugin::Failure;
 
     let (plugins, _dir) = in_process(&["spin"]).await;
     let deadline = Duration::from_secs(1);
     let spinning = tokio::spawn(async move {
-        let request = UpstreamRequest {
-            method: http::Method::GET,
-            path: "/v1/identity/verification_sessions".into(),
-            query: Vec::new(),
-            headers: http::HeaderMap::new(),
-            body: None,
-            sealed: Default::default(),
-        };
+        let request = list_request(http::HeaderMap::new());
         let started = Instant::now();
         let spin = transform("spin", deadline);
         let plugin = plugins.get(&spin.plugin).expect("spin is loaded");
@@ -555,18 +559,10 @@ async fn a_reusing_binding_keeps_its_instance_across_calls() {
 /// the same way (a fresh instance each time, not a poisoned one), and nothing is left idle.
 #[tokio::test]
 async fn a_reused_instance_that_fails_is_never_reused() {
-    use capgate_model::exchange::UpstreamRequest;
     use capgate_plugin::Failure;
 
     let (plugins, _dir) = in_process(&["panic", "oom", "stamp"]).await;
-    let request = || UpstreamRequest {
-        method: http::Method::GET,
-        path: "/v1/identity/verification_sessions".into(),
-        query: Vec::new(),
-        headers: http::HeaderMap::new(),
-        body: None,
-        sealed: Default::default(),
-    };
+    let request = || list_request(http::HeaderMap::new());
     let reused = |plugin: &str, memory: usize| capgate_model::snapshot::TransformRef {
         memory,
         reuse: true,
@@ -618,8 +614,6 @@ async fn a_reused_instance_that_fails_is_never_reused() {
 /// arguments together would pass many times over if nothing were given back.
 #[tokio::test]
 async fn a_reused_instance_without_std_serves_on_the_same_memory() {
-    use capgate_model::exchange::UpstreamRequest;
-
     let (plugins, _dir) = in_process(&["noop"]).await;
     let transform = capgate_model::snapshot::TransformRef {
         memory: 1 << 20,
@@ -635,14 +629,7 @@ async fn a_reused_instance_without_std_serves_on_the_same_memory() {
         );
     }
     for call in 0..5000 {
-        let request = UpstreamRequest {
-            method: http::Method::GET,
-            path: "/v1/identity/verification_sessions".into(),
-            query: Vec::new(),
-            headers: headers.clone(),
-            body: None,
-            sealed: Default::default(),
-        };
+        let request = list_request(headers.clone());
         let outcome = plugins
             .on_request(&plugin, &transform, &context(LIST), request)
             .await;
