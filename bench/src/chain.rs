@@ -132,81 +132,58 @@ pub async fn chain(
     let (status, _) = load::once(&client, &Target::get("no key", &route(local_port, "v1"))).await?;
     anyhow::ensure!(status == 401, "the chain does not ask for a key: {status}");
 
-    let targets = [&bare, &full];
-    let procs = [&local, &stand.proc];
-    let compared = alternate(targets, procs, rounds, "", |i| {
-        load::fixed_concurrency(&client, targets[i], concurrency, duration)
-    })
+    let runs = Runs {
+        client: &client,
+        procs: [&local, &stand.proc],
+        rounds,
+        concurrency,
+        rate,
+        duration,
+    };
+    runs.closed(
+        [&bare, &full],
+        "",
+        "a session retrieved, one gateway",
+        "chain / bare",
+        " (target >= 0.85)",
+        "with the chain",
+    )
     .await?;
-    table(
-        &format!("REST at concurrency {concurrency}, a session retrieved, one gateway"),
-        &compared.series.iter().collect::<Vec<_>>(),
-    );
-    let [cpu_bare, cpu_full] = compared.gateway_cpu.clone().map(crate::median);
-    println!(
-        "\nthroughput chain / bare: {:.2} (target >= 0.85); gateway CPU per request {cpu_bare:.0} us bare, {cpu_full:.0} us with the chain",
-        compared.series[1].rps() / compared.series[0].rps()
-    );
     // What the key and the limit cost without the plugin.
-    let parts = [&bare, &keyed];
-    let compared = alternate(parts, procs, rounds, "without the plugin, ", |i| {
-        load::fixed_concurrency(&client, parts[i], concurrency, duration)
-    })
+    runs.closed(
+        [&bare, &keyed],
+        "without the plugin, ",
+        "the key and the limit alone",
+        "key + limit / bare",
+        "",
+        "with the key and the limit",
+    )
     .await?;
-    table(
-        &format!("REST at concurrency {concurrency}: the key and the limit alone"),
-        &compared.series.iter().collect::<Vec<_>>(),
-    );
-    let [cpu_bare, cpu_keyed] = compared.gateway_cpu.clone().map(crate::median);
-    println!(
-        "
-throughput key + limit / bare: {:.2}; gateway CPU per request {cpu_bare:.0} us bare, {cpu_keyed:.0} us with the key and the limit",
-        compared.series[1].rps() / compared.series[0].rps()
-    );
     // The chain with `instances: reused`: the no-op plugin's calls in instances earlier calls
     // left, rather than a fresh one per call.
-    let warm = [&bare, &reused];
-    let compared = alternate(warm, procs, rounds, "reused instances, ", |i| {
-        load::fixed_concurrency(&client, warm[i], concurrency, duration)
-    })
+    runs.closed(
+        [&bare, &reused],
+        "reused instances, ",
+        "the chain with `instances: reused`",
+        "chain (reused instances) / bare",
+        " (target >= 0.85)",
+        "with the chain",
+    )
     .await?;
-    table(
-        &format!("REST at concurrency {concurrency}: the chain with `instances: reused`"),
-        &compared.series.iter().collect::<Vec<_>>(),
-    );
-    let [cpu_bare, cpu_reused] = compared.gateway_cpu.clone().map(crate::median);
-    println!(
-        "\nthroughput chain (reused instances) / bare: {:.2} (target >= 0.85); gateway CPU per request {cpu_bare:.0} us bare, {cpu_reused:.0} us with the chain",
-        compared.series[1].rps() / compared.series[0].rps()
-    );
-    let compared = alternate(warm, procs, rounds, "reused instances, fixed rate, ", |i| {
-        load::fixed_rate(warm[i], rate, duration)
-    })
+    runs.paced(
+        [&bare, &reused],
+        "reused instances, fixed rate, ",
+        "the chain with `instances: reused`",
+        "the chain (reused instances)",
+    )
     .await?;
-    let series = &compared.series;
-    table(
-        &format!("REST at a fixed rate of {rate} requests/s: the chain with `instances: reused`"),
-        &series.iter().collect::<Vec<_>>(),
-    );
-    println!(
-        "\nthe chain (reused instances) adds {:.3} ms at p50 (target <= 0.1) and {:.3} ms at p99",
-        series[1].p50() - series[0].p50(),
-        series[1].p99() - series[0].p99()
-    );
-    let compared = alternate(targets, procs, rounds, "fixed rate, ", |i| {
-        load::fixed_rate(targets[i], rate, duration)
-    })
+    runs.paced(
+        [&bare, &full],
+        "fixed rate, ",
+        "the same retrieve",
+        "the chain",
+    )
     .await?;
-    let series = &compared.series;
-    table(
-        &format!("REST at a fixed rate of {rate} requests/s, the same retrieve"),
-        &series.iter().collect::<Vec<_>>(),
-    );
-    println!(
-        "\nthe chain adds {:.3} ms at p50 (target <= 0.1) and {:.3} ms at p99",
-        series[1].p50() - series[0].p50(),
-        series[1].p99() - series[0].p99()
-    );
 
     // In-process counting against Redis, each on its own gateway, alternating.
     let mut in_process = Series::new(&full.name);
@@ -239,4 +216,70 @@ throughput key + limit / bare: {:.2}; gateway CPU per request {cpu_bare:.0} us b
     );
     drop(shared);
     Ok(())
+}
+
+/// What every comparison of the bench shares: the client, the gateway and stand-in whose CPU
+/// is read, and the load's shape.
+struct Runs<'a> {
+    client: &'a load::HttpClient,
+    procs: [&'a Proc; 2],
+    rounds: usize,
+    concurrency: usize,
+    rate: u64,
+    duration: Duration,
+}
+
+impl Runs<'_> {
+    /// `pair` (the bare route first) at fixed concurrency, alternating: its table, then the
+    /// throughput ratio and each side's gateway CPU per request.
+    async fn closed(
+        &self,
+        pair: [&Target; 2],
+        phase: &str,
+        title: &str,
+        ratio: &str,
+        target: &str,
+        with: &str,
+    ) -> anyhow::Result<()> {
+        let compared = alternate(pair, self.procs, self.rounds, phase, |i| {
+            load::fixed_concurrency(self.client, pair[i], self.concurrency, self.duration)
+        })
+        .await?;
+        table(
+            &format!("REST at concurrency {}: {title}", self.concurrency),
+            &compared.series.iter().collect::<Vec<_>>(),
+        );
+        let [cpu_bare, cpu_with] = compared.gateway_cpu.clone().map(crate::median);
+        println!(
+            "\nthroughput {ratio}: {:.2}{target}; gateway CPU per request {cpu_bare:.0} us bare, {cpu_with:.0} us {with}",
+            compared.series[1].rps() / compared.series[0].rps()
+        );
+        Ok(())
+    }
+
+    /// `pair` (the bare route first) at the fixed rate, alternating: its table, then what the
+    /// second adds at p50 and p99.
+    async fn paced(
+        &self,
+        pair: [&Target; 2],
+        phase: &str,
+        title: &str,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let compared = alternate(pair, self.procs, self.rounds, phase, |i| {
+            load::fixed_rate(pair[i], self.rate, self.duration)
+        })
+        .await?;
+        let series = &compared.series;
+        table(
+            &format!("REST at a fixed rate of {} requests/s: {title}", self.rate),
+            &series.iter().collect::<Vec<_>>(),
+        );
+        println!(
+            "\n{what} adds {:.3} ms at p50 (target <= 0.1) and {:.3} ms at p99",
+            series[1].p50() - series[0].p50(),
+            series[1].p99() - series[0].p99()
+        );
+        Ok(())
+    }
 }

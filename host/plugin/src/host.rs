@@ -494,16 +494,16 @@ impl Plugins {
         })
     }
 
-    /// After a call that did not fail: keeps its instance idle for the next call when the
-    /// binding reuses instances, the instance is still sound, and fewer than
+    /// After a call that did not fail, and wrote `stderr`: keeps its instance idle for the next
+    /// call when the binding reuses instances, the instance is still sound, and fewer than
     /// `warm_instances` are idle; drops it otherwise.
-    fn release(&self, plugin: &Plugin, transform: &TransformRef, call: Call<'_>) {
+    fn release(&self, plugin: &Plugin, transform: &TransformRef, call: Call<'_>, stderr: &str) {
         let Call {
             mut store,
             instance,
             ..
         } = call;
-        if !transform.reuse || !reusable(&store) {
+        if !transform.reuse || !reusable(&store, stderr) {
             return;
         }
         let Some(idle) = Idle::reserve(&self.idle, self.config.warm_instances) else {
@@ -539,8 +539,8 @@ impl Plugins {
             )
             .await
             .map_err(|e| classify(&e, &mut call.store))?;
-        log_stderr(call.store.data());
-        self.release(plugin, transform, call);
+        let stderr = log_stderr(call.store.data());
+        self.release(plugin, transform, call, &stderr);
         match result {
             Ok(RequestAction::Forward(changed)) => Ok(RequestOutcome::Forward(from_wit_request(
                 changed,
@@ -576,8 +576,8 @@ impl Plugins {
             )
             .await
             .map_err(|e| classify(&e, &mut call.store))?;
-        log_stderr(call.store.data());
-        self.release(plugin, transform, call);
+        let stderr = log_stderr(call.store.data());
+        self.release(plugin, transform, call, &stderr);
         match result {
             Ok(changed) => {
                 let original = (!plugin.needs_response_body).then(|| response.body.clone());

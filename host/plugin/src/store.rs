@@ -261,11 +261,11 @@ pub(crate) fn new_store(
     store
 }
 
-/// Whether a store that has just served a call without failing may serve another: it wrote
-/// nothing to stderr (whose pipe is never emptied) and its memory cap never refused it.
-pub(crate) fn reusable(store: &Store<State>) -> bool {
-    let state = store.data();
-    !state.limits.memory_refused && state.stderr.contents().is_empty()
+/// Whether a store that has just served a call without failing, which wrote `stderr`, may
+/// serve another: it wrote nothing (the pipe is never emptied) and its memory cap never
+/// refused it.
+pub(crate) fn reusable(store: &Store<State>, stderr: &str) -> bool {
+    stderr.is_empty() && !store.data().limits.memory_refused
 }
 
 /// Parks a store between calls: the epoch no longer ticks for it.
