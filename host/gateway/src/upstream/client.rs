@@ -272,17 +272,21 @@ fn attempt_span(encoded: &Encoded, attempt: u32) -> Option<crate::trace::Child> 
         encoded.method.as_str().to_owned(),
         crate::trace::Kind::Client,
         || {
-            let url = &encoded.url;
+            let uri = &encoded.uri;
+            let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let mut attributes = vec![
                 KeyValue::new("http.request.method", encoded.method.as_str().to_owned()),
-                KeyValue::new("server.address", url.host_str().unwrap_or("").to_owned()),
-                KeyValue::new(
-                    "server.port",
-                    i64::from(url.port_or_known_default().unwrap_or(0)),
-                ),
+                KeyValue::new("server.address", uri.host().unwrap_or("").to_owned()),
+                KeyValue::new("server.port", i64::from(port)),
                 KeyValue::new(
                     "url.full",
-                    format!("{}{}", &url[..url::Position::BeforePath], url.path()),
+                    format!(
+                        "{}://{}{}",
+                        uri.scheme_str().unwrap_or("http"),
+                        uri.authority().map_or("", |a| a.as_str()),
+                        uri.path()
+                    ),
                 ),
             ];
             if attempt > 0 {
