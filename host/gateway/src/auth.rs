@@ -6,28 +6,13 @@
 //! module checks requests against it. This and `upstream` are the only modules of the gateway
 //! that read secret values.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use http::HeaderMap;
 
-use capgate_model::secret::Secret;
 use capgate_model::snapshot::{Auth as Scheme, CallerAuth};
-use capgate_model::template::{Scope, Template};
+use capgate_model::template::{BindScope, Template};
 
 use crate::error::GatewayError;
-
-struct Binds<'a>(&'a BTreeMap<String, Option<Secret>>);
-
-impl Scope for Binds<'_> {
-    fn input(&self, _: &str) -> Option<&serde_json::Value> {
-        None
-    }
-
-    fn bound(&self, variable: &str) -> Option<&str> {
-        self.0.get(variable)?.as_ref().map(Secret::expose)
-    }
-}
 
 /// Checks a request's credentials.
 pub fn check(
@@ -43,7 +28,7 @@ pub fn check(
             ),
         });
     }
-    let scope = Binds(&auth.binds);
+    let scope = BindScope(&auth.binds);
     let expected = |t: &Template| {
         t.render_text(&scope)
             .map(|c| c.into_owned())
@@ -136,8 +121,10 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    use capgate_model::secret::Secret;
     use capgate_model::template::{Placeholder, Ref};
 
     fn auth(scheme: Scheme, token: Option<&str>) -> CallerAuth {

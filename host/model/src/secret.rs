@@ -3,8 +3,9 @@
 //! Values from `binds` (API keys, tokens) are wrapped in [`Secret`] as soon as they are read. Its
 //! `Debug` prints a placeholder and it has no `Display` or `Serialize`, so a secret cannot reach
 //! a log line, a diagnostic, a metric or an admin response by accident. [`Secret::expose`] is
-//! called where a value must be used: when templates render bound variables (for `upstream`,
-//! to put it on the wire) and in `auth`, to compare a caller's credentials with it.
+//! called where a value must be used: when templates render bound variables (an adapter's
+//! credentials when a snapshot is built, and `upstream`, to put them on the wire) and in
+//! `auth`, to compare a caller's credentials with it.
 
 use std::collections::BTreeMap;
 use std::fmt;

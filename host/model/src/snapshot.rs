@@ -366,11 +366,75 @@ pub struct UpstreamAdapter {
     pub base_url: Option<url::Url>,
     pub profile: ProfileName,
     pub auth: Option<Auth>,
+    /// `auth` rendered from `binds`, once per snapshot.
+    pub credentials: Credentials,
     /// Bound variables of the declaring file.
     pub binds: Arc<BTreeMap<String, Option<Secret>>>,
     /// Adapter-level `inputParameters` with a `value` in a header or the query (an API
     /// version, a key): forwarded requests carry them too, as every operation's do.
     pub fixed: Vec<UpstreamParam>,
+}
+
+/// An adapter's upstream credentials ready for the wire. Their templates name only bound
+/// variables, which a snapshot holds fixed, so they are rendered once, when the snapshot is
+/// built, not per request. Header values are marked sensitive, and `Debug` shows no value.
+#[derive(Debug, Default)]
+pub enum Credentials {
+    #[default]
+    None,
+    /// A header (`Authorization: Bearer ...`, an API key's header).
+    Header(http::HeaderName, http::HeaderValue),
+    /// A query parameter's name and value (an API key in the query).
+    Query { name: String, value: Secret },
+    /// `Authorization: Basic ...`, which the client sets last.
+    Basic(http::HeaderValue),
+    /// Rendered to text no header can carry: requests are refused as misconfigured.
+    Invalid,
+}
+
+impl Credentials {
+    /// `auth` rendered from `binds` (an absent bound variable renders empty).
+    pub fn render(auth: Option<&Auth>, binds: &BTreeMap<String, Option<Secret>>) -> Credentials {
+        let scope = crate::template::BindScope(binds);
+        let render = |template: &Template| {
+            template
+                .render_text(&scope)
+                .unwrap_or_default()
+                .into_owned()
+        };
+        let sensitive = |text: String| {
+            http::HeaderValue::try_from(text).map(|mut value| {
+                value.set_sensitive(true);
+                value
+            })
+        };
+        let header = |name: http::HeaderName, text: String| {
+            sensitive(text).map_or(Credentials::Invalid, |value| {
+                Credentials::Header(name, value)
+            })
+        };
+        match auth {
+            None => Credentials::None,
+            Some(Auth::Bearer(token)) => header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", render(token)),
+            ),
+            Some(Auth::ApiKeyHeader { name, value }) => header(name.clone(), render(value)),
+            Some(Auth::ApiKeyQuery { name, value }) => Credentials::Query {
+                name: name.clone(),
+                value: Secret::new(render(value)),
+            },
+            Some(Auth::Basic { username, password }) => {
+                use base64::Engine as _;
+                let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    render(username),
+                    render(password)
+                ));
+                sensitive(format!("Basic {token}")).map_or(Credentials::Invalid, Credentials::Basic)
+            }
+        }
+    }
 }
 
 /// Credentials as an `authentication` block declares them: added to upstream requests after
@@ -524,4 +588,59 @@ pub fn plain_base(base_uri: &str) -> Option<url::Url> {
     url::Url::parse(base_uri)
         .ok()
         .filter(|u| !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(text: &str) -> Template {
+        Template::compile(text, |p| Ref::Bind(p.name.clone()))
+    }
+
+    #[test]
+    fn credentials_render_once_as_sensitive_values_never_shown() {
+        let binds = BTreeMap::from([
+            ("KEY".to_owned(), Some(Secret::new("sk_test_123"))),
+            ("BAD".to_owned(), Some(Secret::new("a\nb"))),
+            ("UNSET".to_owned(), None),
+        ]);
+        let render = |auth: Auth| Credentials::render(Some(&auth), &binds);
+
+        let Credentials::Header(name, value) = render(Auth::Bearer(bound("{{KEY}}"))) else {
+            panic!("a bearer token is a header");
+        };
+        assert_eq!(name, http::header::AUTHORIZATION);
+        assert_eq!(value, "Bearer sk_test_123");
+        assert!(value.is_sensitive());
+
+        let basic = render(Auth::Basic {
+            username: bound("{{KEY}}"),
+            password: bound("{{UNSET}}"),
+        });
+        let Credentials::Basic(value) = &basic else {
+            panic!("basic credentials are their own header");
+        };
+        // base64("sk_test_123:"): an unset variable renders empty.
+        assert_eq!(value, "Basic c2tfdGVzdF8xMjM6");
+        assert!(!format!("{basic:?}").contains("c2tf"), "{basic:?}");
+
+        let query = render(Auth::ApiKeyQuery {
+            name: "key".into(),
+            value: bound("{{KEY}}"),
+        });
+        assert!(matches!(&query, Credentials::Query { name, value }
+            if name == "key" && value.expose() == "sk_test_123"));
+        assert!(!format!("{query:?}").contains("sk_test"), "{query:?}");
+
+        let header = render(Auth::ApiKeyHeader {
+            name: http::HeaderName::from_static("x-api-key"),
+            value: bound("{{BAD}}"),
+        });
+        assert!(matches!(header, Credentials::Invalid), "{header:?}");
+        assert!(matches!(
+            Credentials::render(None, &binds),
+            Credentials::None
+        ));
+    }
 }

@@ -65,6 +65,23 @@ pub trait Scope {
     }
 }
 
+/// The scope of templates that may name only bound variables (credentials, an adapter's fixed
+/// values): no inputs, no consumer.
+pub struct BindScope<'a>(pub &'a std::collections::BTreeMap<String, Option<crate::secret::Secret>>);
+
+impl Scope for BindScope<'_> {
+    fn input(&self, _: &str) -> Option<&Value> {
+        None
+    }
+
+    fn bound(&self, variable: &str) -> Option<&str> {
+        self.0
+            .get(variable)?
+            .as_ref()
+            .map(crate::secret::Secret::expose)
+    }
+}
+
 /// The placeholders of `text`, in order; `None` when `text` has no `{{`.
 pub fn placeholders(text: &str) -> Vec<Placeholder> {
     split(text)

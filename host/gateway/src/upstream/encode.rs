@@ -9,9 +9,7 @@ use serde_json::Value;
 use capgate_model::config::ProfileName;
 use capgate_model::exchange::{Payload, UpstreamRequest};
 use capgate_model::form::{self, ArrayStyle};
-use capgate_model::secret::Secret;
-use capgate_model::snapshot::{Auth, UpstreamAdapter};
-use capgate_model::template::Scope;
+use capgate_model::snapshot::{Credentials, UpstreamAdapter};
 
 use crate::error::GatewayError;
 
@@ -75,18 +73,6 @@ pub(super) fn encode(
         upstream: adapter.namespace.clone(),
         detail: format!("cannot build the upstream URL: {e}"),
     })?;
-    let basic = match basic {
-        None => None,
-        Some((user, password)) => {
-            use base64::Engine as _;
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            let mut value = HeaderValue::try_from(format!("Basic {token}"))
-                .map_err(|_| misconfigured(adapter))?;
-            value.set_sensitive(true);
-            Some(value)
-        }
-    };
     Ok(Encoded {
         method: request.method.clone(),
         uri,
@@ -116,41 +102,25 @@ fn with_sealed_body(request: &UpstreamRequest) -> Option<Payload> {
     }
 }
 
-/// Adds the adapter's credentials, rendered from its bound variables: a header or a query
+/// Adds the adapter's credentials (rendered when the snapshot was built): a header or a query
 /// parameter, or basic credentials (returned, for the client to set).
 fn add_credentials(
     adapter: &UpstreamAdapter,
     headers: &mut HeaderMap,
     query: &mut String,
     style: ArrayStyle,
-) -> Result<Option<(String, String)>, GatewayError> {
-    let scope = BindScope(&adapter.binds);
-    let render = |template: &capgate_model::template::Template| {
-        template
-            .render_text(&scope)
-            .unwrap_or_default()
-            .into_owned()
-    };
-    let sensitive = |text: String| {
-        let mut value = HeaderValue::try_from(text).map_err(|_| misconfigured(adapter))?;
-        value.set_sensitive(true);
-        Ok::<_, GatewayError>(value)
-    };
-    match &adapter.auth {
-        None => {}
-        Some(Auth::Bearer(token)) => {
-            let value = sensitive(format!("Bearer {}", render(token)))?;
-            headers.insert(http::header::AUTHORIZATION, value);
+) -> Result<Option<HeaderValue>, GatewayError> {
+    match &adapter.credentials {
+        Credentials::None => {}
+        Credentials::Header(name, value) => {
+            headers.insert(name.clone(), value.clone());
         }
-        Some(Auth::ApiKeyHeader { name, value }) => {
-            headers.insert(name.clone(), sensitive(render(value))?);
+        Credentials::Query { name, value } => {
+            let value = Value::String(value.expose().to_owned());
+            form::append_pair(query, name, &value, style);
         }
-        Some(Auth::ApiKeyQuery { name, value }) => {
-            form::append_pair(query, name, &Value::String(render(value)), style);
-        }
-        Some(Auth::Basic { username, password }) => {
-            return Ok(Some((render(username), render(password))));
-        }
+        Credentials::Basic(value) => return Ok(Some(value.clone())),
+        Credentials::Invalid => return Err(misconfigured(adapter)),
     }
     Ok(None)
 }
@@ -209,18 +179,6 @@ fn misconfigured(adapter: &UpstreamAdapter) -> GatewayError {
             "the credentials of upstream {} are not a valid header value",
             adapter.namespace
         ),
-    }
-}
-
-struct BindScope<'a>(&'a std::collections::BTreeMap<String, Option<Secret>>);
-
-impl Scope for BindScope<'_> {
-    fn input(&self, _: &str) -> Option<&Value> {
-        None
-    }
-
-    fn bound(&self, variable: &str) -> Option<&str> {
-        self.0.get(variable)?.as_ref().map(Secret::expose)
     }
 }
 

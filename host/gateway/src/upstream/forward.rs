@@ -5,9 +5,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method};
 
 use capgate_model::exchange::{Payload, Sealed, UpstreamRequest};
-use capgate_model::secret::Secret;
 use capgate_model::snapshot::{Location, UpstreamAdapter};
-use capgate_model::template::{Ref, Scope};
+use capgate_model::template::{BindScope, Ref};
 
 use super::prepare::SEGMENT;
 use crate::error::GatewayError;
@@ -70,16 +69,7 @@ pub fn forward_request(
 /// `value`) to a forwarded request, as every operation of the adapter sends them; a value read
 /// from bound variables is sealed (transforms never see it).
 pub fn with_fixed(adapter: &UpstreamAdapter, request: &mut UpstreamRequest) {
-    struct Binds<'a>(&'a std::collections::BTreeMap<String, Option<Secret>>);
-    impl Scope for Binds<'_> {
-        fn input(&self, _: &str) -> Option<&serde_json::Value> {
-            None
-        }
-        fn bound(&self, variable: &str) -> Option<&str> {
-            self.0.get(variable)?.as_ref().map(Secret::expose)
-        }
-    }
-    let scope = Binds(&adapter.binds);
+    let scope = BindScope(&adapter.binds);
     for param in &adapter.fixed {
         let Some(template) = &param.value else {
             continue;

@@ -198,6 +198,7 @@ fn adapter(
         base_url: crate::snapshot::plain_base(&base_uri),
         base_uri,
         profile,
+        credentials: crate::snapshot::Credentials::render(auth.as_ref(), binds),
         auth,
         binds: binds.clone(),
         fixed: Vec::new(),
