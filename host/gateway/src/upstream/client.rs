@@ -1,26 +1,20 @@
-//! The HTTP client every upstream call goes through (hyper's pooled client, rustls verified
-//! against the platform's roots): a bounded number of requests per origin, connect and request
-//! timeouts, and retries by Stripe's SDK rules (with the Stripe profile, a POST gets an
-//! `Idempotency-Key` before its first attempt and keeps it).
+//! The HTTP client every upstream call goes through (hyper's connections, pooled per origin by
+//! [`super::pool`]; rustls verified against the platform's roots): a bounded number of requests
+//! per origin, connect and request timeouts, and retries by Stripe's SDK rules (with the Stripe
+//! profile, a POST gets an `Idempotency-Key` before its first attempt and keeps it).
 //!
-//! hyper's client rather than reqwest: reqwest's layers (redirect policy, URL to URI
-//! conversion, its own header defaults) cost half of a proxied request's CPU (BENCHMARKS.md,
-//! issue 22), and none of them is used here. What reqwest did that callers can see is kept:
-//! `User-Agent` and `Accept: */*` unless set, basic credentials, no redirects followed, HTTP/2
-//! by ALPN over TLS.
+//! hyper rather than reqwest: reqwest's layers (redirect policy, URL to URI conversion, its own
+//! header defaults) cost half of a proxied request's CPU (BENCHMARKS.md, issue 22), and none of
+//! them is used here. What reqwest did that callers can see is kept: `User-Agent` and
+//! `Accept: */*` unless set, basic credentials, no redirects followed, HTTP/2 by ALPN over TLS.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
-use tokio::sync::Semaphore;
 
 use capgate_model::config::{Limits, ProfileName, RetryPolicy};
 use capgate_model::exchange::{UpstreamRequest, UpstreamResponse};
@@ -28,10 +22,9 @@ use capgate_model::snapshot::UpstreamAdapter;
 
 use super::budget::{Budgets, Shed};
 use super::encode::{Encoded, encode};
+use super::pool::{Origin, Pool, SendError};
 use super::random_id;
 use crate::error::GatewayError;
-
-type Http = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// What every upstream request says it is, unless it says otherwise.
 const USER_AGENT: &str = concat!("capgate/", env!("CARGO_PKG_VERSION"));
@@ -39,11 +32,9 @@ const USER_AGENT: &str = concat!("capgate/", env!("CARGO_PKG_VERSION"));
 /// The HTTP client shared by every upstream call.
 #[derive(Debug)]
 pub struct Client {
-    http: Http,
+    pool: Pool,
     limits: Limits,
     retry: RetryPolicy,
-    /// One semaphore per origin bounds concurrent upstream requests.
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     budgets: Budgets,
 }
 
@@ -58,30 +49,16 @@ impl Client {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp);
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(limits.upstream_max_idle)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Client {
-            http,
+            pool: Pool::new(
+                connector,
+                limits.upstream_max_idle,
+                limits.upstream_max_connections,
+            ),
             limits: limits.clone(),
             retry: retry.clone(),
-            slots: Mutex::new(HashMap::new()),
             budgets: Budgets::new(&limits.upstream_budget, limits.replicas),
         }
-    }
-
-    fn slot(&self, origin: &str) -> Arc<Semaphore> {
-        let mut slots = self.slots.lock().expect("not poisoned");
-        if let Some(slot) = slots.get(origin) {
-            return slot.clone();
-        }
-        slots
-            .entry(origin.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.upstream_max_connections)))
-            .clone()
     }
 
     /// Sends `request` to `adapter`, retrying what Stripe's SDKs would retry, within the
@@ -116,7 +93,7 @@ impl Client {
                 request.headers.contains_key("idempotency-key"),
             );
         let encoded = encode(adapter, &request, self.limits.max_upstream_url_bytes)?;
-        let slot = self.slot(&adapter.origin);
+        let origin = self.pool.origin(&adapter.origin);
         let mut attempt = 0u32;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -137,8 +114,12 @@ impl Client {
             }
             let span = attempt_span(&encoded, attempt);
             let outcome = tokio::time::timeout(remaining, async {
-                let _permit = slot.acquire().await.expect("semaphores are never closed");
-                self.exchange(adapter, &encoded, span.as_ref()).await
+                let _permit = origin
+                    .slots
+                    .acquire()
+                    .await
+                    .expect("semaphores are never closed");
+                self.exchange(&origin, &encoded, span.as_ref()).await
             })
             .await;
             if let Some(span) = span {
@@ -208,7 +189,7 @@ impl Client {
 
     async fn exchange(
         &self,
-        adapter: &UpstreamAdapter,
+        origin: &Arc<Origin>,
         encoded: &Encoded,
         span: Option<&crate::trace::Child>,
     ) -> Result<UpstreamResponse, Failure> {
@@ -232,17 +213,16 @@ impl Client {
         if let Some(basic) = &encoded.basic {
             headers.insert(http::header::AUTHORIZATION, basic.clone());
         }
-        let response = self.http.request(request).await.map_err(|e| {
-            if timed_out(&e) {
-                // The connect timeout (the whole call's deadline is the caller's).
-                Failure::Timeout
-            } else if unreadable_answer(&e) {
-                // The upstream answered, but not in a form the client reads (more than 100
-                // headers, say): asking again gets the same answer.
+        let (response, conn) = self.pool.send(origin, request).await.map_err(|e| match e {
+            // The connect timeout (the whole call's deadline is the caller's).
+            SendError::Connect(e) if timed_out(&*e) => Failure::Timeout,
+            SendError::Connect(e) => Failure::Connect(chain(&*e)),
+            // The upstream answered, but not in a form the client reads (more than 100
+            // headers, say): asking again gets the same answer.
+            SendError::Exchange(e) if unreadable_answer(&e) => {
                 Failure::Invalid(format!("its answer could not be read: {}", chain(&e)))
-            } else {
-                Failure::Connect(chain(&e))
             }
+            SendError::Exchange(e) => Failure::Connect(chain(&e)),
         })?;
         let (parts, body) = response.into_parts();
         let limit = self.limits.max_upstream_body_bytes;
@@ -255,7 +235,7 @@ impl Client {
             }
             Err(error) => return Err(Failure::Connect(chain(&*error))),
         };
-        let _ = adapter;
+        origin.check_in(conn);
         Ok(UpstreamResponse {
             status: parts.status,
             headers: parts.headers,
@@ -383,6 +363,8 @@ fn should_retry(response: &UpstreamResponse) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]
