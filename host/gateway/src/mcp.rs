@@ -464,11 +464,10 @@ impl Hub {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display + 'static,
     {
-        let traced = self.invoker.tracing().request(
-            format!("{} {}", request.method(), request.uri().path()),
-            request.headers(),
-            http_attributes(key.port, &request),
-        );
+        let traced = self.invoker.tracing().request(request.headers(), || {
+            let name = format!("{} {}", request.method(), request.uri().path());
+            (name, http_attributes(key.port, &request))
+        });
         let response = crate::trace::within(
             traced.as_ref(),
             self.answer(key, listener, plugins, consumers, request, traced.clone()),

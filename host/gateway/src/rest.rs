@@ -57,16 +57,15 @@ where
     let method = request.method().clone();
     let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut seen = Seen::default();
-    let traced = invoker.tracing().request(
-        method.as_str().to_owned(),
-        request.headers(),
-        vec![
+    let traced = invoker.tracing().request(request.headers(), || {
+        let attributes = vec![
             KeyValue::new("http.request.method", method.as_str().to_owned()),
             KeyValue::new("url.path", request.uri().path().to_owned()),
             KeyValue::new("server.port", i64::from(port)),
             KeyValue::new("capgate.request_id", request_id.to_string()),
-        ],
-    );
+        ];
+        (method.as_str().to_owned(), attributes)
+    });
     let response = crate::access::recording(
         timing.exchange.clone(),
         crate::trace::within(

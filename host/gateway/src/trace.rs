@@ -292,15 +292,16 @@ impl Tracing {
     }
 
     /// A request's span (kind server), continuing the trace the caller's `headers` carry;
-    /// none when tracing is off.
-    pub fn request(
+    /// none when tracing is off. `describe` gives its name and attributes, and is called only
+    /// when tracing is on (an untraced request builds none of them).
+    pub fn request<N: Into<Cow<'static, str>>>(
         &self,
-        name: impl Into<Cow<'static, str>>,
         headers: &HeaderMap,
-        attributes: Vec<KeyValue>,
+        describe: impl FnOnce() -> (N, Vec<KeyValue>),
     ) -> Option<Traced> {
         let on = self.on.as_ref()?;
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let (name, attributes) = describe();
         Some(on.start(name, &parent, attributes))
     }
 
