@@ -72,7 +72,7 @@ async fn all_corpus_files_serve_together() {
                 })
                 .map(|s| (s.name.clone(), sample(&s.ty)))
                 .collect(),
-            capgate_model::snapshot::RestInputs::Declared(_) => Vec::new(),
+            capgate_model::snapshot::RestInputs::Declared { .. } => Vec::new(),
         };
         let mut request = h
             .http

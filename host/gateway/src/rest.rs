@@ -172,15 +172,17 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let result = match listener.rest.find(&method, &path) {
+    // The URI's parts are shared, not copied: the path outlives the request for the log.
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let result = match listener.rest.find(&method, path) {
         Match::NotFound => Err(GatewayError::NotFound {
             method,
-            path: path.clone(),
+            path: path.to_owned(),
         }),
         Match::MethodNotAllowed(allowed) => Err(GatewayError::MethodNotAllowed {
             method,
-            path: path.clone(),
+            path: path.to_owned(),
             allowed,
         }),
         Match::Found {
@@ -188,8 +190,6 @@ where
             params,
         } => {
             seen.route = Some(route);
-            let params: Vec<(String, String)> =
-                params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             match consumer_of(consumers, port, route, request.headers(), seen).await {
                 Ok(()) => {
                     let caller = seen.caller.clone();
@@ -279,7 +279,7 @@ async fn run<B>(
     invoker: &Invoker,
     plugins: &PluginSet,
     route: &RestRoute,
-    params: Vec<(String, String)>,
+    params: Vec<(&str, String)>,
     max_body: usize,
     context: Context,
     request: http::Request<B>,
@@ -351,7 +351,7 @@ where
         } => {
             let mut values = Map::new();
             for (name, value) in &params {
-                values.insert(name.clone(), Value::String(value.clone()));
+                values.insert((*name).to_owned(), Value::String(value.clone()));
             }
             for (name, value) in query {
                 if *strict_query
@@ -376,8 +376,12 @@ where
             }
             validate_arguments(specs, values, Strictness::FromText).map_err(argument_error)?
         }
-        RestInputs::Declared(declared) => {
-            declared_inputs(declared, &params, query, &parts.headers, body.as_ref())?
+        RestInputs::Declared {
+            params: declared,
+            specs,
+        } => {
+            let values = declared_inputs(declared, &params, query, &parts.headers, body.as_ref());
+            validate_arguments(specs, values, Strictness::FromText).map_err(argument_error)?
         }
     };
     invoker
@@ -443,17 +447,17 @@ fn argument_error(e: ArgumentError) -> GatewayError {
 
 fn declared_inputs(
     declared: &[ExposedParam],
-    params: &[(String, String)],
+    params: &[(&str, String)],
     query: Map<String, Value>,
     headers: &HeaderMap,
     body: Option<&Value>,
-) -> Result<Map<String, Value>, GatewayError> {
+) -> Map<String, Value> {
     let mut values = Map::new();
     for param in declared {
         let value = match param.location {
             Some(Location::Path) => params
                 .iter()
-                .find(|(k, _)| k == &param.name)
+                .find(|(k, _)| *k == param.name)
                 .map(|(_, v)| Value::String(v.clone())),
             Some(Location::Query) => query.get(&param.name).cloned(),
             Some(Location::Header) => headers
@@ -472,13 +476,12 @@ fn declared_inputs(
             values.insert(param.name.clone(), value);
         }
     }
-    for (name, value) in params {
+    for &(name, ref value) in params {
         values
-            .entry(name.clone())
+            .entry(name)
             .or_insert_with(|| Value::String(value.clone()));
     }
-    let specs: Vec<_> = declared.iter().map(|p| p.spec.clone()).collect();
-    validate_arguments(&specs, values, Strictness::FromText).map_err(argument_error)
+    values
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

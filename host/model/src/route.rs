@@ -188,23 +188,11 @@ impl<T> Router<T> {
         } else {
             trimmed.split('/').collect()
         };
-        // Borrowed unless a segment has escapes: the common path allocates nothing here.
-        let decoded: Vec<Cow<'_, str>> = raw
-            .iter()
-            .map(|s| percent_decode_str(s).decode_utf8_lossy())
-            .collect();
         let mut values = Vec::new();
         let mut allowed = Vec::new();
-        match find_in(
-            &self.root,
-            method,
-            &raw,
-            &decoded,
-            0,
-            &mut values,
-            &mut allowed,
-        ) {
-            Some((endpoint, values)) => Match::Found {
+        match find_in(&self.root, method, &raw, 0, &mut values, &mut allowed) {
+            // `values` holds exactly the matched route's values: each is popped on a miss.
+            Some(endpoint) => Match::Found {
                 value: &endpoint.value,
                 params: endpoint
                     .names
@@ -241,47 +229,56 @@ fn collect<'r, T>(node: &'r Node<T>, out: &mut Vec<&'r T>) {
     }
 }
 
+/// The endpoint for `raw[depth..]` under `node`, with the values of the variables matched on
+/// the way pushed onto `values` (and popped again where a branch fails).
 fn find_in<'r, T>(
     node: &'r Node<T>,
     method: &Method,
     raw: &[&str],
-    decoded: &[Cow<'_, str>],
     depth: usize,
     values: &mut Vec<String>,
     allowed: &mut Vec<Method>,
-) -> Option<(&'r Endpoint<T>, Vec<String>)> {
+) -> Option<&'r Endpoint<T>> {
     if depth == raw.len() {
         if let Some(e) = node.endpoints.iter().find(|e| e.method == *method) {
-            return Some((e, values.clone()));
+            return Some(e);
         }
         allowed.extend(node.endpoints.iter().map(|e| e.method.clone()));
     } else {
-        if let Some(child) = node.statics.get(decoded[depth].as_ref())
-            && let Some(found) = find_in(child, method, raw, decoded, depth + 1, values, allowed)
+        let segment = decode(raw[depth]);
+        if let Some(child) = node.statics.get(segment.as_ref())
+            && let Some(found) = find_in(child, method, raw, depth + 1, values, allowed)
         {
             return Some(found);
         }
         if let Some(child) = &node.variable
-            && !decoded[depth].is_empty()
+            && !segment.is_empty()
         {
-            values.push(decoded[depth].clone().into_owned());
-            let found = find_in(child, method, raw, decoded, depth + 1, values, allowed);
-            values.pop();
-            if found.is_some() {
-                return found;
+            values.push(segment.into_owned());
+            if let Some(found) = find_in(child, method, raw, depth + 1, values, allowed) {
+                return Some(found);
             }
+            values.pop();
         }
     }
     if !node.rest.is_empty() && depth < raw.len() {
         if let Some(e) = node.rest.iter().find(|e| e.method == *method) {
-            let mut all = values.clone();
             // The rest stays percent-encoded: it is forwarded, segment by segment.
-            all.push(raw[depth..].join("/"));
-            return Some((e, all));
+            values.push(raw[depth..].join("/"));
+            return Some(e);
         }
         allowed.extend(node.rest.iter().map(|e| e.method.clone()));
     }
     None
+}
+
+/// A path segment percent-decoded; borrowed (and not scanned twice) when it has no escapes.
+fn decode(segment: &str) -> Cow<'_, str> {
+    if segment.contains('%') {
+        percent_decode_str(segment).decode_utf8_lossy()
+    } else {
+        Cow::Borrowed(segment)
+    }
 }
 
 #[cfg(test)]

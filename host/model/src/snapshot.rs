@@ -99,8 +99,12 @@ pub struct RestRoute {
 /// How a REST operation gets its caller inputs.
 #[derive(Debug)]
 pub enum RestInputs {
-    /// Declared `inputParameters` only.
-    Declared(Vec<ExposedParam>),
+    /// Declared `inputParameters` only; `specs` are their `spec`s, in the same order, for
+    /// validation (copied once here rather than on every request).
+    Declared {
+        params: Vec<ExposedParam>,
+        specs: Vec<InputSpec>,
+    },
     /// Every path variable, query parameter and body field by name, and the whole body as
     /// `body`. `specs` are the inputs the operation uses, for validation; a query parameter
     /// that is not among them (nor a path variable) is refused when `strict_query` is set.

@@ -254,7 +254,7 @@ fn no_corpus_route_is_unreachable_by_a_name_mismatch() {
                     _ => None,
                 })
                 .collect();
-            if let RestInputs::Declared(params) = &planned.route.inputs {
+            if let RestInputs::Declared { params, .. } = &planned.route.inputs {
                 takes.extend(params.iter().map(|p| p.name.as_str()));
             }
             for param in call

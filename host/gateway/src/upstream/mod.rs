@@ -30,10 +30,42 @@ pub fn random_id() -> String {
 /// The length of `random_id`'s ids.
 pub const RANDOM_ID_LEN: usize = 24;
 
-/// Appends `random_id`'s characters to `out`.
+/// Appends `random_id`'s characters to `out`: each from one random byte, bytes of 252 and
+/// above (where `% 36` would favour the first four characters) drawn again. One draw of 32
+/// bytes almost always suffices; a `random_range` per character cost ten times as much, on
+/// every request (BENCHMARKS.md, issue 22).
 pub fn push_random_id(out: &mut String) {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    use rand::RngCore;
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    const UNBIASED: u8 = 252; // 7 * 36
     let mut rng = rand::rng();
-    out.extend((0..RANDOM_ID_LEN).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char));
+    let mut bytes = [0u8; 32];
+    let mut left = RANDOM_ID_LEN;
+    while left > 0 {
+        rng.fill_bytes(&mut bytes);
+        for &byte in bytes.iter().filter(|&&b| b < UNBIASED).take(left) {
+            out.push(char::from(ALPHABET[usize::from(byte % 36)]));
+            left -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_ids_are_24_lowercase_alphanumerics_and_cover_the_alphabet() {
+        let ids: Vec<String> = (0..500).map(|_| super::random_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), super::RANDOM_ID_LEN, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{id}"
+            );
+        }
+        let seen: std::collections::BTreeSet<u8> = ids.iter().flat_map(|i| i.bytes()).collect();
+        assert_eq!(seen.len(), 36, "all 36 characters appear in 12,000");
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }

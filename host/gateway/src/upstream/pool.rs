@@ -118,7 +118,9 @@ impl Pool {
         loop {
             let (mut conn, reused) = match origin.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect(origin, &uri).await?, false),
+                // Boxed: connecting (TLS, an HTTP/2 handshake) is the rare path, and its state
+                // would otherwise sit in every request's future, copied each time it moves.
+                None => (Box::pin(self.connect(origin, &uri)).await?, false),
             };
             let sent = match &mut conn {
                 Conn::Http1(sender) => {

@@ -298,7 +298,8 @@ fn rest_inputs(
             }
         }
     }
-    RestInputs::Declared(params)
+    let specs = params.iter().map(|p| p.spec.clone()).collect();
+    RestInputs::Declared { params, specs }
 }
 
 /// The query and body parameters the schema source added to `upstream`'s (`consumes::
