@@ -32,8 +32,8 @@ pub const RANDOM_ID_LEN: usize = 24;
 
 /// Appends `random_id`'s characters to `out`: each from one random byte, bytes of 252 and
 /// above (where `% 36` would favour the first four characters) drawn again. One draw of 32
-/// bytes almost always suffices; a `random_range` per character cost ten times as much, on
-/// every request (BENCHMARKS.md, issue 22).
+/// bytes almost always suffices; a `random_range` per character cost about 1,000 more
+/// instructions per request (callgrind; BENCHMARKS.md, issue 22).
 pub fn push_random_id(out: &mut String) {
     use rand::RngCore;
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";

@@ -47,6 +47,8 @@ pub(super) struct Pool {
 pub(super) struct Origin {
     /// Bounds concurrent requests to the origin.
     pub(super) slots: Semaphore,
+    /// `Host` for its HTTP/1.1 requests, built once from the origin.
+    host: Option<HeaderValue>,
     idle: Mutex<VecDeque<Idle>>,
     /// The HTTP/2 connection requests share, once one was negotiated.
     shared: Mutex<Option<http2::SendRequest<Body>>>,
@@ -99,6 +101,7 @@ impl Pool {
             .or_insert_with(|| {
                 Arc::new(Origin {
                     slots: Semaphore::new(self.max_connections),
+                    host: origin.parse().ok().as_ref().and_then(host_header),
                     idle: Mutex::new(VecDeque::new()),
                     shared: Mutex::new(None),
                     max_idle: self.max_idle,
@@ -124,7 +127,7 @@ impl Pool {
             };
             let sent = match &mut conn {
                 Conn::Http1(sender) => {
-                    to_origin_form(&mut request, &uri);
+                    to_origin_form(&mut request, &uri, origin.host.as_ref());
                     sender.try_send_request(request).await
                 }
                 Conn::Http2(sender) => {
@@ -240,11 +243,13 @@ impl Origin {
 
 /// An HTTP/1.1 request's target: the path and query alone, the authority in `Host` (unless the
 /// request sets its own).
-fn to_origin_form(request: &mut Request<Body>, uri: &Uri) {
+fn to_origin_form(request: &mut Request<Body>, uri: &Uri, host: Option<&HeaderValue>) {
     if !request.headers().contains_key(http::header::HOST)
-        && let Some(host) = host_header(uri)
+        && let Some(host) = host
     {
-        request.headers_mut().insert(http::header::HOST, host);
+        request
+            .headers_mut()
+            .insert(http::header::HOST, host.clone());
     }
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = uri.path_and_query().cloned();
@@ -304,9 +309,13 @@ mod tests {
         (version, String::from_utf8(body.to_vec()).unwrap())
     }
 
-    /// A plain HTTP/1.1 upstream answering each request with its target and `Host`; counts the
-    /// connections it accepts.
-    async fn echo_upstream() -> (u16, Arc<AtomicUsize>) {
+    /// A listener on a free port serving each connection it accepts with `serve` (in a task of
+    /// its own); returns the port and the count of connections accepted.
+    async fn counting_upstream<F, Fut>(serve: F) -> (u16, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -315,18 +324,25 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                    let host = request.headers()[http::header::HOST].to_str().unwrap();
-                    let text = format!("{} {host}", request.uri());
-                    Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                tokio::spawn(serve(stream));
             }
         });
         (port, accepted)
+    }
+
+    /// A plain HTTP/1.1 upstream answering each request with its target and `Host`.
+    async fn echo_upstream() -> (u16, Arc<AtomicUsize>) {
+        counting_upstream(|stream| async move {
+            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                let host = request.headers()[http::header::HOST].to_str().unwrap();
+                let text = format!("{} {host}", request.uri());
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        })
+        .await
     }
 
     #[tokio::test]
@@ -344,26 +360,19 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_reused() {
         // Answers one request per connection, keep-alive announced, then closes without a word.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap() == 0 {
-                        break;
-                    }
-                    head.push(byte[0]);
+        let (port, accepted) = counting_upstream(|mut stream| async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap() == 0 {
+                    break;
                 }
-                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                stream.write_all(answer.as_bytes()).await.unwrap();
+                head.push(byte[0]);
             }
-        });
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        })
+        .await;
         let pool = Pool::new(connector(rustls::RootCertStore::empty()), 8, 8);
         let uri = format!("http://127.0.0.1:{port}/v1/x");
         assert_eq!(get(&pool, &uri).await.1, "ok");
@@ -416,25 +425,20 @@ mod tests {
             .unwrap();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
+        let (port, accepted) = counting_upstream(move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
                 let stream = acceptor.accept(stream).await.unwrap();
                 let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
                     let text = format!("{} {:?}", request.uri(), request.version());
                     Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
                 });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
             }
-        });
+        })
+        .await;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certified.cert.der().clone()).unwrap();
         let pool = Pool::new(connector(roots), 8, 8);
@@ -472,8 +476,9 @@ mod tests {
         let uri: Uri = "http://127.0.0.1:8111/v1/identity?expand[]=a"
             .parse()
             .unwrap();
+        let host = host_header(&uri);
         let mut request = Request::new(Body::default());
-        to_origin_form(&mut request, &uri);
+        to_origin_form(&mut request, &uri, host.as_ref());
         assert_eq!(request.uri().to_string(), "/v1/identity?expand[]=a");
         assert_eq!(request.headers()[http::header::HOST], "127.0.0.1:8111");
 
@@ -481,7 +486,7 @@ mod tests {
         request
             .headers_mut()
             .insert(http::header::HOST, HeaderValue::from_static("chosen"));
-        to_origin_form(&mut request, &uri);
+        to_origin_form(&mut request, &uri, host.as_ref());
         assert_eq!(request.headers()[http::header::HOST], "chosen");
     }
 }
