@@ -2,15 +2,15 @@
 # developed on cannot pull base images; `host/cli/tests/image.rs` runs the binary the way this
 # image does instead: as uid 65532, every mounted folder read-only).
 
-# --- build: the gateway (release) and the example transform plugins (wasm32-wasip2).
+# --- build: the gateway (the `dist` profile: release with whole-program LTO) and the example transform plugins (wasm32-wasip2).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 RUN rustup target add wasm32-wasip2
 COPY . .
-RUN cargo build --release --locked -p capgate-cli \
+RUN cargo build --profile dist --locked -p capgate-cli \
  && (cd plugins && cargo build --release --locked --target wasm32-wasip2) \
  && mkdir -p /out/plugins \
- && cp target/release/capgate /out/capgate \
+ && cp target/dist/capgate /out/capgate \
  && cp plugins/target/wasm32-wasip2/release/redact_pii.wasm plugins/target/wasm32-wasip2/release/noop.wasm /out/plugins/
 
 # --- runtime: glibc and nothing else (no shell, no package manager), non-root.
