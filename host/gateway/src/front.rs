@@ -14,7 +14,7 @@ use capgate_plugin::PluginSet;
 use crate::error::GatewayError;
 use crate::invoke::Invoker;
 use crate::mcp::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Surface};
 use crate::origin;
 use crate::response::{self, HttpResponse};
 use crate::server::{self, ReadDeadline};
@@ -76,13 +76,13 @@ impl Shared {
                 request,
             ))
             .await;
-            self.metrics.request("mcp", response.status());
+            self.metrics.request(Surface::Mcp, response.status());
             return response;
         }
         if let Err(error) = self.rest_may_call(key, &request) {
             tracing::warn!(%error, "refused a REST request");
             let response = response::error(&error);
-            self.metrics.request("rest", response.status());
+            self.metrics.request(Surface::Rest, response.status());
             return response;
         }
         let response = crate::rest::handle(
@@ -95,7 +95,7 @@ impl Shared {
             request,
         )
         .await;
-        self.metrics.request("rest", response.status());
+        self.metrics.request(Surface::Rest, response.status());
         response
     }
 }

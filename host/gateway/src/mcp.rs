@@ -600,12 +600,15 @@ impl Hub {
         let mut response = match endpoint {
             Some(endpoint) if self.config.direct_tool_calls => {
                 sessions::PEER
-                    .scope(peer, endpoint.serve(request, self.config.max_body_bytes))
+                    .scope(
+                        peer,
+                        Box::pin(endpoint.serve(request, self.config.max_body_bytes)),
+                    )
                     .await
             }
             Some(endpoint) => {
                 sessions::PEER
-                    .scope(peer, endpoint.service.handle(request))
+                    .scope(peer, Box::pin(endpoint.service.handle(request)))
                     .await
             }
             None => jsonrpc_error(

@@ -3,6 +3,8 @@
 //! Labels are surfaces, statuses, upstream namespaces and plugin names: never values a caller
 //! controls beyond those, and never a secret.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,6 +66,22 @@ pub struct ConsumerCallLabels {
     pub status: &'static str,
 }
 
+/// Where a request was answered (the `surface` label of `requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Rest = 0,
+    Mcp = 1,
+}
+
+impl Surface {
+    pub fn label(self) -> &'static str {
+        match self {
+            Surface::Rest => "rest",
+            Surface::Mcp => "mcp",
+        }
+    }
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -78,15 +96,24 @@ pub struct Metrics {
     pub limit_store_up: Gauge,
     pub access_log_dropped: Counter,
     pub consumer_calls: Family<ConsumerCallLabels, Counter>,
+    /// `requests`' counters of the two surfaces by status class, taken from the family on first
+    /// use: a family lookup hashes its labels under a lock on every request, this is an index.
+    request_counters: [[OnceLock<Counter>; 5]; 2],
 }
 
 fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_index(status)]
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -179,14 +206,21 @@ impl Metrics {
             tool_calls,
             reloads,
             generation,
+            request_counters: Default::default(),
         }
     }
 
     /// Counts one answered request.
-    pub fn request(&self, surface: &'static str, status: http::StatusCode) {
-        let status = status_class(status.as_u16());
-        self.requests
-            .get_or_create(&RequestLabels { surface, status })
+    pub fn request(&self, surface: Surface, status: http::StatusCode) {
+        let class = status_index(status.as_u16());
+        self.request_counters[surface as usize][class]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    surface: surface.label(),
+                    status: STATUS_CLASSES[class],
+                };
+                self.requests.get_or_create(&labels).clone()
+            })
             .inc();
     }
 

@@ -70,7 +70,9 @@ where
         timing.exchange.clone(),
         crate::trace::within(
             traced.as_ref(),
-            answer(
+            // Boxed: moved into the tracing and access-log wrappers and then into this
+            // function's future, the answer's state machine would be copied at each move.
+            Box::pin(answer(
                 invoker,
                 consumers,
                 port,
@@ -80,7 +82,7 @@ where
                 request,
                 &request_id,
                 &mut seen,
-            ),
+            )),
         ),
     )
     .await;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::KeyValue;
@@ -28,6 +28,7 @@ use crate::error::GatewayError;
 
 /// What every upstream request says it is, unless it says otherwise.
 const USER_AGENT: &str = concat!("capgate/", env!("CARGO_PKG_VERSION"));
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The HTTP client shared by every upstream call.
 #[derive(Debug)]
@@ -77,22 +78,31 @@ impl Client {
         if self.retry.max_retries > 0
             && adapter.profile == ProfileName::Stripe
             && request.method == Method::POST
-            && !request.headers.contains_key("idempotency-key")
+            && !request.headers.contains_key(&IDEMPOTENCY_KEY)
         {
             // Stripe's SDKs put a key on every POST so that a retry cannot act twice.
             let key = format!("capgate-{}", random_id());
-            request.headers.insert(
-                "idempotency-key",
-                HeaderValue::try_from(key).expect("ascii"),
-            );
+            request
+                .headers
+                .insert(IDEMPOTENCY_KEY, HeaderValue::try_from(key).expect("ascii"));
         }
         let may_retry = self.retry.max_retries > 0
-            && retry_allowed(
-                adapter.profile,
-                &request.method,
-                request.headers.contains_key("idempotency-key"),
+            && retry_allowed(adapter.profile, &request.method, || {
+                request.headers.contains_key(&IDEMPOTENCY_KEY)
+            });
+        let mut encoded = encode(adapter, &request, self.limits.max_upstream_url_bytes)?;
+        // What every attempt sends unless the request says otherwise, added once, not per
+        // attempt.
+        let headers = &mut encoded.headers;
+        if !headers.contains_key(http::header::USER_AGENT) {
+            headers.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(USER_AGENT),
             );
-        let encoded = encode(adapter, &request, self.limits.max_upstream_url_bytes)?;
+        }
+        if !headers.contains_key(http::header::ACCEPT) {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
         let origin = self.pool.origin(&adapter.origin);
         let mut attempt = 0u32;
         loop {
@@ -200,15 +210,6 @@ impl Client {
         headers.clone_from(&encoded.headers);
         if let Some(span) = span {
             span.inject(headers);
-        }
-        if !headers.contains_key(http::header::USER_AGENT) {
-            headers.insert(
-                http::header::USER_AGENT,
-                HeaderValue::from_static(USER_AGENT),
-            );
-        }
-        if !headers.contains_key(http::header::ACCEPT) {
-            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         }
         if let Some(basic) = &encoded.basic {
             headers.insert(http::header::AUTHORIZATION, basic.clone());
@@ -331,14 +332,13 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// GET, HEAD, DELETE and OPTIONS, and any request carrying an `Idempotency-Key` (every POST
 /// does: the gateway adds one); a forwarded PUT or PATCH without a key is sent once. Elsewhere
 /// only methods that are idempotent by definition.
-fn retry_allowed(profile: ProfileName, method: &Method, has_key: bool) -> bool {
+fn retry_allowed(profile: ProfileName, method: &Method, has_key: impl FnOnce() -> bool) -> bool {
     match profile {
         ProfileName::Stripe => {
-            has_key
-                || matches!(
-                    *method,
-                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-                )
+            matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            ) || has_key()
         }
         ProfileName::Default => matches!(
             *method,
@@ -387,18 +387,18 @@ mod tests {
         assert!(should_retry(&response(429, Some("true"))));
         assert!(!should_retry(&response(429, None)));
         assert!(!should_retry(&response(400, None)));
-        assert!(retry_allowed(ProfileName::Stripe, &Method::POST, true));
-        assert!(retry_allowed(ProfileName::Stripe, &Method::GET, false));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::POST, || true));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::GET, || false));
         for method in [Method::PATCH, Method::PUT, Method::POST] {
             assert!(
-                !retry_allowed(ProfileName::Stripe, &method, false),
+                !retry_allowed(ProfileName::Stripe, &method, || false),
                 "{method}"
             );
             assert!(
-                retry_allowed(ProfileName::Stripe, &method, true),
+                retry_allowed(ProfileName::Stripe, &method, || true),
                 "{method}"
             );
         }
-        assert!(!retry_allowed(ProfileName::Default, &Method::POST, true));
+        assert!(!retry_allowed(ProfileName::Default, &Method::POST, || true));
     }
 }

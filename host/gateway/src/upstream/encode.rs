@@ -233,11 +233,17 @@ pub(super) fn request_url(
 /// characters, sub-delimiters, `:`, `@`, `/` and well-formed `%XX` escapes (none of them a
 /// dot), and has no `.` or `..` segment.
 fn kept_path(path: &str) -> bool {
-    path.starts_with('/')
-        && well_escaped(path, b"-._~!$&'()*+,;=:@/")
-        && !path
-            .split('/')
-            .any(|segment| segment == "." || segment == "..")
+    path.starts_with('/') && well_escaped(path, b"-._~!$&'()*+,;=:@/") && !has_dot_segment(path)
+}
+
+/// Whether `path` has a `.` or `..` segment (one pass over its bytes, no split).
+fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'.'
+            && (i == 0 || bytes[i - 1] == b'/')
+            && matches!(&bytes[i + 1..], [] | [b'/', ..] | [b'.'] | [b'.', b'/', ..])
+    })
 }
 
 /// Whether `url` keeps `query` exactly as it is (for the schemes with a default port, which
@@ -299,6 +305,10 @@ mod tests {
                 "/v1/.hidden/a..b/...",
                 "/v1/./x",
                 "/v1/x/.",
+                "/v1/x/..",
+                "/..",
+                "/v1//./x",
+                "/v1/x./.y/z.",
                 "/v1/%2E%2e/x",
                 "/v1/%41%zz",
                 "/v1/a;b=c/@x:y/!$&'()*+,",

@@ -5,7 +5,7 @@
 //! What this makes is what request transforms see: no auth, the body still JSON. Encoding and
 //! credentials come later (`encode`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -150,7 +150,8 @@ struct Placed<'a> {
     upstream: &'a UpstreamOperation,
     /// GET, DELETE and HEAD calls send no body (a forward route's DELETE does: `forward`).
     sends_body: bool,
-    path_values: HashMap<&'a str, String>,
+    /// Path parameters by name (a handful at most: a list, not a hash map).
+    path_values: Vec<(&'a str, String)>,
     query: Vec<(String, Value)>,
     headers: HeaderMap,
     body_fields: Map<String, Value>,
@@ -163,7 +164,7 @@ impl<'a> Placed<'a> {
         Placed {
             upstream,
             sends_body: !matches!(upstream.method, Method::GET | Method::DELETE | Method::HEAD),
-            path_values: HashMap::new(),
+            path_values: Vec::new(),
             query: Vec::new(),
             headers: HeaderMap::new(),
             body_fields: Map::new(),
@@ -216,7 +217,10 @@ impl<'a> Placed<'a> {
                         Some(&param.name),
                     ));
                 }
-                self.path_values.insert(&param.name, text);
+                match self.path_values.iter_mut().find(|(n, _)| *n == param.name) {
+                    Some((_, old)) => *old = text,
+                    None => self.path_values.push((&param.name, text)),
+                }
             }
             Location::Query if secret => self.sealed.query.push((param.name.clone(), value)),
             Location::Query => self.query.push((param.name.clone(), value)),
@@ -304,13 +308,15 @@ impl<'a> Placed<'a> {
 }
 
 /// The upstream path with each parameter percent-encoded as one segment.
-fn render_path(parts: &[PathPart], values: &HashMap<&str, String>) -> Result<String, GatewayError> {
+fn render_path(parts: &[PathPart], values: &[(&str, String)]) -> Result<String, GatewayError> {
     let mut path = String::new();
     for part in parts {
         match part {
             PathPart::Literal(text) => path.push_str(text),
-            PathPart::Param(name) => match values.get(name.as_str()) {
-                Some(value) => path.extend(percent_encoding::utf8_percent_encode(value, SEGMENT)),
+            PathPart::Param(name) => match values.iter().find(|(n, _)| n == name) {
+                Some((_, value)) => {
+                    path.extend(percent_encoding::utf8_percent_encode(value, SEGMENT))
+                }
                 None => {
                     return Err(GatewayError::bad_request(
                         "parameter_missing",
