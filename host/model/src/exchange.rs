@@ -3,15 +3,16 @@
 //! is the gateway's `upstream` module.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 use serde_json::{Map, Value};
 
-/// Caller headers that a proxy of Stripe forwards.
-pub const FORWARDED_HEADERS: [&str; 4] = [
-    "stripe-version",
-    "stripe-account",
-    "stripe-context",
-    "idempotency-key",
+/// Caller headers that a proxy of Stripe forwards (names built once: a lookup by `&str`
+/// parses the name on every call).
+pub static FORWARDED_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("stripe-version"),
+    HeaderName::from_static("stripe-account"),
+    HeaderName::from_static("stripe-context"),
+    HeaderName::from_static("idempotency-key"),
 ];
 
 /// Upstream headers passed back to callers.

@@ -13,6 +13,8 @@
 //! adapter, or the gateway is draining) finishes here, where rmcp would abort it with a 500;
 //! in-flight requests are meant to survive reloads and drains.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -22,7 +24,7 @@ use rmcp::model::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{Answer, Endpoint, Pinned, Progress};
+use super::{Answer, Endpoint, Pinned, Progress, names};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
 
@@ -120,7 +122,7 @@ fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|host| http::uri::Authority::try_from(host).is_ok());
-    let is = |name: &str, value: &str| {
+    let is = |name: &http::HeaderName, value: &str| {
         headers
             .get(name)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
@@ -132,11 +134,11 @@ fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
         .is_some_and(|length| length <= max_body_bytes);
     host_ok
         && length_ok
-        && is("content-type", "application/json")
+        && is(&http::header::CONTENT_TYPE, "application/json")
         && accepts_json_and_sse(headers.get_all(http::header::ACCEPT))
-        && single(headers, "mcp-protocol-version") == Some(VERSION.as_bytes())
-        && single(headers, "mcp-method") == Some(b"tools/call")
-        && !headers.contains_key("mcp-session-id")
+        && single(headers, &names::MCP_PROTOCOL_VERSION) == Some(VERSION.as_bytes())
+        && single(headers, &names::MCP_METHOD) == Some(b"tools/call")
+        && !headers.contains_key(&names::MCP_SESSION_ID)
         && !headers.contains_key(http::header::ORIGIN)
         && !headers
             .keys()
@@ -144,7 +146,7 @@ fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
 }
 
 /// The value of a header that appears exactly once (rmcp refuses repeated `Mcp-*` headers).
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+fn single<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a [u8]> {
     let mut values = headers.get_all(name).iter();
     let value = values.next()?;
     values.next().is_none().then_some(value.as_bytes())
@@ -170,47 +172,52 @@ fn accepts_json_and_sse<'a>(values: http::header::GetAll<'a, HeaderValue>) -> bo
     json && sse
 }
 
-/// A `tools/call` request with nothing but a name, arguments and the required `_meta`.
+/// A `tools/call` request with nothing but a name, arguments and the required `_meta`. Its
+/// strings borrow from the body where they hold no escapes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ToolCall {
-    jsonrpc: String,
+struct ToolCall<'a> {
+    #[serde(borrow)]
+    jsonrpc: Cow<'a, str>,
     id: RequestId,
-    method: String,
-    params: Params,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    params: Params<'a>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
-    name: String,
+struct Params<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
     #[serde(default)]
     arguments: Option<JsonObject>,
-    #[serde(rename = "_meta")]
-    meta: Meta,
+    #[serde(rename = "_meta", borrow)]
+    meta: Meta<'a>,
 }
 
 /// The request metadata of 2026-07-28, without a progress token (progress needs a stream).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Meta {
-    #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
-    protocol_version: String,
+struct Meta<'a> {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow)]
+    protocol_version: Cow<'a, str>,
     #[serde(rename = "io.modelcontextprotocol/clientCapabilities")]
     _client_capabilities: ClientCapabilities,
     #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
     _client_info: Option<IgnoredAny>,
     /// W3C trace context (SEP-414).
-    #[serde(default)]
-    traceparent: Option<String>,
-    #[serde(default)]
-    tracestate: Option<String>,
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tracestate: Option<Cow<'a, str>>,
 }
 
-impl ToolCall {
-    fn recognise(headers: &HeaderMap, body: &[u8]) -> Option<ToolCall> {
+impl<'a> ToolCall<'a> {
+    fn recognise(headers: &HeaderMap, body: &'a [u8]) -> Option<ToolCall<'a>> {
         let call: ToolCall = serde_json::from_slice(body).ok()?;
-        let named = single(headers, "mcp-name");
+        let named = single(headers, &names::MCP_NAME);
         (call.jsonrpc == "2.0"
             && call.method == "tools/call"
             && call.params.meta.protocol_version == VERSION
@@ -395,11 +402,8 @@ mod tests {
     #[test]
     fn only_plain_tool_calls_are_recognised() {
         let plain = headers(PLAIN);
-        let call = ToolCall::recognise(
-            &plain,
-            &body(serde_json::json!({"name": "t", "arguments": {"a": 1}, "_meta": meta()})),
-        )
-        .expect("a plain call");
+        let sent = body(serde_json::json!({"name": "t", "arguments": {"a": 1}, "_meta": meta()}));
+        let call = ToolCall::recognise(&plain, &sent).expect("a plain call");
         assert_eq!(call.id, RequestId::Number(3));
         assert_eq!(call.params.arguments.unwrap()["a"], 1);
 

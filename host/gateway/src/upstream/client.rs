@@ -28,7 +28,8 @@ use crate::error::GatewayError;
 
 /// What every upstream request says it is, unless it says otherwise.
 const USER_AGENT: &str = concat!("capgate/", env!("CARGO_PKG_VERSION"));
-const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
 
 /// The HTTP client shared by every upstream call.
 #[derive(Debug)]
@@ -82,9 +83,10 @@ impl Client {
         {
             // Stripe's SDKs put a key on every POST so that a retry cannot act twice.
             let key = format!("capgate-{}", random_id());
-            request
-                .headers
-                .insert(IDEMPOTENCY_KEY, HeaderValue::try_from(key).expect("ascii"));
+            request.headers.insert(
+                IDEMPOTENCY_KEY.clone(),
+                HeaderValue::try_from(key).expect("ascii"),
+            );
         }
         let may_retry = self.retry.max_retries > 0
             && retry_allowed(adapter.profile, &request.method, || {
@@ -351,7 +353,7 @@ fn retry_allowed(profile: ProfileName, method: &Method, has_key: impl FnOnce() -
 fn should_retry(response: &UpstreamResponse) -> bool {
     match response
         .headers
-        .get("stripe-should-retry")
+        .get(&STRIPE_SHOULD_RETRY)
         .and_then(|v| v.to_str().ok())
     {
         Some("true") => return true,

@@ -81,11 +81,9 @@ pub fn prepare(
         }
     }
     let path = render_path(&upstream.path, &placed.path_values)?;
-    for name in FORWARDED_HEADERS {
+    for name in &FORWARDED_HEADERS {
         for value in caller_headers.get_all(name) {
-            placed
-                .headers
-                .append(HeaderName::from_static(name), value.clone());
+            placed.headers.append(name.clone(), value.clone());
         }
     }
     let body = match placed.sends_body {
