@@ -33,9 +33,8 @@ const VERSION: &str = "2026-07-28";
 
 impl Endpoint {
     /// Answers one request for this endpoint: directly when it is a plain stateless
-    /// `tools/call`, through rmcp otherwise. rmcp's future is boxed: it is many times the size
-    /// of the direct path's, and a future is as large as its largest branch, copied at that
-    /// size each time it moves (a third of a direct call's instructions, before; callgrind).
+    /// `tools/call`, through rmcp otherwise. rmcp's future is boxed: a future is as large as
+    /// its largest branch, and is copied at that size each time it moves.
     pub(super) async fn serve<B>(
         &self,
         request: http::Request<B>,
