@@ -1460,7 +1460,7 @@ mod compact_tests {
             minified(session.as_bytes()).is_some(),
             "the common case is minified"
         );
-        for left in [&cases[3..10], &cases[10..]].concat() {
+        for left in &cases[3..] {
             assert_eq!(minified(left.as_bytes()), None, "{left}");
         }
         // Invalid UTF-8 inside a string.

@@ -172,7 +172,7 @@ fn accepts_json_and_sse<'a>(values: http::header::GetAll<'a, HeaderValue>) -> bo
 }
 
 /// A `tools/call` request with nothing but a name, arguments and the required `_meta`. Its
-/// strings borrow from the body where they hold no escapes.
+/// required strings borrow from the body where they hold no escapes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ToolCall<'a> {
@@ -207,10 +207,10 @@ struct Meta<'a> {
     #[serde(rename = "io.modelcontextprotocol/clientInfo", default)]
     _client_info: Option<IgnoredAny>,
     /// W3C trace context (SEP-414).
-    #[serde(default, borrow)]
-    traceparent: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    tracestate: Option<Cow<'a, str>>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    tracestate: Option<String>,
 }
 
 impl<'a> ToolCall<'a> {

@@ -89,9 +89,11 @@ impl Client {
             );
         }
         let may_retry = self.retry.max_retries > 0
-            && retry_allowed(adapter.profile, &request.method, || {
-                request.headers.contains_key(&IDEMPOTENCY_KEY)
-            });
+            && retry_allowed(
+                adapter.profile,
+                &request.method,
+                request.headers.contains_key(&IDEMPOTENCY_KEY),
+            );
         let mut encoded = encode(adapter, &request, self.limits.max_upstream_url_bytes)?;
         // What every attempt sends unless the request says otherwise, added once, not per
         // attempt.
@@ -334,13 +336,14 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// GET, HEAD, DELETE and OPTIONS, and any request carrying an `Idempotency-Key` (every POST
 /// does: the gateway adds one); a forwarded PUT or PATCH without a key is sent once. Elsewhere
 /// only methods that are idempotent by definition.
-fn retry_allowed(profile: ProfileName, method: &Method, has_key: impl FnOnce() -> bool) -> bool {
+fn retry_allowed(profile: ProfileName, method: &Method, has_key: bool) -> bool {
     match profile {
         ProfileName::Stripe => {
-            matches!(
-                *method,
-                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-            ) || has_key()
+            has_key
+                || matches!(
+                    *method,
+                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+                )
         }
         ProfileName::Default => matches!(
             *method,
@@ -389,18 +392,18 @@ mod tests {
         assert!(should_retry(&response(429, Some("true"))));
         assert!(!should_retry(&response(429, None)));
         assert!(!should_retry(&response(400, None)));
-        assert!(retry_allowed(ProfileName::Stripe, &Method::POST, || true));
-        assert!(retry_allowed(ProfileName::Stripe, &Method::GET, || false));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::POST, true));
+        assert!(retry_allowed(ProfileName::Stripe, &Method::GET, false));
         for method in [Method::PATCH, Method::PUT, Method::POST] {
             assert!(
-                !retry_allowed(ProfileName::Stripe, &method, || false),
+                !retry_allowed(ProfileName::Stripe, &method, false),
                 "{method}"
             );
             assert!(
-                retry_allowed(ProfileName::Stripe, &method, || true),
+                retry_allowed(ProfileName::Stripe, &method, true),
                 "{method}"
             );
         }
-        assert!(!retry_allowed(ProfileName::Default, &Method::POST, || true));
+        assert!(!retry_allowed(ProfileName::Default, &Method::POST, true));
     }
 }
