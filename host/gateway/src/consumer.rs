@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use globset::{Glob, GlobMatcher};
 use http::HeaderMap;
 use opentelemetry::KeyValue;
 use serde_json::{Value, json};
@@ -25,11 +24,12 @@ use crate::metrics::Metrics;
 use capgate_model::config::{ConsumersConfig, Limits};
 use capgate_model::consumers::{self, Call, Consumer, ConsumerSet, Scope, Target};
 use capgate_model::diag::Diagnostic;
+use capgate_model::glob::Pattern;
 
 /// The consumers of the gateway and where they are required.
 pub struct Consumers {
     file: Option<PathBuf>,
-    require: Vec<(GlobMatcher, GlobMatcher, Option<u16>)>,
+    require: Vec<(Pattern, Pattern, Option<u16>)>,
     set: ArcSwap<ConsumerSet>,
     /// The file's text last read and the diagnostics of the last read that failed.
     last: Mutex<(Option<Vec<u8>>, Vec<Diagnostic>)>,
@@ -58,11 +58,9 @@ pub struct Caller {
 
 impl Consumers {
     pub fn new(config: &ConsumersConfig, limits: &Limits, metrics: Arc<Metrics>) -> Consumers {
-        let glob = |pattern: &str| {
-            Glob::new(pattern)
-                .unwrap_or_else(|_| Glob::new("*").expect("a valid glob"))
-                .compile_matcher()
-        };
+        // The config's globs were checked when it was read; one that is not (a config built in
+        // code) requires a consumer everywhere rather than nowhere.
+        let glob = |pattern: &str| Pattern::new(pattern).unwrap_or_else(|_| Pattern::any());
         let require = config
             .require
             .iter()
@@ -289,9 +287,9 @@ impl Consumers {
                     "metadata_keys": c.metadata.keys().collect::<Vec<_>>(),
                     "keys": c.keys,
                     "scopes": c.scopes.iter().map(|s| json!({
-                        "capability": s.capability.glob().glob(),
-                        "adapter": s.adapter.glob().glob(),
-                        "name": s.name.glob().glob(),
+                        "capability": s.capability.as_str(),
+                        "adapter": s.adapter.as_str(),
+                        "name": s.name.as_str(),
                         "access": s.access,
                     })).collect::<Vec<_>>(),
                     "limits": c.limits.iter().map(|l| {
@@ -300,8 +298,8 @@ impl Consumers {
                             "policy": policy.name,
                             "calls": policy.quota,
                             "window_seconds": policy.window,
-                            "capability": l.capability.glob().glob(),
-                            "name": l.name.glob().glob(),
+                            "capability": l.capability.as_str(),
+                            "name": l.name.as_str(),
                         })
                     }).collect::<Vec<_>>(),
                 })

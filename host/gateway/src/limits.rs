@@ -399,10 +399,10 @@ fn read_answer(answer: &[i64], limits: &[&Limit]) -> Result<Option<Standing>, Ga
 mod tests {
     use super::*;
     use capgate_model::consumers::Period;
-    use globset::Glob;
+    use capgate_model::glob::Pattern;
 
     fn limit(kind: LimitKind) -> Limit {
-        let any = Glob::new("*").unwrap().compile_matcher();
+        let any = Pattern::any();
         Limit {
             capability: any.clone(),
             name: any,

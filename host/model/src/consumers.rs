@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use globset::{Glob, GlobMatcher};
+use crate::glob::Pattern;
 use serde::Serialize;
 
 use crate::diag::{Code, Diagnostic, Diagnostics, Loc};
@@ -63,8 +63,8 @@ pub struct Consumer {
 /// matches `name`: a rate with a burst, or a quota per calendar period (UTC).
 #[derive(Debug, Clone)]
 pub struct Limit {
-    pub capability: GlobMatcher,
-    pub name: GlobMatcher,
+    pub capability: Pattern,
+    pub name: Pattern,
     pub kind: LimitKind,
     /// What identifies the limit's counter: its kind, numbers and globs, so an edited limit
     /// starts afresh and a reordered file keeps its counts.
@@ -178,9 +178,9 @@ pub struct ApiKey {
 /// What a consumer may call: every part a glob.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    pub capability: GlobMatcher,
-    pub adapter: GlobMatcher,
-    pub name: GlobMatcher,
+    pub capability: Pattern,
+    pub adapter: Pattern,
+    pub name: Pattern,
     pub access: Access,
 }
 
@@ -222,10 +222,8 @@ impl Scope {
             "any" => Access::Any,
             _ => return None,
         };
-        let glob = |part: Option<&&str>| -> Option<GlobMatcher> {
-            Glob::new(part.copied().unwrap_or("*"))
-                .ok()
-                .map(|g| g.compile_matcher())
+        let glob = |part: Option<&&str>| -> Option<Pattern> {
+            Pattern::new(part.copied().unwrap_or("*")).ok()
         };
         if parts.len() > 2 {
             return None;
@@ -581,14 +579,14 @@ fn glob_at(
     key: &str,
     at: &Loc,
     diags: &mut Diagnostics,
-) -> Option<GlobMatcher> {
+) -> Option<Pattern> {
     let Some(node) = keys.get(key) else {
-        return Some(Glob::new("*").expect("a valid glob").compile_matcher());
+        return Some(Pattern::any());
     };
     let at = at.key(key, node.line);
     let pattern = text(node, &at, diags)?;
-    match Glob::new(&pattern) {
-        Ok(glob) => Some(glob.compile_matcher()),
+    match Pattern::new(&pattern) {
+        Ok(glob) => Some(glob),
         Err(error) => {
             diags
                 .error(Code::BadValue, &at, format!("not a glob: {error}"))
@@ -684,7 +682,7 @@ fn limit(node: &Node, at: &Loc, diags: &mut Diagnostics) -> Option<Limit> {
         LimitKind::Rate { rate, burst } => format!("rate={rate}/{burst}"),
         LimitKind::Quota { calls, per } => format!("quota={calls}/{}", per.name()),
     };
-    let id = format!("{id}|{}|{}", capability.glob().glob(), name.glob().glob());
+    let id = format!("{id}|{}|{}", capability.as_str(), name.as_str());
     Some(Limit {
         capability,
         name,

@@ -22,6 +22,7 @@ pub mod consumers;
 pub mod diag;
 pub mod exchange;
 pub mod form;
+pub mod glob;
 pub mod jsonpath;
 pub mod openapi;
 pub mod read;

@@ -6,4 +6,6 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "transform",
     exports: { default: async },
+    // So the host can tell a request or response a plugin handed back unchanged (`convert`).
+    additional_derives: [PartialEq],
 });

@@ -83,6 +83,18 @@ pub(crate) fn to_wit_request(request: &UpstreamRequest, with_body: bool) -> Requ
     }
 }
 
+/// Whether the request a plugin returned is the one it was `shown`, so that `original` can go
+/// on as it is: rebuilding it would give the same request at the cost of re-reading every part
+/// (methods, paths, JSON texts, header names and values). `Authorization` is shown to no plugin,
+/// so an original carrying one is rebuilt without it, as any other.
+pub(crate) fn request_unchanged(
+    changed: &Request,
+    shown: &Request,
+    original: &UpstreamRequest,
+) -> bool {
+    changed == shown && !original.headers.contains_key(http::header::AUTHORIZATION)
+}
+
 pub(crate) fn from_wit_request(
     changed: Request,
     original: UpstreamRequest,
@@ -151,6 +163,19 @@ pub(crate) fn to_wit_response(response: &UpstreamResponse, with_body: bool) -> R
         headers: headers_to_wit(&response.headers),
         body: with_body.then(|| response.body.to_vec()),
     }
+}
+
+/// Whether the response a plugin returned is the one it was `shown`, so that `original` can go
+/// on as it is (see [`request_unchanged`]). Headers earlier plugins added are rebuilt, to keep
+/// the record of which ones go to the caller.
+pub(crate) fn response_unchanged(
+    changed: &Response,
+    shown: &Response,
+    original: &UpstreamResponse,
+) -> bool {
+    changed == shown
+        && original.from_plugins.is_empty()
+        && !original.headers.contains_key(http::header::AUTHORIZATION)
 }
 
 /// Builds a response from a plugin's. Headers it added or changed relative to `before` (all of
@@ -242,6 +267,91 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&second), ["x-b", "x-c"]);
+    }
+
+    /// What the fast paths hand on for a result the plugin did not change is what rebuilding
+    /// the result would give; anything else is rebuilt.
+    #[test]
+    fn an_unchanged_result_is_the_original_and_what_rebuilding_it_gives() {
+        let header = |n: &'static str, v: &'static str| {
+            (HeaderName::from_static(n), HeaderValue::from_static(v))
+        };
+        let headers = HeaderMap::from_iter([
+            header("stripe-version", "2024-06-20"),
+            header("x-a", "1"),
+            header("x-a", "2"),
+            header("idempotency-key", "k_1"),
+        ]);
+        let bodies = [
+            None,
+            Some(Payload::Structured(
+                serde_json::json!({"a": 1, "b": [1.5, "x", null]}),
+            )),
+            Some(Payload::Form(
+                serde_json::json!({"metadata": {"k": "v"}, "n": 3}),
+            )),
+            Some(Payload::Raw {
+                bytes: Bytes::from_static(b"raw"),
+                content_type: "text/plain".into(),
+            }),
+        ];
+        for body in bodies {
+            for with_body in [false, true] {
+                let original = UpstreamRequest {
+                    method: Method::POST,
+                    path: "/v1/identity/verification_sessions/vs_1".into(),
+                    query: vec![
+                        ("expand".into(), serde_json::json!(["a", "b"])),
+                        ("limit".into(), serde_json::json!(3)),
+                        ("starting_after".into(), serde_json::json!("vs_0")),
+                    ],
+                    headers: headers.clone(),
+                    body: body.clone(),
+                    sealed: Default::default(),
+                };
+                let shown = to_wit_request(&original, with_body);
+                assert!(request_unchanged(&shown.clone(), &shown, &original));
+                let rebuilt = from_wit_request(shown.clone(), original.clone(), with_body);
+                assert_eq!(
+                    rebuilt.unwrap(),
+                    original,
+                    "{body:?}, body shown: {with_body}"
+                );
+                let mut changed = shown.clone();
+                changed.headers[1].1 = "9".into();
+                assert!(!request_unchanged(&changed, &shown, &original));
+                let mut authorized = original.clone();
+                let (name, value) = header("authorization", "Bearer x");
+                authorized.headers.insert(name, value);
+                let shown = to_wit_request(&authorized, with_body);
+                assert!(!request_unchanged(&shown.clone(), &shown, &authorized));
+            }
+        }
+        for with_body in [false, true] {
+            let original = UpstreamResponse {
+                status: StatusCode::OK,
+                headers: headers.clone(),
+                body: Bytes::from_static(b"{\"id\":\"vs_1\"}"),
+                from_plugins: HeaderMap::new(),
+            };
+            let shown = to_wit_response(&original, with_body);
+            assert!(response_unchanged(&shown.clone(), &shown, &original));
+            let kept = (!with_body).then(|| original.body.clone());
+            let rebuilt = from_wit_response(shown.clone(), kept, Some(&original)).unwrap();
+            assert_eq!(rebuilt.status, original.status);
+            assert_eq!(rebuilt.headers, original.headers);
+            assert_eq!(rebuilt.body, original.body);
+            assert!(rebuilt.from_plugins.is_empty());
+            let mut changed = shown.clone();
+            changed.status = 201;
+            assert!(!response_unchanged(&changed, &shown, &original));
+            // Headers an earlier plugin added are rebuilt, to keep their record.
+            let mut added = original.clone();
+            let (name, value) = header("x-a", "1");
+            added.from_plugins.append(name, value);
+            let shown = to_wit_response(&added, with_body);
+            assert!(!response_unchanged(&shown.clone(), &shown, &added));
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@ use capgate_model::snapshot::TransformRef;
 
 use crate::bindings::{RequestAction, Transform, TransformPre};
 use crate::convert::{
-    from_wit_request, from_wit_response, refusal, to_wit_request, to_wit_response, wit_context,
+    from_wit_request, from_wit_response, refusal, request_unchanged, response_unchanged,
+    to_wit_request, to_wit_response, wit_context,
 };
 use crate::store::{State, classify, log_stderr, new_store, park, rearm, reusable};
 use crate::ticker::Ticker;
@@ -542,6 +543,11 @@ impl Plugins {
         let stderr = log_stderr(call.store.data());
         self.release(plugin, transform, call, &stderr);
         match result {
+            Ok(RequestAction::Forward(changed))
+                if request_unchanged(&changed, &wit_request, &request) =>
+            {
+                Ok(RequestOutcome::Forward(request))
+            }
             Ok(RequestAction::Forward(changed)) => Ok(RequestOutcome::Forward(from_wit_request(
                 changed,
                 request,
@@ -579,6 +585,9 @@ impl Plugins {
         let stderr = log_stderr(call.store.data());
         self.release(plugin, transform, call, &stderr);
         match result {
+            Ok(changed) if response_unchanged(&changed, &wit_response, &response) => {
+                Ok(ResponseOutcome::Forward(response))
+            }
             Ok(changed) => {
                 let original = (!plugin.needs_response_body).then(|| response.body.clone());
                 Ok(ResponseOutcome::Forward(from_wit_response(
