@@ -233,13 +233,14 @@ impl Invoker {
     ) -> Result<UpstreamResponse, GatewayError> {
         let started = std::time::Instant::now();
         let result = self.client.send(adapter, request).await;
-        crate::access::upstream_took(started.elapsed());
+        let took = started.elapsed();
+        crate::access::upstream_took(took);
         self.metrics
             .upstream_seconds
             .get_or_create(&UpstreamLabels {
                 upstream: adapter.namespace.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         result
     }
 
@@ -359,16 +360,18 @@ impl Invoker {
 
 /// The span of one plugin hook (`plugin on-request`), when the request is traced.
 fn hook_span(transform: &TransformRef, hook: &'static str) -> Option<crate::trace::Child> {
-    crate::trace::span(
-        format!("plugin {hook}"),
-        crate::trace::Kind::Internal,
-        || {
-            vec![
-                KeyValue::new("capgate.plugin.name", transform.plugin.to_string()),
-                KeyValue::new("capgate.plugin.hook", hook),
-            ]
-        },
-    )
+    // A static name: `span` returns at once for a call that is not traced, and a formatted
+    // one would be built for every hook of every call.
+    let name = match hook {
+        "on-request" => "plugin on-request",
+        _ => "plugin on-response",
+    };
+    crate::trace::span(name, crate::trace::Kind::Internal, || {
+        vec![
+            KeyValue::new("capgate.plugin.name", transform.plugin.to_string()),
+            KeyValue::new("capgate.plugin.hook", hook),
+        ]
+    })
 }
 
 /// How an `on-request` hook ended, as the plugin metrics say it.
