@@ -58,8 +58,7 @@ pub struct Caller {
 
 impl Consumers {
     pub fn new(config: &ConsumersConfig, limits: &Limits, metrics: Arc<Metrics>) -> Consumers {
-        // The config's globs were checked when it was read; one that is not (a config built in
-        // code) requires a consumer everywhere rather than nowhere.
+        // A glob that does not parse requires a consumer everywhere rather than nowhere.
         let glob = |pattern: &str| Pattern::new(pattern).unwrap_or_else(|_| Pattern::any());
         let require = config
             .require
