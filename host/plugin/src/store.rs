@@ -237,9 +237,10 @@ pub(crate) fn new_store(
     // the CPU time it used, not wall time: neither waiting to be scheduled again after a
     // yield nor the OS preempting the thread on a busy machine may turn a quick plugin into a
     // timeout, while a plugin that loops still burns through its budget.
-    store.epoch_deadline_callback(move |_| {
+    store.epoch_deadline_callback(move |store| {
+        let covered = store.data().running.as_ref().map(Running::covered);
         let mut clock = budget.lock().expect("not poisoned");
-        let used = clock.used();
+        let used = clock.used(covered.unwrap_or_default());
         if used >= clock.timeout {
             return Ok(UpdateDeadline::Interrupt);
         }
@@ -301,11 +302,12 @@ pub(crate) fn rearm(
 /// The CPU time one plugin call has used, counted per stretch it ran on one thread.
 ///
 /// Reading a thread's CPU clock is a system call, and most calls end long before their first
-/// epoch tick: so the first stretch is not clocked. It is charged its wall time, capped at one
-/// tick (the epoch callback that first asks comes at the first tick after the call started; a
-/// thread preempted meanwhile has not used more than that), and the CPU clock is read from then
-/// on. A looping plugin is therefore stopped after at least its timeout of CPU time, and at most
-/// one tick more.
+/// epoch tick: so the first stretch is not clocked. It is charged its wall time, capped at what
+/// the tick that first asks covered (that tick is the first after the call started: one tick,
+/// or more when the epoch thread waited for a CPU, see `ticker::Priority`; a thread preempted
+/// meanwhile is charged no more than that), and the CPU clock is read from then on. A looping
+/// plugin is therefore stopped after at least its timeout of CPU time, and at most one tick
+/// more (or, when its first tick came late, about as late as that tick was).
 struct CpuBudget {
     used: Duration,
     /// `used` when the call last gave its thread back (or zero).
@@ -331,11 +333,12 @@ impl CpuBudget {
         }
     }
 
-    /// The CPU time used so far (read on the thread the call is running on).
-    fn used(&mut self) -> Duration {
+    /// The CPU time used so far (read on the thread the call is running on), asked at a tick
+    /// that `covered` this long (see `CpuBudget`).
+    fn used(&mut self, covered: Duration) -> Duration {
         match self.stretch {
             None => {
-                self.used += self.started.elapsed().min(self.tick);
+                self.used += self.started.elapsed().min(covered.max(self.tick));
                 self.resume();
             }
             Some((thread, began)) if thread == std::thread::current().id() => {
@@ -425,29 +428,47 @@ mod tests {
     fn the_deadline_counts_cpu_time_not_waiting() {
         let tick = Duration::from_millis(1);
         let mut budget = CpuBudget::start(tick, Duration::from_secs(1));
-        // The first stretch is not clocked: it is charged its wall time, at most one tick.
+        // The first stretch is not clocked: it is charged its wall time, at most what the tick
+        // that asks covered (never less than a tick).
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(budget.used(), tick);
+        assert_eq!(budget.used(Duration::ZERO), tick);
         std::thread::sleep(Duration::from_millis(50));
         assert!(
-            budget.used() < Duration::from_millis(10),
+            budget.used(tick) < Duration::from_millis(10),
             "sleeping used {:?}",
-            budget.used()
+            budget.used(tick)
         );
         let spun = Instant::now();
-        while budget.used() < Duration::from_millis(20) {
+        while budget.used(tick) < Duration::from_millis(20) {
             assert!(
                 spun.elapsed() < Duration::from_secs(10),
                 "CPU time never advanced"
             );
         }
         // Moving to another thread starts a new stretch there and keeps what was used.
-        let moved = std::thread::spawn(move || budget.used())
+        let moved = std::thread::spawn(move || budget.used(tick))
             .join()
             .expect("no panic");
         assert!(
             moved >= Duration::from_millis(20),
             "lost the used time: {moved:?}"
+        );
+    }
+
+    #[test]
+    fn a_first_stretch_asked_at_a_late_tick_is_charged_up_to_what_that_tick_covered() {
+        let tick = Duration::from_millis(1);
+        // The epoch thread waited for a CPU: its tick came 5 ms after the one before.
+        let mut budget = CpuBudget::start(tick, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(budget.used(5 * tick), 5 * tick);
+        // A stretch shorter than the tick covered is charged its wall time.
+        let mut budget = CpuBudget::start(tick, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(3));
+        let used = budget.used(Duration::from_secs(1));
+        assert!(
+            used >= Duration::from_millis(3) && used < Duration::from_secs(1),
+            "charged {used:?}"
         );
     }
 
