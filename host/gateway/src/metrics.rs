@@ -3,7 +3,10 @@
 //! Labels are surfaces, statuses, upstream namespaces and plugin names: never values a caller
 //! controls beyond those, and never a secret.
 
-use std::sync::OnceLock;
+use std::hash::Hash;
+use std::sync::{OnceLock, RwLock};
+
+use hashbrown::Equivalent;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -66,6 +69,85 @@ pub struct ConsumerCallLabels {
     pub status: &'static str,
 }
 
+/// `PluginLabels` borrowed: it hashes as they do (the same fields, in the same order).
+#[derive(Hash)]
+struct PluginQuery<'a> {
+    plugin: &'a str,
+    hook: &'static str,
+    outcome: &'static str,
+}
+
+impl Equivalent<PluginLabels> for PluginQuery<'_> {
+    fn equivalent(&self, key: &PluginLabels) -> bool {
+        self.plugin == key.plugin && self.hook == key.hook && self.outcome == key.outcome
+    }
+}
+
+/// `LimitLabels` borrowed.
+#[derive(Hash)]
+struct LimitQuery<'a> {
+    consumer: &'a str,
+    decision: &'static str,
+    store: &'static str,
+}
+
+impl Equivalent<LimitLabels> for LimitQuery<'_> {
+    fn equivalent(&self, key: &LimitLabels) -> bool {
+        self.consumer == key.consumer && self.decision == key.decision && self.store == key.store
+    }
+}
+
+/// `ConsumerCallLabels` borrowed.
+#[derive(Hash)]
+struct ConsumerCallQuery<'a> {
+    consumer: &'a str,
+    capability: &'a str,
+    operation: &'a str,
+    status: &'static str,
+}
+
+impl Equivalent<ConsumerCallLabels> for ConsumerCallQuery<'_> {
+    fn equivalent(&self, key: &ConsumerCallLabels) -> bool {
+        self.consumer == key.consumer
+            && self.capability == key.capability
+            && self.operation == key.operation
+            && self.status == key.status
+    }
+}
+
+/// The counters of a family, found by labels the caller lends. A family's own lookup takes
+/// owned labels: every count would build them (a `String` per label) and hash them with
+/// SipHash under the family's lock. The index holds each counter the family made (the same
+/// counter: what it counts, the family exposes), by its labels.
+struct Counters<L> {
+    family: Family<L, Counter>,
+    index: RwLock<hashbrown::HashMap<L, Counter, foldhash::fast::RandomState>>,
+}
+
+impl<L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + std::fmt::Debug + 'static> Counters<L> {
+    fn new(family: &Family<L, Counter>) -> Counters<L> {
+        Counters {
+            family: family.clone(),
+            index: RwLock::default(),
+        }
+    }
+
+    /// Counts one under `query`'s labels; `labels` builds them the first time.
+    fn inc<Q: Hash + Equivalent<L>>(&self, query: &Q, labels: impl FnOnce() -> L) {
+        if let Some(counter) = self.index.read().expect("not poisoned").get(query) {
+            counter.inc();
+            return;
+        }
+        let labels = labels();
+        let counter = self.family.get_or_create(&labels).clone();
+        counter.inc();
+        self.index
+            .write()
+            .expect("not poisoned")
+            .insert(labels, counter);
+    }
+}
+
 /// Where a request was answered (the `surface` label of `requests`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -99,6 +181,9 @@ pub struct Metrics {
     /// `requests`' counters of the two surfaces by status class, taken from the family on first
     /// use: a family lookup hashes its labels under a lock on every request, this is an index.
     request_counters: [[OnceLock<Counter>; 5]; 2],
+    plugin_counters: Counters<PluginLabels>,
+    limit_counters: Counters<LimitLabels>,
+    consumer_call_counters: Counters<ConsumerCallLabels>,
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -195,6 +280,9 @@ impl Metrics {
             consumer_calls.clone(),
         );
         Metrics {
+            plugin_counters: Counters::new(&plugin_calls),
+            limit_counters: Counters::new(&limit_decisions),
+            consumer_call_counters: Counters::new(&consumer_calls),
             consumer_calls,
             access_log_dropped,
             limit_decisions,
@@ -226,24 +314,36 @@ impl Metrics {
 
     /// Counts one call a consumer made (labels from the consumers file and the specs).
     pub fn consumer_call(&self, consumer: &str, capability: &str, operation: &str, status: u16) {
-        self.consumer_calls
-            .get_or_create(&ConsumerCallLabels {
+        let status = status_class(status);
+        self.consumer_call_counters.inc(
+            &ConsumerCallQuery {
+                consumer,
+                capability,
+                operation,
+                status,
+            },
+            || ConsumerCallLabels {
                 consumer: consumer.to_owned(),
                 capability: capability.to_owned(),
                 operation: operation.to_owned(),
-                status: status_class(status),
-            })
-            .inc();
+                status,
+            },
+        );
     }
 
     pub fn plugin(&self, plugin: &str, hook: &'static str, outcome: &'static str) {
-        self.plugin_calls
-            .get_or_create(&PluginLabels {
+        self.plugin_counters.inc(
+            &PluginQuery {
+                plugin,
+                hook,
+                outcome,
+            },
+            || PluginLabels {
                 plugin: plugin.to_owned(),
                 hook,
                 outcome,
-            })
-            .inc();
+            },
+        );
     }
 
     pub fn tool_call(&self, path: &'static str) {
@@ -253,13 +353,18 @@ impl Metrics {
     }
 
     pub fn limit_decision(&self, consumer: &str, decision: &'static str, store: &'static str) {
-        self.limit_decisions
-            .get_or_create(&LimitLabels {
+        self.limit_counters.inc(
+            &LimitQuery {
+                consumer,
+                decision,
+                store,
+            },
+            || LimitLabels {
                 consumer: consumer.to_owned(),
                 decision,
                 store,
-            })
-            .inc();
+            },
+        );
     }
 
     /// The Prometheus text exposition.
@@ -268,5 +373,79 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition's line for `series` (a name and its labels, as rendered), if any.
+    fn value(metrics: &Metrics, series: &str) -> Option<String> {
+        metrics.render().lines().find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(str::to_owned)
+        })
+    }
+
+    #[test]
+    fn counts_by_lent_labels_reach_the_series_of_those_labels() {
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            metrics.plugin("noop.wasm", "on_request", "ok");
+        }
+        metrics.plugin("noop.wasm", "on_response", "ok");
+        metrics.plugin("stamp.wasm", "on_request", "ok");
+        metrics.limit_decision("team-a", "admitted", "local");
+        metrics.limit_decision("team-a", "admitted", "local");
+        metrics.limit_decision("team-a", "limited", "local");
+        metrics.consumer_call("team-a", "identity-sessions", "list", 200);
+        metrics.consumer_call("team-a", "identity-sessions", "list", 201);
+        metrics.consumer_call("team-a", "identity-sessions", "list", 404);
+        // The same labels split differently are other series.
+        metrics.consumer_call("team-a", "identity-sessions-list", "", 200);
+        let expect = [
+            (
+                r#"capgate_plugin_calls_total{plugin="noop.wasm",hook="on_request",outcome="ok"}"#,
+                "3",
+            ),
+            (
+                r#"capgate_plugin_calls_total{plugin="noop.wasm",hook="on_response",outcome="ok"}"#,
+                "1",
+            ),
+            (
+                r#"capgate_plugin_calls_total{plugin="stamp.wasm",hook="on_request",outcome="ok"}"#,
+                "1",
+            ),
+            (
+                r#"capgate_limit_decisions_total{consumer="team-a",decision="admitted",store="local"}"#,
+                "2",
+            ),
+            (
+                r#"capgate_limit_decisions_total{consumer="team-a",decision="limited",store="local"}"#,
+                "1",
+            ),
+            (
+                r#"capgate_consumer_calls_total{consumer="team-a",capability="identity-sessions",operation="list",status="2xx"}"#,
+                "2",
+            ),
+            (
+                r#"capgate_consumer_calls_total{consumer="team-a",capability="identity-sessions",operation="list",status="4xx"}"#,
+                "1",
+            ),
+            (
+                r#"capgate_consumer_calls_total{consumer="team-a",capability="identity-sessions-list",operation="",status="2xx"}"#,
+                "1",
+            ),
+        ];
+        for (series, count) in expect {
+            assert_eq!(
+                value(&metrics, series).as_deref(),
+                Some(count),
+                "{series} in\n{}",
+                metrics.render()
+            );
+        }
     }
 }
