@@ -627,8 +627,8 @@ pub async fn plugin(
         reuse: false,
     };
     let context = CallContext {
-        capability: "identity-sessions".into(),
-        operation: "identity-sessions.getidentityverificationsessionssession".into(),
+        capability: "identity-sessions",
+        operation: "identity-sessions.getidentityverificationsessionssession",
         request_id: Arc::from("req_bench"),
     };
     let request = UpstreamRequest {
@@ -737,7 +737,7 @@ pub async fn plugin(
 async fn back_to_back(
     plugins: &Arc<capgate_plugin::Plugins>,
     hook: &capgate_model::snapshot::TransformRef,
-    context: &capgate_plugin::CallContext,
+    context: &capgate_plugin::CallContext<'static>,
     request: &capgate_model::exchange::UpstreamRequest,
     response: Option<capgate_model::exchange::UpstreamResponse>,
     tasks: usize,

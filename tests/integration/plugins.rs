@@ -187,10 +187,10 @@ fn list_request(headers: http::HeaderMap) -> capgate_model::exchange::UpstreamRe
     }
 }
 
-fn context(operation: &str) -> capgate_plugin::CallContext {
+fn context(operation: &str) -> capgate_plugin::CallContext<'_> {
     capgate_plugin::CallContext {
-        capability: "identity-sessions".into(),
-        operation: operation.into(),
+        capability: "identity-sessions",
+        operation,
         request_id: "req_in_process".into(),
     }
 }

@@ -37,7 +37,8 @@ pub struct Consumers {
     issuers: Issuers,
     public_url: Option<String>,
     /// When each consumer was last identified (Unix seconds; 0: not yet), kept across reloads.
-    last_use: ArcSwap<HashMap<String, Arc<AtomicU64>>>,
+    /// Names are the consumers file's, never a caller's input: a fast hash of them will do.
+    last_use: ArcSwap<HashMap<String, Arc<AtomicU64>, foldhash::fast::RandomState>>,
 }
 
 /// A consumers file that loaded with changes: the set it replaced, and the new one.
@@ -72,7 +73,7 @@ impl Consumers {
             last: Mutex::new((None, Vec::new())),
             limiter: Limiter::new(limits, metrics),
             issuers: Issuers::new(&config.jwt),
-            last_use: ArcSwap::from_pointee(HashMap::new()),
+            last_use: ArcSwap::from_pointee(HashMap::default()),
             public_url: config
                 .public_url
                 .as_ref()

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::access::AccessLog;
 use crate::error::GatewayError;
-use crate::metrics::{Metrics, UpstreamLabels};
+use crate::metrics::Metrics;
 use crate::trace::Tracing;
 use crate::upstream::{self, Client};
 use capgate_model::config::FailurePolicy;
@@ -193,8 +193,8 @@ impl Invoker {
                     self.send(&upstream.adapter, request).await?
                 } else {
                     let context = CallContext {
-                        capability: upstream.capability.to_string(),
-                        operation: upstream.name.clone(),
+                        capability: &upstream.capability,
+                        operation: &upstream.name,
                         request_id: if inputs.request_id.is_empty() {
                             request_id()
                         } else {
@@ -235,12 +235,7 @@ impl Invoker {
         let result = self.client.send(adapter, request).await;
         let took = started.elapsed();
         crate::access::upstream_took(took);
-        self.metrics
-            .upstream_seconds
-            .get_or_create(&UpstreamLabels {
-                upstream: adapter.namespace.clone(),
-            })
-            .observe(took.as_secs_f64());
+        self.metrics.upstream_took(&adapter.namespace, took);
         result
     }
 
@@ -252,7 +247,7 @@ impl Invoker {
         &self,
         upstream: &UpstreamOperation,
         loaded: &PluginSet,
-        context: &CallContext,
+        context: &CallContext<'_>,
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, GatewayError> {
         let Some(plugins) = &self.plugins else {
@@ -421,7 +416,7 @@ fn check_body(
 /// A failed plugin call: the request fails (fail-closed) or goes on with `kept` (fail-open).
 fn failed<T>(
     transform: &TransformRef,
-    context: &CallContext,
+    context: &CallContext<'_>,
     failure: Failure,
     kept: Option<T>,
 ) -> Result<T, GatewayError> {

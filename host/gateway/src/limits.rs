@@ -11,7 +11,6 @@
 //! (`local`: counted here, each limit divided by `limits.replicas`; `deny`: 503), and a
 //! background probe marks it up again when Redis answers (one log line).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -116,8 +115,28 @@ impl Limiter {
 /// Counters in this process.
 #[derive(Default)]
 struct Local {
-    counters: Mutex<HashMap<String, Counter>>,
+    counters: Mutex<hashbrown::HashMap<CounterKey, Counter, foldhash::fast::RandomState>>,
     epoch: OnceInstant,
+}
+
+/// Whose counter: a consumer's name and a limit's id (`Limit::id`).
+#[derive(Debug, Hash, PartialEq, Eq)]
+struct CounterKey {
+    consumer: String,
+    limit: String,
+}
+
+/// `CounterKey` borrowed: looked up without building the key (it hashes as the key does).
+#[derive(Hash)]
+struct CounterQuery<'a> {
+    consumer: &'a str,
+    limit: &'a str,
+}
+
+impl hashbrown::Equivalent<CounterKey> for CounterQuery<'_> {
+    fn equivalent(&self, key: &CounterKey) -> bool {
+        self.consumer == key.consumer && self.limit == key.limit
+    }
 }
 
 /// The start of this process's clock for theoretical arrival times.
@@ -143,74 +162,117 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn key_of(consumer: &str, limit: &Limit) -> String {
-    format!("{consumer}\u{0}{}", limit.id)
-}
-
 impl Local {
     /// Decides with each limit divided by `share` (the replicas that would share it).
     fn decide(&self, call: &Counted<'_>, share: u32) -> Result<Option<Standing>, GatewayError> {
-        let now = self.epoch.0.elapsed().as_secs_f64();
-        let unix = unix_now();
+        let now = Now {
+            since_epoch: self.epoch.0.elapsed().as_secs_f64(),
+            unix: unix_now(),
+        };
         let share = f64::from(share);
         let mut counters = self.counters.lock().expect("not poisoned");
-        let mut updates = Vec::with_capacity(call.limits.len());
+        let consumer = call.consumer;
+        fn query<'a>(consumer: &'a str, limit: &'a Limit) -> CounterQuery<'a> {
+            CounterQuery {
+                consumer,
+                limit: &limit.id,
+            }
+        }
+        // Every limit is checked before any counts the call.
         let mut tightest: Option<Standing> = None;
         for limit in &call.limits {
-            let key = key_of(call.consumer, limit);
-            let policy = limit.kind.policy();
-            let (counter, standing) = match limit.kind {
-                LimitKind::Rate { rate, burst } => {
-                    let burst = (f64::from(burst) / share).floor().max(1.0);
-                    let interval = share / rate;
-                    let tolerance = interval * (burst - 1.0);
-                    let tat = match counters.get(&key) {
-                        Some(Counter::Arrival(tat)) => tat.max(now),
-                        _ => now,
-                    };
-                    if tat - now > tolerance {
-                        return Err(limited(tat - now - tolerance, policy));
-                    }
-                    let next = tat + interval;
-                    let remaining = ((tolerance - (next - now)) / interval).floor() + 1.0;
-                    let standing = Standing {
-                        policy,
-                        remaining: remaining.max(0.0) as u64,
-                        reset: (next - now).ceil() as u64,
-                    };
-                    (Counter::Arrival(next), standing)
-                }
-                LimitKind::Quota { calls, per } => {
-                    let allowed = (calls as f64 / share).floor() as u64;
-                    let (start, end) = per.window(unix);
-                    let used = match counters.get(&key) {
-                        Some(Counter::Used { start: s, calls }) if *s == start => *calls,
-                        _ => 0,
-                    };
-                    if used >= allowed {
-                        return Err(limited((end - unix) as f64, policy));
-                    }
-                    let standing = Standing {
-                        policy,
-                        remaining: allowed - used - 1,
-                        reset: end - unix,
-                    };
-                    (
-                        Counter::Used {
-                            start,
-                            calls: used + 1,
-                        },
-                        standing,
-                    )
-                }
-            };
+            let (_, standing) = next(limit, counters.get(&query(consumer, limit)), now, share)?;
             if tightest.is_none_or(|t| standing.remaining < t.remaining) {
                 tightest = Some(standing);
             }
-            updates.push((key, counter));
         }
-        counters.extend(updates);
+        for (i, limit) in call.limits.iter().enumerate() {
+            // Two limits alike (the same id) are one counter, counted once.
+            if call.limits[..i].iter().any(|l| l.id == limit.id) {
+                continue;
+            }
+            // Checked above with the same counter and clocks: it admits.
+            let current = counters.get_mut(&query(consumer, limit));
+            let (counter, _) = next(limit, current.as_deref(), now, share)?;
+            match current {
+                Some(current) => *current = counter,
+                None => {
+                    let key = CounterKey {
+                        consumer: call.consumer.to_owned(),
+                        limit: limit.id.clone(),
+                    };
+                    counters.insert(key, counter);
+                }
+            }
+        }
         Ok(tightest)
+    }
+}
+
+/// The moment of a decision, on both clocks it uses.
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    /// Seconds since `Local::epoch`, for a rate's theoretical arrival time.
+    since_epoch: f64,
+    /// Unix seconds, for a quota's period.
+    unix: u64,
+}
+
+/// What `limit` does with one more call at `now`, its counter being `current`: the counter
+/// after the call and where the call leaves the limit, or the refusal.
+fn next(
+    limit: &Limit,
+    current: Option<&Counter>,
+    now: Now,
+    share: f64,
+) -> Result<(Counter, Standing), GatewayError> {
+    let policy = limit.kind.policy();
+    match limit.kind {
+        LimitKind::Rate { rate, burst } => {
+            let now = now.since_epoch;
+            let burst = (f64::from(burst) / share).floor().max(1.0);
+            let interval = share / rate;
+            let tolerance = interval * (burst - 1.0);
+            let tat = match current {
+                Some(Counter::Arrival(tat)) => tat.max(now),
+                _ => now,
+            };
+            if tat - now > tolerance {
+                return Err(limited(tat - now - tolerance, policy));
+            }
+            let next = tat + interval;
+            let remaining = ((tolerance - (next - now)) / interval).floor() + 1.0;
+            let standing = Standing {
+                policy,
+                remaining: remaining.max(0.0) as u64,
+                reset: (next - now).ceil() as u64,
+            };
+            Ok((Counter::Arrival(next), standing))
+        }
+        LimitKind::Quota { calls, per } => {
+            let unix = now.unix;
+            let allowed = (calls as f64 / share).floor() as u64;
+            let (start, end) = per.window(unix);
+            let used = match current {
+                Some(Counter::Used { start: s, calls }) if *s == start => *calls,
+                _ => 0,
+            };
+            if used >= allowed {
+                return Err(limited((end - unix) as f64, policy));
+            }
+            let standing = Standing {
+                policy,
+                remaining: allowed - used - 1,
+                reset: end - unix,
+            };
+            Ok((
+                Counter::Used {
+                    start,
+                    calls: used + 1,
+                },
+                standing,
+            ))
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::{OnceLock, RwLock};
 
 use hashbrown::Equivalent;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -115,36 +116,57 @@ impl Equivalent<ConsumerCallLabels> for ConsumerCallQuery<'_> {
     }
 }
 
-/// The counters of a family, found by labels the caller lends. A family's own lookup takes
-/// owned labels: every count would build them (a `String` per label) and hash them with
-/// SipHash under the family's lock. The index holds each counter the family made (the same
-/// counter: what it counts, the family exposes), by its labels.
-struct Counters<L> {
-    family: Family<L, Counter>,
-    index: RwLock<hashbrown::HashMap<L, Counter, foldhash::fast::RandomState>>,
+/// `UpstreamLabels` borrowed.
+#[derive(Hash)]
+struct UpstreamQuery<'a> {
+    upstream: &'a str,
 }
 
-impl<L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + std::fmt::Debug + 'static> Counters<L> {
-    fn new(family: &Family<L, Counter>) -> Counters<L> {
-        Counters {
+impl Equivalent<UpstreamLabels> for UpstreamQuery<'_> {
+    fn equivalent(&self, key: &UpstreamLabels) -> bool {
+        self.upstream == key.upstream
+    }
+}
+
+/// The metrics of a family, found by labels the caller lends. A family's own lookup takes
+/// owned labels: every count would build them (a `String` per label) and hash them with
+/// SipHash under the family's lock. The index holds each metric the family made (the same
+/// metric: what it counts, the family exposes), by its labels.
+struct Index<L, M> {
+    family: Family<L, M>,
+    index: RwLock<hashbrown::HashMap<L, M, foldhash::fast::RandomState>>,
+}
+
+impl<L, M> Index<L, M>
+where
+    L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + std::fmt::Debug + 'static,
+    M: Clone + TypedMetric + EncodeMetric + Send + Sync + std::fmt::Debug + 'static,
+{
+    fn new(family: &Family<L, M>) -> Index<L, M> {
+        Index {
             family: family.clone(),
             index: RwLock::default(),
         }
     }
 
-    /// Counts one under `query`'s labels; `labels` builds them the first time.
-    fn inc<Q: Hash + Equivalent<L>>(&self, query: &Q, labels: impl FnOnce() -> L) {
-        if let Some(counter) = self.index.read().expect("not poisoned").get(query) {
-            counter.inc();
+    /// Runs `record` on the metric of `query`'s labels; `labels` builds them the first time.
+    fn with<Q: Hash + Equivalent<L>>(
+        &self,
+        query: &Q,
+        labels: impl FnOnce() -> L,
+        record: impl FnOnce(&M),
+    ) {
+        if let Some(metric) = self.index.read().expect("not poisoned").get(query) {
+            record(metric);
             return;
         }
         let labels = labels();
-        let counter = self.family.get_or_create(&labels).clone();
-        counter.inc();
+        let metric = self.family.get_or_create(&labels).clone();
+        record(&metric);
         self.index
             .write()
             .expect("not poisoned")
-            .insert(labels, counter);
+            .insert(labels, metric);
     }
 }
 
@@ -181,9 +203,10 @@ pub struct Metrics {
     /// `requests`' counters of the two surfaces by status class, taken from the family on first
     /// use: a family lookup hashes its labels under a lock on every request, this is an index.
     request_counters: [[OnceLock<Counter>; 5]; 2],
-    plugin_counters: Counters<PluginLabels>,
-    limit_counters: Counters<LimitLabels>,
-    consumer_call_counters: Counters<ConsumerCallLabels>,
+    plugin_counters: Index<PluginLabels, Counter>,
+    limit_counters: Index<LimitLabels, Counter>,
+    consumer_call_counters: Index<ConsumerCallLabels, Counter>,
+    upstream_histograms: Index<UpstreamLabels, Histogram>,
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -280,9 +303,10 @@ impl Metrics {
             consumer_calls.clone(),
         );
         Metrics {
-            plugin_counters: Counters::new(&plugin_calls),
-            limit_counters: Counters::new(&limit_decisions),
-            consumer_call_counters: Counters::new(&consumer_calls),
+            plugin_counters: Index::new(&plugin_calls),
+            limit_counters: Index::new(&limit_decisions),
+            consumer_call_counters: Index::new(&consumer_calls),
+            upstream_histograms: Index::new(&upstream_seconds),
             consumer_calls,
             access_log_dropped,
             limit_decisions,
@@ -315,7 +339,7 @@ impl Metrics {
     /// Counts one call a consumer made (labels from the consumers file and the specs).
     pub fn consumer_call(&self, consumer: &str, capability: &str, operation: &str, status: u16) {
         let status = status_class(status);
-        self.consumer_call_counters.inc(
+        self.consumer_call_counters.with(
             &ConsumerCallQuery {
                 consumer,
                 capability,
@@ -328,11 +352,14 @@ impl Metrics {
                 operation: operation.to_owned(),
                 status,
             },
+            |counter| {
+                counter.inc();
+            },
         );
     }
 
     pub fn plugin(&self, plugin: &str, hook: &'static str, outcome: &'static str) {
-        self.plugin_counters.inc(
+        self.plugin_counters.with(
             &PluginQuery {
                 plugin,
                 hook,
@@ -342,6 +369,9 @@ impl Metrics {
                 plugin: plugin.to_owned(),
                 hook,
                 outcome,
+            },
+            |counter| {
+                counter.inc();
             },
         );
     }
@@ -353,7 +383,7 @@ impl Metrics {
     }
 
     pub fn limit_decision(&self, consumer: &str, decision: &'static str, store: &'static str) {
-        self.limit_counters.inc(
+        self.limit_counters.with(
             &LimitQuery {
                 consumer,
                 decision,
@@ -364,6 +394,20 @@ impl Metrics {
                 decision,
                 store,
             },
+            |counter| {
+                counter.inc();
+            },
+        );
+    }
+
+    /// Records the time of one upstream exchange of `upstream` (a consumes namespace).
+    pub fn upstream_took(&self, upstream: &str, took: std::time::Duration) {
+        self.upstream_histograms.with(
+            &UpstreamQuery { upstream },
+            || UpstreamLabels {
+                upstream: upstream.to_owned(),
+            },
+            |histogram| histogram.observe(took.as_secs_f64()),
         );
     }
 
@@ -405,6 +449,8 @@ mod tests {
         metrics.consumer_call("team-a", "identity-sessions", "list", 404);
         // The same labels split differently are other series.
         metrics.consumer_call("team-a", "identity-sessions-list", "", 200);
+        metrics.upstream_took("stripe", std::time::Duration::from_millis(2));
+        metrics.upstream_took("stripe", std::time::Duration::from_millis(3));
         let expect = [
             (
                 r#"capgate_plugin_calls_total{plugin="noop.wasm",hook="on_request",outcome="ok"}"#,
@@ -437,6 +483,14 @@ mod tests {
             (
                 r#"capgate_consumer_calls_total{consumer="team-a",capability="identity-sessions-list",operation="",status="2xx"}"#,
                 "1",
+            ),
+            (
+                r#"capgate_upstream_request_duration_seconds_count{upstream="stripe"}"#,
+                "2",
+            ),
+            (
+                r#"capgate_upstream_request_duration_seconds_sum{upstream="stripe"}"#,
+                "0.005",
             ),
         ];
         for (series, count) in expect {

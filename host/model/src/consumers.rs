@@ -45,7 +45,8 @@ use crate::spec::yaml::{self, Node, NodeValue};
 #[derive(Debug, Default)]
 pub struct ConsumerSet {
     pub consumers: Vec<Arc<Consumer>>,
-    by_digest: HashMap<[u8; 32], (usize, usize)>,
+    /// Digests are SHA-256 outputs, so a fast hash of them is as good as any.
+    by_digest: HashMap<[u8; 32], (usize, usize), foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]

@@ -40,8 +40,8 @@ fn main() {
         reuse: true,
     };
     let context = CallContext {
-        capability: "identity-sessions".into(),
-        operation: "identity-sessions.getidentityverificationsessionssession".into(),
+        capability: "identity-sessions",
+        operation: "identity-sessions.getidentityverificationsessionssession",
         request_id: Arc::from("req_CqrRGkcrL354PnToDXQW0W2Q"),
     };
     let mut response_headers = HeaderMap::new();

@@ -16,26 +16,54 @@ use crate::{CallContext, Failure, Refusal};
 /// How many more headers a plugin may return than it was shown; more is a malformed result.
 const MAX_HEADERS: usize = 100;
 
-pub(crate) fn wit_context(transform: &TransformRef, context: &CallContext) -> Context {
+pub(crate) fn wit_context(transform: &TransformRef, context: &CallContext<'_>) -> Context {
     Context {
-        capability: context.capability.clone(),
-        operation: context.operation.clone(),
+        capability: context.capability.to_owned(),
+        operation: context.operation.to_owned(),
         request_id: context.request_id.to_string(),
         config: transform.config.to_string(),
     }
 }
 
-fn headers_to_wit(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| *name != http::header::AUTHORIZATION)
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
+/// Makes `into` the context `wit_context` would build, reusing its strings' buffers.
+pub(crate) fn refill_context(
+    into: &mut Context,
+    transform: &TransformRef,
+    context: &CallContext<'_>,
+) {
+    refill(&mut into.capability, context.capability);
+    refill(&mut into.operation, context.operation);
+    refill(&mut into.request_id, &context.request_id);
+    refill(&mut into.config, &transform.config);
+}
+
+/// Makes `into` the text of `value`, reusing its buffer.
+fn refill(into: &mut String, value: &str) {
+    if into != value {
+        into.clear();
+        into.push_str(value);
+    }
+}
+
+/// Makes `into` the list of `(name, value)` pairs a plugin is shown of `headers` (all but
+/// `Authorization`), reusing the strings it holds.
+fn refill_headers(into: &mut Vec<(String, String)>, headers: &HeaderMap) {
+    let mut shown = 0;
+    for (name, value) in headers {
+        if name == http::header::AUTHORIZATION {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes());
+        match into.get_mut(shown) {
+            Some((n, v)) => {
+                refill(n, name.as_str());
+                refill(v, &value);
+            }
+            None => into.push((name.as_str().to_owned(), value.into_owned())),
+        }
+        shown += 1;
+    }
+    into.truncate(shown);
 }
 
 /// A plugin's headers, of which there may be at most [`MAX_HEADERS`] more than it was `shown`.
@@ -58,28 +86,50 @@ fn headers_from_wit(headers: Vec<(String, String)>, shown: usize) -> Result<Head
 }
 
 pub(crate) fn to_wit_request(request: &UpstreamRequest, with_body: bool) -> Request {
-    // A body rendered from bound variables is never shown (and so never changed).
-    let with_body = with_body && !request.sealed.hides_body;
-    let body = if with_body {
-        request.body.as_ref().map(|payload| match payload {
-            Payload::Structured(value) | Payload::Form(value) => {
-                serde_json::to_vec(value).expect("JSON values serialize")
-            }
-            Payload::Raw { bytes, .. } => bytes.to_vec(),
-        })
-    } else {
-        None
+    let mut shown = Request {
+        method: String::new(),
+        path: String::new(),
+        query: Vec::new(),
+        headers: Vec::new(),
+        body: None,
     };
-    Request {
-        method: request.method.as_str().to_owned(),
-        path: request.path.clone(),
-        query: request
-            .query
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
-        headers: headers_to_wit(&request.headers),
-        body,
+    refill_request(&mut shown, request, with_body);
+    shown
+}
+
+/// Makes `into` the request `to_wit_request` would build, reusing the buffers it holds.
+pub(crate) fn refill_request(into: &mut Request, request: &UpstreamRequest, with_body: bool) {
+    use std::fmt::Write as _;
+    refill(&mut into.method, request.method.as_str());
+    refill(&mut into.path, &request.path);
+    into.query.truncate(request.query.len());
+    for (i, (name, value)) in request.query.iter().enumerate() {
+        if i == into.query.len() {
+            into.query.push((String::new(), String::new()));
+        }
+        let (n, v) = &mut into.query[i];
+        refill(n, name);
+        v.clear();
+        write!(v, "{value}").expect("writing to a String cannot fail");
+    }
+    refill_headers(&mut into.headers, &request.headers);
+    // A body rendered from bound variables is never shown (and so never changed).
+    let body = request
+        .body
+        .as_ref()
+        .filter(|_| with_body && !request.sealed.hides_body);
+    match body {
+        None => into.body = None,
+        Some(payload) => {
+            let bytes = into.body.get_or_insert_with(Vec::new);
+            bytes.clear();
+            match payload {
+                Payload::Structured(value) | Payload::Form(value) => {
+                    serde_json::to_writer(&mut *bytes, value).expect("JSON values serialize");
+                }
+                Payload::Raw { bytes: raw, .. } => bytes.extend_from_slice(raw),
+            }
+        }
     }
 }
 
@@ -158,10 +208,25 @@ fn parse_json_body(bytes: &[u8]) -> Result<Value, Failure> {
 
 /// The response a plugin's `on-response` is shown: its body only if the plugin asked for it.
 pub(crate) fn to_wit_response(response: &UpstreamResponse, with_body: bool) -> Response {
-    Response {
-        status: response.status.as_u16(),
-        headers: headers_to_wit(&response.headers),
-        body: with_body.then(|| response.body.to_vec()),
+    let mut shown = Response {
+        status: 0,
+        headers: Vec::new(),
+        body: None,
+    };
+    refill_response(&mut shown, response, with_body);
+    shown
+}
+
+/// Makes `into` the response `to_wit_response` would build, reusing the buffers it holds.
+pub(crate) fn refill_response(into: &mut Response, response: &UpstreamResponse, with_body: bool) {
+    into.status = response.status.as_u16();
+    refill_headers(&mut into.headers, &response.headers);
+    if with_body {
+        let bytes = into.body.get_or_insert_with(Vec::new);
+        bytes.clear();
+        bytes.extend_from_slice(&response.body);
+    } else {
+        into.body = None;
     }
 }
 
@@ -352,6 +417,97 @@ mod tests {
             let shown = to_wit_response(&added, with_body);
             assert!(!response_unchanged(&shown.clone(), &shown, &added));
         }
+    }
+
+    /// A value refilled from what an earlier call was shown is what building it afresh gives,
+    /// whatever the earlier one held (more or fewer headers, query pairs, a body or none).
+    #[test]
+    fn a_refilled_value_is_the_one_built_afresh() {
+        let header = |n: &'static str, v: &'static str| {
+            (HeaderName::from_static(n), HeaderValue::from_static(v))
+        };
+        let many = HeaderMap::from_iter([
+            header("stripe-version", "2024-06-20"),
+            header("x-a", "1"),
+            header("authorization", "Bearer secret"),
+            header("x-a", "2"),
+        ]);
+        let requests = [
+            UpstreamRequest {
+                method: Method::POST,
+                path: "/v1/identity/verification_sessions".into(),
+                query: vec![
+                    ("expand".into(), serde_json::json!(["a"])),
+                    ("limit".into(), serde_json::json!(3)),
+                ],
+                headers: many.clone(),
+                body: Some(Payload::Form(serde_json::json!({"type": "document"}))),
+                sealed: Default::default(),
+            },
+            UpstreamRequest {
+                method: Method::GET,
+                path: "/v1/x".into(),
+                query: vec![],
+                headers: HeaderMap::new(),
+                body: None,
+                sealed: Default::default(),
+            },
+            UpstreamRequest {
+                method: Method::DELETE,
+                path: "/v1/identity/verification_sessions/vs_1".into(),
+                query: vec![("a".into(), serde_json::json!("b"))],
+                headers: HeaderMap::from_iter([header("x-b", "3")]),
+                body: Some(Payload::Raw {
+                    bytes: Bytes::from_static(b"raw"),
+                    content_type: "text/plain".into(),
+                }),
+                sealed: Default::default(),
+            },
+        ];
+        for with_body in [true, false] {
+            let mut kept = to_wit_request(&requests[0], true);
+            for request in requests.iter().chain(requests.iter().rev()) {
+                refill_request(&mut kept, request, with_body);
+                assert_eq!(kept, to_wit_request(request, with_body));
+            }
+        }
+        // A value that is not UTF-8 is shown as its lossy text.
+        let latin = HeaderValue::from_bytes(b"caf\xc3\xa9 \xff").unwrap();
+        let odd = HeaderMap::from_iter([(HeaderName::from_static("x-c"), latin)]);
+        let responses = [many, HeaderMap::new(), odd].map(|headers| UpstreamResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"{}"),
+            from_plugins: HeaderMap::new(),
+        });
+        for with_body in [true, false] {
+            let mut kept = to_wit_response(&responses[0], true);
+            for response in responses.iter().chain(responses.iter().rev()) {
+                refill_response(&mut kept, response, with_body);
+                assert_eq!(kept, to_wit_response(response, with_body));
+            }
+        }
+        let transform = TransformRef {
+            plugin: "p.wasm".into(),
+            config: "{\"a\":1}".into(),
+            on_error: Default::default(),
+            timeout: std::time::Duration::from_millis(10),
+            memory: 1 << 20,
+            reuse: true,
+        };
+        let context = CallContext {
+            capability: "identity-sessions",
+            operation: "identity-sessions.list",
+            request_id: "req_1".into(),
+        };
+        let mut kept = wit_context(&transform, &context);
+        let other = CallContext {
+            capability: "c",
+            operation: "identity-sessions.list",
+            request_id: "req_200000".into(),
+        };
+        refill_context(&mut kept, &transform, &other);
+        assert_eq!(kept, wit_context(&transform, &other));
     }
 
     #[test]

@@ -20,10 +20,10 @@ use capgate_model::config::PluginsConfig;
 use capgate_model::exchange::{UpstreamRequest, UpstreamResponse};
 use capgate_model::snapshot::TransformRef;
 
-use crate::bindings::{RequestAction, Transform, TransformPre};
+use crate::bindings::{Context, RequestAction, Transform, TransformPre};
 use crate::convert::{
-    from_wit_request, from_wit_response, refusal, request_unchanged, response_unchanged,
-    to_wit_request, to_wit_response, wit_context,
+    from_wit_request, from_wit_response, refill_context, refill_request, refill_response, refusal,
+    request_unchanged, response_unchanged, to_wit_request, to_wit_response, wit_context,
 };
 use crate::store::{State, classify, log_stderr, new_store, park, rearm, reusable};
 use crate::ticker::Ticker;
@@ -121,6 +121,20 @@ struct Call<'a> {
     store: Store<State>,
     instance: Transform,
     _slot: SemaphorePermit<'a>,
+}
+
+impl Call<'_> {
+    /// The plugin's `context` for this call: the one the store's last call was given, refilled,
+    /// or a new one. The caller hands it back to the store after the call.
+    fn context(&mut self, transform: &TransformRef, context: &CallContext<'_>) -> Context {
+        match self.store.data_mut().kept.context.take() {
+            Some(mut kept) => {
+                refill_context(&mut kept, transform, context);
+                kept
+            }
+            None => wit_context(transform, context),
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -452,7 +466,7 @@ impl Plugins {
         &self,
         plugin: &Plugin,
         transform: &TransformRef,
-        context: &CallContext,
+        context: &CallContext<'_>,
     ) -> Result<Call<'_>, Failure> {
         let slot = self.slots.acquire().await.expect("never closed");
         if transform.reuse {
@@ -523,31 +537,35 @@ impl Plugins {
         &self,
         plugin: &Plugin,
         transform: &TransformRef,
-        context: &CallContext,
+        context: &CallContext<'_>,
         request: UpstreamRequest,
     ) -> Result<RequestOutcome, Failure> {
         if !plugin.handles_requests {
             return Ok(RequestOutcome::Skipped(request));
         }
         let mut call = self.instantiate(plugin, transform, context).await?;
-        let wit_request = to_wit_request(&request, plugin.needs_request_body);
+        let wit_context = call.context(transform, context);
+        let kept = call.store.data_mut().kept.request.take();
+        let wit_request = match kept {
+            Some(mut shown) => {
+                refill_request(&mut shown, &request, plugin.needs_request_body);
+                shown
+            }
+            None => to_wit_request(&request, plugin.needs_request_body),
+        };
         let result = call
             .instance
-            .call_on_request(
-                &mut call.store,
-                &wit_context(transform, context),
-                &wit_request,
-            )
+            .call_on_request(&mut call.store, &wit_context, &wit_request)
             .await
             .map_err(|e| classify(&e, &mut call.store))?;
+        let unchanged = matches!(&result, Ok(RequestAction::Forward(changed))
+            if request_unchanged(changed, &wit_request, &request));
+        let kept = &mut call.store.data_mut().kept;
+        (kept.context, kept.request) = (Some(wit_context), Some(wit_request));
         let stderr = log_stderr(call.store.data());
         self.release(plugin, transform, call, &stderr);
         match result {
-            Ok(RequestAction::Forward(changed))
-                if request_unchanged(&changed, &wit_request, &request) =>
-            {
-                Ok(RequestOutcome::Forward(request))
-            }
+            Ok(RequestAction::Forward(_)) if unchanged => Ok(RequestOutcome::Forward(request)),
             Ok(RequestAction::Forward(changed)) => Ok(RequestOutcome::Forward(from_wit_request(
                 changed,
                 request,
@@ -565,29 +583,35 @@ impl Plugins {
         &self,
         plugin: &Plugin,
         transform: &TransformRef,
-        context: &CallContext,
+        context: &CallContext<'_>,
         response: UpstreamResponse,
     ) -> Result<ResponseOutcome, Failure> {
         if !plugin.handles_responses {
             return Ok(ResponseOutcome::Skipped(response));
         }
         let mut call = self.instantiate(plugin, transform, context).await?;
-        let wit_response = to_wit_response(&response, plugin.needs_response_body);
+        let wit_context = call.context(transform, context);
+        let kept = call.store.data_mut().kept.response.take();
+        let wit_response = match kept {
+            Some(mut shown) => {
+                refill_response(&mut shown, &response, plugin.needs_response_body);
+                shown
+            }
+            None => to_wit_response(&response, plugin.needs_response_body),
+        };
         let result = call
             .instance
-            .call_on_response(
-                &mut call.store,
-                &wit_context(transform, context),
-                &wit_response,
-            )
+            .call_on_response(&mut call.store, &wit_context, &wit_response)
             .await
             .map_err(|e| classify(&e, &mut call.store))?;
+        let unchanged = matches!(&result, Ok(changed)
+            if response_unchanged(changed, &wit_response, &response));
+        let kept = &mut call.store.data_mut().kept;
+        (kept.context, kept.response) = (Some(wit_context), Some(wit_response));
         let stderr = log_stderr(call.store.data());
         self.release(plugin, transform, call, &stderr);
         match result {
-            Ok(changed) if response_unchanged(&changed, &wit_response, &response) => {
-                Ok(ResponseOutcome::Forward(response))
-            }
+            Ok(_) if unchanged => Ok(ResponseOutcome::Forward(response)),
             Ok(changed) => {
                 let original = (!plugin.needs_response_body).then(|| response.body.clone());
                 Ok(ResponseOutcome::Forward(from_wit_response(

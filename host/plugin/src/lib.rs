@@ -116,9 +116,9 @@ pub enum ResponseOutcome {
 
 /// Where a call happens, for the plugin's `context`.
 #[derive(Debug, Clone)]
-pub struct CallContext {
-    pub capability: String,
-    pub operation: String,
+pub struct CallContext<'a> {
+    pub capability: &'a str,
+    pub operation: &'a str,
     pub request_id: Arc<str>,
 }
 

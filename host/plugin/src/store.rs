@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::Failure;
 use crate::bindings;
 use crate::bindings::capgate::transform::types::Level;
+use crate::bindings::{Context, Request, Response};
 use crate::host::{MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES};
 use crate::ticker::{Running, Ticker};
 
@@ -48,6 +49,17 @@ pub(crate) struct State {
     budget: Arc<Mutex<CpuBudget>>,
     /// Keeps the epoch ticking during a call (an idle reused store holds none).
     running: Option<Running>,
+    /// What the last calls were shown, kept for the next call of a reused instance.
+    pub(crate) kept: Kept,
+}
+
+/// The WIT values a store's last calls were shown, kept so that the next call of a reused
+/// instance refills their strings rather than allocating new ones (`convert::refill_*`).
+#[derive(Default)]
+pub(crate) struct Kept {
+    pub(crate) context: Option<Context>,
+    pub(crate) request: Option<Request>,
+    pub(crate) response: Option<Response>,
 }
 
 impl WasiView for State {
@@ -227,6 +239,7 @@ pub(crate) fn new_store(
             log_cut: false,
             budget: budget.clone(),
             running: Some(ticker.running()),
+            kept: Kept::default(),
         },
     );
     store.limiter(|state| &mut state.limits);
@@ -388,6 +401,10 @@ fn wall_clock() -> Duration {
 
 /// Logs what a call wrote to stderr, if anything, and returns it.
 pub(crate) fn log_stderr(state: &State) -> String {
+    // Only WASI writes to stderr, and a plugin that never called WASI has no context for it.
+    if state.wasi.is_none() {
+        return String::new();
+    }
     let stderr = String::from_utf8_lossy(&state.stderr.contents()).into_owned();
     if !stderr.trim().is_empty() {
         let text = printable(stderr.trim_end(), STDERR_CAPACITY);
