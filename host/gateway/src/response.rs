@@ -121,13 +121,15 @@ pub fn rate_limit_headers(
     remaining: u64,
     reset: u64,
 ) {
+    static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+    static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
     let name = policy.name;
     if let Ok(value) =
         HeaderValue::try_from(format!("\"{name}\";q={};w={}", policy.quota, policy.window))
     {
-        headers.insert("ratelimit-policy", value);
+        headers.insert(RATELIMIT_POLICY.clone(), value);
     }
     if let Ok(value) = HeaderValue::try_from(format!("\"{name}\";r={remaining};t={reset}")) {
-        headers.insert("ratelimit", value);
+        headers.insert(RATELIMIT.clone(), value);
     }
 }

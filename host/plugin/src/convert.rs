@@ -39,10 +39,8 @@ pub(crate) fn refill_context(
 
 /// Makes `into` the text of `value`, reusing its buffer.
 fn refill(into: &mut String, value: &str) {
-    if into != value {
-        into.clear();
-        into.push_str(value);
-    }
+    into.clear();
+    into.push_str(value);
 }
 
 /// Makes `into` the list of `(name, value)` pairs a plugin is shown of `headers` (all but
@@ -53,7 +51,11 @@ fn refill_headers(into: &mut Vec<(String, String)>, headers: &HeaderMap) {
         if name == http::header::AUTHORIZATION {
             continue;
         }
-        let value = String::from_utf8_lossy(value.as_bytes());
+        // Header values are mostly ASCII: checked as UTF-8 first, lossy only when not.
+        let value = match value.to_str() {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value.as_bytes()),
+        };
         match into.get_mut(shown) {
             Some((n, v)) => {
                 refill(n, name.as_str());

@@ -52,10 +52,14 @@ impl Ticker {
                     if shared.running.load(Ordering::Acquire) > 0 {
                         idle = 0;
                     } else if idle >= LINGER_TICKS {
-                        // `running` and `drop` unpark; an unpark before this park is not lost.
-                        shared.parked.store(true, Ordering::Release);
-                        std::thread::park();
-                        shared.parked.store(false, Ordering::Release);
+                        // A store that comes after this sees `parked` and unparks (both sides
+                        // write, then read the other's flag, all `SeqCst`: one of them sees the
+                        // other's write); an unpark before this park is not lost.
+                        shared.parked.store(true, Ordering::SeqCst);
+                        if shared.running.load(Ordering::SeqCst) == 0 {
+                            std::thread::park();
+                        }
+                        shared.parked.store(false, Ordering::SeqCst);
                         last = Instant::now();
                         continue;
                     } else {
@@ -82,7 +86,11 @@ impl Ticker {
 
     /// Keeps the epoch advancing until the returned guard is dropped.
     pub(crate) fn running(&self) -> Running {
-        if self.state.running.fetch_add(1, Ordering::AcqRel) == 0 {
+        // Unparking a thread that is not parked still writes to its parker: a store made while
+        // the thread ticks (most of them, under load) leaves it alone.
+        if self.state.running.fetch_add(1, Ordering::SeqCst) == 0
+            && self.state.parked.load(Ordering::SeqCst)
+        {
             self.thread.unpark();
         }
         Running(self.state.clone())
