@@ -42,6 +42,9 @@ type Scan = (Vec<(String, PathBuf)>, Vec<String>);
 /// The digest last tried of each file, and its status, by file name.
 type Tried = BTreeMap<String, (String, PluginStatus)>;
 
+/// Loaded plugins by file name (names from the folder, looked up on every hook: a fast hash).
+type Loaded = HashMap<String, Arc<Plugin>, foldhash::fast::RandomState>;
+
 /// The `.wasm` files of the plugins folder (not hidden ones), by name, and the names of those
 /// that could not be looked at now (a link to nowhere readable, say): those keep their state.
 fn wasm_files(dir: &Path) -> std::io::Result<Scan> {
@@ -185,7 +188,7 @@ pub struct PluginStatus {
 
 /// The loaded plugins at one moment, by file name. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct PluginSet(Arc<HashMap<String, Arc<Plugin>>>);
+pub struct PluginSet(Arc<Loaded>);
 
 impl PluginSet {
     /// The plugin a binding names (`redact_pii.wasm`).
@@ -205,7 +208,7 @@ pub struct Plugins {
     engine: Engine,
     linker: Linker<State>,
     config: PluginsConfig,
-    loaded: ArcSwap<HashMap<String, Arc<Plugin>>>,
+    loaded: ArcSwap<Loaded>,
     /// Per file: the digest last tried and its status.
     files: Mutex<Tried>,
     slots: Arc<Semaphore>,
@@ -258,7 +261,7 @@ impl Plugins {
             engine,
             linker,
             config: config.clone(),
-            loaded: ArcSwap::from_pointee(HashMap::new()),
+            loaded: ArcSwap::from_pointee(Loaded::default()),
             files: Mutex::new(BTreeMap::new()),
             slots: Arc::new(Semaphore::new(slots)),
             idle: Arc::new(AtomicUsize::new(0)),
@@ -339,7 +342,7 @@ impl Plugins {
         &self,
         name: &str,
         path: &Path,
-        loaded: &mut HashMap<String, Arc<Plugin>>,
+        loaded: &mut Loaded,
         files: &mut Tried,
     ) -> bool {
         let bytes = match capgate_model::read::bytes(path, capgate_model::read::PLUGIN_LIMIT) {
