@@ -433,6 +433,67 @@ mod tests {
         })
     }
 
+    /// A lent label set finds the metric its owned labels were stored under: they hash alike.
+    #[test]
+    fn lent_labels_find_the_metric_made_for_their_owned_labels() {
+        let metrics = Metrics::new();
+        let count = |plugin: &str, limit: &str, consumer: &str, upstream: &str| {
+            metrics.plugin_counters.with(
+                &PluginQuery {
+                    plugin,
+                    hook: "on_request",
+                    outcome: "ok",
+                },
+                || panic!("plugin labels built again for {plugin}"),
+                |counter| {
+                    counter.inc();
+                },
+            );
+            metrics.limit_counters.with(
+                &LimitQuery {
+                    consumer: limit,
+                    decision: "admitted",
+                    store: "local",
+                },
+                || panic!("limit labels built again"),
+                |counter| {
+                    counter.inc();
+                },
+            );
+            metrics.consumer_call_counters.with(
+                &ConsumerCallQuery {
+                    consumer,
+                    capability: "identity-sessions",
+                    operation: "list",
+                    status: "2xx",
+                },
+                || panic!("consumer-call labels built again"),
+                |counter| {
+                    counter.inc();
+                },
+            );
+            metrics.upstream_histograms.with(
+                &UpstreamQuery { upstream },
+                || panic!("upstream labels built again"),
+                |histogram| histogram.observe(0.001),
+            );
+        };
+        metrics.plugin("noop.wasm", "on_request", "ok");
+        metrics.limit_decision("team-a", "admitted", "local");
+        metrics.consumer_call("team-a", "identity-sessions", "list", 200);
+        metrics.upstream_took("stripe", std::time::Duration::from_millis(1));
+        // Borrowed from strings other than the ones the labels were built from.
+        let (plugin, team, upstream) = (
+            String::from("noop.wasm"),
+            String::from("team-a"),
+            String::from("stripe"),
+        );
+        count(&plugin, &team, &team, &upstream);
+        assert!(metrics.render().contains(
+            r#"capgate_plugin_calls_total{plugin="noop.wasm",hook="on_request",outcome="ok"} 2"#
+        ));
+    }
+
     #[test]
     fn counts_by_lent_labels_reach_the_series_of_those_labels() {
         let metrics = Metrics::new();
