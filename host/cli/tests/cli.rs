@@ -1,10 +1,14 @@
 //! The `capgate` command itself: exit codes and output of `validate`, and `stripe-sim` and
 //! `demo` starting up. Everything else is tested through the library in `tests/`.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::free_port;
 
 fn capgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_capgate"))
@@ -95,14 +99,6 @@ fn validate_checks_a_consumers_file_and_names_the_bad_line() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `args` until a line of stdout contains `needle`, then kills it.

@@ -3,10 +3,14 @@
 //! a temporary root), as uid 65532 when the test runs as root, with every mounted folder
 //! read-only and only the plugin cache writable.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Running, free_port};
 
 const KEY: &str = "cg_000000000000000000000000000000000000000000000d0c";
 const ADMIN_TOKEN: &str = "admin-token-for-the-image-test";
@@ -16,23 +20,6 @@ fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Makes `path` and everything under it read-only for everyone (directories stay traversable).
