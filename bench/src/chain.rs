@@ -82,6 +82,7 @@ pub async fn chain(
     concurrency: usize,
     duration: Duration,
     rounds: usize,
+    workers: Option<u16>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         repo()
@@ -97,8 +98,8 @@ pub async fn chain(
     let (local_config, local_port) = setup(dir.path(), "local")?;
     let (shared_config, shared_port) =
         setup(dir.path(), &format!("redis://127.0.0.1:{redis_port}/0"))?;
-    let local = procs::gateway_with_config(&local_config, stand.addr)?;
-    let shared = procs::gateway_with_config(&shared_config, stand.addr)?;
+    let local = procs::gateway_with_workers(&local_config, stand.addr, workers)?;
+    let shared = procs::gateway_with_workers(&shared_config, stand.addr, workers)?;
     for port in [local_port, shared_port] {
         procs::wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], port)),
@@ -131,6 +132,10 @@ pub async fn chain(
     }
     let (status, _) = load::once(&client, &Target::get("no key", &route(local_port, "v1"))).await?;
     anyhow::ensure!(status == 401, "the chain does not ask for a key: {status}");
+    match workers {
+        Some(workers) => println!("Both gateways run `serve --workers {workers}`."),
+        None => println!("Both gateways run `serve` with its default workers (one per core)."),
+    }
 
     let runs = Runs {
         client: &client,

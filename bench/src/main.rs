@@ -128,6 +128,9 @@ enum Scenario {
         seconds: u64,
         #[arg(long, default_value_t = 4)]
         rounds: usize,
+        /// `serve --workers` of both gateways (default: `serve`'s own, one per core).
+        #[arg(long)]
+        workers: Option<u16>,
     },
     /// The same retrieve with tracing off and with every request traced to an OTLP sink.
     Tracing {
@@ -214,7 +217,11 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             seconds,
             rounds,
-        } => chain::chain(rate, concurrency, Duration::from_secs(seconds), rounds).await,
+            workers,
+        } => {
+            let duration = Duration::from_secs(seconds);
+            chain::chain(rate, concurrency, duration, rounds, workers).await
+        }
         Scenario::Tracing {
             rate,
             seconds,

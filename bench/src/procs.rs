@@ -181,9 +181,21 @@ pub fn gateway(
 
 /// Starts the gateway with a config file (for settings the command line does not have).
 pub fn gateway_with_config(config: &Path, sim: SocketAddr) -> anyhow::Result<Proc> {
-    let child = Command::new(capgate_binary())
-        .args(["serve", "--config"])
-        .arg(config)
+    gateway_with_workers(config, sim, None)
+}
+
+/// `gateway_with_config`, with `serve --workers` when `workers` is given.
+pub fn gateway_with_workers(
+    config: &Path,
+    sim: SocketAddr,
+    workers: Option<u16>,
+) -> anyhow::Result<Proc> {
+    let mut command = Command::new(capgate_binary());
+    command.args(["serve", "--config"]).arg(config);
+    if let Some(workers) = workers {
+        command.args(["--workers", &workers.to_string()]);
+    }
+    let child = command
         .args(["--upstream", &format!("*=http://{sim}")])
         .env("STRIPE_API_KEY", "sk_test_capgate_bench")
         .env("RUST_LOG", "warn")
