@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::hop;
 use crate::load::{self, Target};
 use crate::procs::{self, Proc};
 use crate::scenarios::{alternate, repo, seed_text, stand_in};
@@ -77,19 +78,47 @@ fn redis_server(port: u16) -> anyhow::Result<Proc> {
     Ok(Proc { child })
 }
 
+/// How the gateways run: their workers, and the CPUs they are pinned to.
+pub struct Shape {
+    /// `serve --workers` (`None`: `serve`'s default, one per core).
+    pub workers: Option<u16>,
+    /// The gateways' CPUs; this process, its load, the stand-in and Redis run on the others.
+    /// Empty: nothing is pinned.
+    pub gateway_cpus: Vec<usize>,
+}
+
 pub async fn chain(
     rate: u64,
     concurrency: usize,
     duration: Duration,
     rounds: usize,
-    workers: Option<u16>,
+    shape: Shape,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        hop::which("wrk"),
+        "`wrk` is not installed: apt-get install wrk (Debian package)"
+    );
     anyhow::ensure!(
         repo()
             .join("plugins/target/wasm32-wasip2/release/noop.wasm")
             .exists(),
         "build the plugins first: (cd plugins && cargo build --release --target wasm32-wasip2)"
     );
+    if !shape.gateway_cpus.is_empty() {
+        let online = crate::cpus::online_cpus()?;
+        anyhow::ensure!(
+            shape.gateway_cpus.iter().all(|c| online.contains(c)),
+            "gateway CPUs {:?} are not all online (online: {online:?})",
+            shape.gateway_cpus
+        );
+        let others: Vec<usize> = online
+            .into_iter()
+            .filter(|c| !shape.gateway_cpus.contains(c))
+            .collect();
+        anyhow::ensure!(!others.is_empty(), "no CPU is left for the load");
+        // The stand-in and Redis, started below, inherit this.
+        crate::cpus::pin_this_process(&others)?;
+    }
     let client = load::client();
     let stand = stand_in(&client).await?;
     let dir = tempfile::tempdir()?;
@@ -98,8 +127,9 @@ pub async fn chain(
     let (local_config, local_port) = setup(dir.path(), "local")?;
     let (shared_config, shared_port) =
         setup(dir.path(), &format!("redis://127.0.0.1:{redis_port}/0"))?;
-    let local = procs::gateway_with_workers(&local_config, stand.addr, workers)?;
-    let shared = procs::gateway_with_workers(&shared_config, stand.addr, workers)?;
+    let (workers, cpus) = (shape.workers, &shape.gateway_cpus);
+    let local = procs::gateway_shaped(&local_config, stand.addr, workers, cpus)?;
+    let shared = procs::gateway_shaped(&shared_config, stand.addr, workers, cpus)?;
     for port in [local_port, shared_port] {
         procs::wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], port)),
@@ -133,12 +163,18 @@ pub async fn chain(
     let (status, _) = load::once(&client, &Target::get("no key", &route(local_port, "v1"))).await?;
     anyhow::ensure!(status == 401, "the chain does not ask for a key: {status}");
     match workers {
-        Some(workers) => println!("Both gateways run `serve --workers {workers}`."),
-        None => println!("Both gateways run `serve` with its default workers (one per core)."),
+        Some(workers) => print!("Both gateways run `serve --workers {workers}`"),
+        None => print!("Both gateways run `serve` with its default workers (one per core)"),
+    }
+    if cpus.is_empty() {
+        println!(", nothing pinned.");
+    } else {
+        println!(", pinned to CPUs {cpus:?}; the load, the stand-in and Redis run on the others.");
     }
 
     let runs = Runs {
-        client: &client,
+        scripts: dir.path(),
+        gateway: &local,
         procs: [&local, &stand.proc],
         rounds,
         concurrency,
@@ -226,7 +262,10 @@ pub async fn chain(
 /// What every comparison of the bench shares: the client, the gateway and stand-in whose CPU
 /// is read, and the load's shape.
 struct Runs<'a> {
-    client: &'a load::HttpClient,
+    /// Where wrk's scripts are written.
+    scripts: &'a Path,
+    /// The gateway whose routes the closed loop compares.
+    gateway: &'a Proc,
     procs: [&'a Proc; 2],
     rounds: usize,
     concurrency: usize,
@@ -235,8 +274,9 @@ struct Runs<'a> {
 }
 
 impl Runs<'_> {
-    /// `pair` (the bare route first) at fixed concurrency, alternating: its table, then the
-    /// throughput ratio and each side's gateway CPU per request.
+    /// `pair` (the bare route first) at fixed concurrency through `wrk -t1`, alternating: its
+    /// table, then the throughput ratio, each side's gateway CPU per request, and how busy the
+    /// gateway was.
     async fn closed(
         &self,
         pair: [&Target; 2],
@@ -246,18 +286,57 @@ impl Runs<'_> {
         target: &str,
         with: &str,
     ) -> anyhow::Result<()> {
-        let compared = alternate(pair, self.procs, self.rounds, phase, |i| {
-            load::fixed_concurrency(self.client, pair[i], self.concurrency, self.duration)
-        })
-        .await?;
-        table(
-            &format!("REST at concurrency {}: {title}", self.concurrency),
-            &compared.series.iter().collect::<Vec<_>>(),
-        );
-        let [cpu_bare, cpu_with] = compared.gateway_cpu.clone().map(crate::median);
+        let scripts = [0, 1].map(|i| self.scripts.join(format!("target-{i}.lua")));
+        for (t, script) in pair.iter().zip(&scripts) {
+            std::fs::write(script, hop::wrk_script(t))?;
+        }
+        let mut runs: [Vec<hop::Closed>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..self.rounds {
+            eprintln!("{phase}round {}/{}", round + 1, self.rounds);
+            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let before = self.gateway.cpu_time();
+                let seconds = self.duration.as_secs();
+                let mut run = hop::wrk(pair[i], &scripts[i], self.concurrency, seconds)?;
+                let requests = run.rps * seconds as f64;
+                run.cpu_us = hop::per_request(before, self.gateway.cpu_time(), requests);
+                runs[i].push(run);
+            }
+        }
+        let of = |i: usize, field: fn(&hop::Closed) -> f64| {
+            crate::median(runs[i].iter().map(field).collect())
+        };
+        let cpu = |run: &hop::Closed| run.cpu_us.unwrap_or(f64::NAN);
         println!(
-            "\nthroughput {ratio}: {:.2}{target}; gateway CPU per request {cpu_bare:.0} us bare, {cpu_with:.0} us {with}",
-            compared.series[1].rps() / compared.series[0].rps()
+            "\n### REST at concurrency {} (wrk, median of {} rounds): {title}\n",
+            self.concurrency, self.rounds
+        );
+        println!("| target | req/s | gateway CPU us/request | p50 ms | p99 ms | errors |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (i, t) in pair.iter().enumerate() {
+            let errors: u64 = runs[i].iter().map(|r| r.errors).sum();
+            println!(
+                "| {} | {:.0} | {:.1} | {:.3} | {:.3} | {errors} |",
+                t.name,
+                of(i, |r| r.rps),
+                of(i, cpu),
+                of(i, |r| r.p50_ms),
+                of(i, |r| r.p99_ms),
+            );
+        }
+        let [rps_bare, rps_with] = [0, 1].map(|i| of(i, |r| r.rps));
+        let [cpu_bare, cpu_with] = [0, 1].map(|i| of(i, cpu));
+        println!(
+            "\nthroughput {ratio}: {:.2}{target}; gateway CPU per request {cpu_bare:.1} us bare, {cpu_with:.1} us {with} (bare / {with}: {:.2})",
+            rps_with / rps_bare,
+            cpu_bare / cpu_with,
+        );
+        // Near the gateway's CPUs' count, the gateway was the bottleneck; well below, the load
+        // side was, and the throughput ratio understates what the chain costs.
+        println!(
+            "gateway busy: {:.2} cores bare, {:.2} {with}",
+            cpu_bare * rps_bare / 1e6,
+            cpu_with * rps_with / 1e6
         );
         Ok(())
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
+use crate::cpus::{online_cpus, pin, pin_this_process};
 use crate::load::{self, Target};
 use crate::procs::{self, Proc};
 use crate::scenarios;
@@ -36,12 +37,12 @@ pub struct Hop {
 }
 
 /// One closed-loop run, as wrk reported it, with the proxy's CPU time per request.
-struct Closed {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    cpu_us: Option<f64>,
+pub(crate) struct Closed {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) errors: u64,
+    pub(crate) cpu_us: Option<f64>,
 }
 
 /// A proxy (or the upstream itself) and the processes whose CPU time it spends.
@@ -337,7 +338,11 @@ fn report(
 }
 
 /// CPU time per request in microseconds between two readings.
-fn per_request(before: Option<Duration>, after: Option<Duration>, requests: f64) -> Option<f64> {
+pub(crate) fn per_request(
+    before: Option<Duration>,
+    after: Option<Duration>,
+    requests: f64,
+) -> Option<f64> {
     let used = after?.checked_sub(before?)?;
     (requests >= 1.0).then(|| used.as_secs_f64() * 1e6 / requests)
 }
@@ -500,7 +505,7 @@ fn capgate(
 }
 
 /// A wrk script sending `target`'s request (method, headers, body).
-fn wrk_script(target: &Target) -> String {
+pub(crate) fn wrk_script(target: &Target) -> String {
     let mut script = format!("wrk.method = \"{}\"\n", target.method);
     for (name, value) in &target.headers {
         let _ = writeln!(script, "wrk.headers[\"{name}\"] = [==[{value}]==]");
@@ -516,7 +521,12 @@ fn wrk_script(target: &Target) -> String {
 }
 
 /// Runs wrk (one thread, `connections` connections) against `target` for `seconds`.
-fn wrk(target: &Target, script: &Path, connections: usize, seconds: u64) -> anyhow::Result<Closed> {
+pub(crate) fn wrk(
+    target: &Target,
+    script: &Path,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<Closed> {
     let output = Command::new("wrk")
         .args(["-t1", "--latency"])
         .args(["-c", &connections.to_string()])
@@ -579,65 +589,11 @@ fn latency_ms(text: &str) -> anyhow::Result<f64> {
     Ok(number.parse::<f64>()? * factor)
 }
 
-fn which(tool: &str) -> bool {
+pub(crate) fn which(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths)
             .any(|dir| dir.join(tool).is_file() || dir.join("sbin").join(tool).is_file())
     }) || Path::new("/usr/sbin").join(tool).is_file()
-}
-
-fn online_cpus() -> anyhow::Result<Vec<usize>> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-    let mut cpus = Vec::new();
-    for range in text.trim().split(',') {
-        match range.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<usize>()?..=b.parse::<usize>()?),
-            None => cpus.push(range.parse()?),
-        }
-    }
-    Ok(cpus)
-}
-
-#[allow(unsafe_code)]
-fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
-    // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus {
-        // SAFETY: `CPU_SET` writes one bit of `set`, which is a valid `cpu_set_t`.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    set
-}
-
-/// Pins every thread of this process to `cpus` (threads started later inherit it).
-#[allow(unsafe_code)]
-fn pin_this_process(cpus: &[usize]) -> anyhow::Result<()> {
-    let set = cpu_set(cpus);
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
-        // SAFETY: `set` is a valid `cpu_set_t` of the size passed.
-        if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("pinning the bench");
-        }
-    }
-    Ok(())
-}
-
-/// Makes `command`'s process run on `cpus` only.
-#[allow(unsafe_code)]
-fn pin(command: &mut Command, cpus: &[usize]) {
-    use std::os::unix::process::CommandExt;
-    let set = cpu_set(cpus);
-    // SAFETY: between fork and exec the closure only makes one system call
-    // (async-signal-safe) on a value copied in before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! rounds; latency percentiles are taken over every request of every round.
 
 mod chain;
+mod cpus;
 mod fleet;
 mod hop;
 mod load;
@@ -131,6 +132,10 @@ enum Scenario {
         /// `serve --workers` of both gateways (default: `serve`'s own, one per core).
         #[arg(long)]
         workers: Option<u16>,
+        /// Pin both gateways to these CPUs (comma-separated), and this process, the stand-in
+        /// and Redis to the others (default: nothing pinned).
+        #[arg(long, value_delimiter = ',')]
+        gateway_cpus: Vec<usize>,
     },
     /// The same retrieve with tracing off and with every request traced to an OTLP sink.
     Tracing {
@@ -218,9 +223,14 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
             workers,
+            gateway_cpus,
         } => {
             let duration = Duration::from_secs(seconds);
-            chain::chain(rate, concurrency, duration, rounds, workers).await
+            let shape = chain::Shape {
+                workers,
+                gateway_cpus,
+            };
+            chain::chain(rate, concurrency, duration, rounds, shape).await
         }
         Scenario::Tracing {
             rate,

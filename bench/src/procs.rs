@@ -181,19 +181,24 @@ pub fn gateway(
 
 /// Starts the gateway with a config file (for settings the command line does not have).
 pub fn gateway_with_config(config: &Path, sim: SocketAddr) -> anyhow::Result<Proc> {
-    gateway_with_workers(config, sim, None)
+    gateway_shaped(config, sim, None, &[])
 }
 
-/// `gateway_with_config`, with `serve --workers` when `workers` is given.
-pub fn gateway_with_workers(
+/// `gateway_with_config`, with `serve --workers` when `workers` is given, and the gateway's
+/// process pinned to `cpus` unless that is empty.
+pub fn gateway_shaped(
     config: &Path,
     sim: SocketAddr,
     workers: Option<u16>,
+    cpus: &[usize],
 ) -> anyhow::Result<Proc> {
     let mut command = Command::new(capgate_binary());
     command.args(["serve", "--config"]).arg(config);
     if let Some(workers) = workers {
         command.args(["--workers", &workers.to_string()]);
+    }
+    if !cpus.is_empty() {
+        crate::cpus::pin(&mut command, cpus);
     }
     let child = command
         .args(["--upstream", &format!("*=http://{sim}")])
