@@ -105,17 +105,7 @@ pub async fn chain(
         "build the plugins first: (cd plugins && cargo build --release --target wasm32-wasip2)"
     );
     if !shape.gateway_cpus.is_empty() {
-        let online = crate::cpus::online_cpus()?;
-        anyhow::ensure!(
-            shape.gateway_cpus.iter().all(|c| online.contains(c)),
-            "gateway CPUs {:?} are not all online (online: {online:?})",
-            shape.gateway_cpus
-        );
-        let others: Vec<usize> = online
-            .into_iter()
-            .filter(|c| !shape.gateway_cpus.contains(c))
-            .collect();
-        anyhow::ensure!(!others.is_empty(), "no CPU is left for the load");
+        let others = crate::cpus::others(&shape.gateway_cpus, "gateway")?;
         // The stand-in and Redis, started below, inherit this.
         crate::cpus::pin_this_process(&others)?;
     }

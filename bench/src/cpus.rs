@@ -17,6 +17,22 @@ pub fn online_cpus() -> anyhow::Result<Vec<usize>> {
     Ok(cpus)
 }
 
+/// The online CPUs other than `measured`, after checking that every one of `measured` is
+/// online (`what` names them in the error).
+pub fn others(measured: &[usize], what: &str) -> anyhow::Result<Vec<usize>> {
+    let online = online_cpus()?;
+    anyhow::ensure!(
+        measured.iter().all(|c| online.contains(c)),
+        "{what} CPUs {measured:?} are not all online (online: {online:?})"
+    );
+    let others: Vec<usize> = online
+        .into_iter()
+        .filter(|c| !measured.contains(c))
+        .collect();
+    anyhow::ensure!(!others.is_empty(), "no CPU is left beside the {what} CPUs");
+    Ok(others)
+}
+
 #[allow(unsafe_code)]
 fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty set.

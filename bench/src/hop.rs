@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::cpus::{online_cpus, pin, pin_this_process};
+use crate::cpus::{pin, pin_this_process};
 use crate::load::{self, Target};
 use crate::procs::{self, Proc};
 use crate::scenarios;
@@ -71,21 +71,7 @@ pub async fn hop(hop: Hop) -> anyhow::Result<()> {
             "`{tool}` is not installed: apt-get install nginx wrk (Debian packages)"
         );
     }
-    let cpus = online_cpus()?;
-    anyhow::ensure!(
-        hop.proxy_cpus.iter().all(|c| cpus.contains(c)),
-        "proxy CPUs {:?} are not all online (online: {cpus:?})",
-        hop.proxy_cpus
-    );
-    let load_cpus: Vec<usize> = cpus
-        .iter()
-        .copied()
-        .filter(|c| !hop.proxy_cpus.contains(c))
-        .collect();
-    anyhow::ensure!(
-        !load_cpus.is_empty(),
-        "no CPU is left for the upstream and the load generator"
-    );
+    let load_cpus = crate::cpus::others(&hop.proxy_cpus, "proxy")?;
     // This process, and so wrk, the paced generator's threads and the upstream it starts, run
     // on the load CPUs; the proxies are pinned to theirs when spawned.
     pin_this_process(&load_cpus)?;
