@@ -164,7 +164,6 @@ pub async fn chain(
 
     let runs = Runs {
         scripts: dir.path(),
-        gateway: &local,
         procs: [&local, &stand.proc],
         rounds,
         concurrency,
@@ -249,13 +248,11 @@ pub async fn chain(
     Ok(())
 }
 
-/// What every comparison of the bench shares: the client, the gateway and stand-in whose CPU
-/// is read, and the load's shape.
+/// What every comparison of the bench shares: where wrk's scripts go, the gateway and stand-in
+/// whose CPU is read, and the load's shape.
 struct Runs<'a> {
-    /// Where wrk's scripts are written.
     scripts: &'a Path,
-    /// The gateway whose routes the closed loop compares.
-    gateway: &'a Proc,
+    /// The gateway (whose routes are compared) and the stand-in.
     procs: [&'a Proc; 2],
     rounds: usize,
     concurrency: usize,
@@ -285,11 +282,12 @@ impl Runs<'_> {
             eprintln!("{phase}round {}/{}", round + 1, self.rounds);
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
-                let before = self.gateway.cpu_time();
+                let gateway = self.procs[0];
+                let before = gateway.cpu_time();
                 let seconds = self.duration.as_secs();
                 let mut run = hop::wrk(pair[i], &scripts[i], self.concurrency, seconds)?;
                 let requests = run.rps * seconds as f64;
-                run.cpu_us = hop::per_request(before, self.gateway.cpu_time(), requests);
+                run.cpu_us = hop::per_request(before, gateway.cpu_time(), requests);
                 runs[i].push(run);
             }
         }

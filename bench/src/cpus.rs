@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::Context as _;
 
 /// The CPUs online on this host.
-pub fn online_cpus() -> anyhow::Result<Vec<usize>> {
+fn online_cpus() -> anyhow::Result<Vec<usize>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
     let mut cpus = Vec::new();
     for range in text.trim().split(',') {
