@@ -1,5 +1,6 @@
-//! The HTTP client every upstream call goes through (hyper's connections, pooled per origin by
-//! [`super::pool`]; rustls verified against the platform's roots): a bounded number of requests
+//! The HTTP client every upstream call goes through (connections pooled per origin by
+//! [`super::pool`]: HTTP/1.1 of capgate's own, HTTP/2 on hyper; rustls verified against the
+//! platform's roots): a bounded number of requests
 //! per origin, connect and request timeouts, and retries by Stripe's SDK rules (with the Stripe
 //! profile, a POST gets an `Idempotency-Key` before its first attempt and keeps it).
 //!
@@ -11,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::KeyValue;
 
@@ -22,7 +23,8 @@ use capgate_model::snapshot::UpstreamAdapter;
 
 use super::budget::{Budgets, Shed};
 use super::encode::{Encoded, encode};
-use super::pool::{Origin, Pool, SendError};
+use super::h1;
+use super::pool::{Origin, Outgoing, Pool, SendError};
 use super::random_id;
 use crate::error::GatewayError;
 
@@ -207,48 +209,55 @@ impl Client {
         encoded: &Encoded,
         span: Option<&crate::trace::Child>,
     ) -> Result<UpstreamResponse, Failure> {
-        let mut request = http::Request::new(Full::new(encoded.body.clone().unwrap_or_default()));
-        *request.method_mut() = encoded.method.clone();
-        *request.uri_mut() = encoded.uri.clone();
-        let headers = request.headers_mut();
-        headers.clone_from(&encoded.headers);
+        // This attempt's own headers; `HeaderMap::new` allocates nothing while it stays empty.
+        let mut extra = HeaderMap::new();
         if let Some(span) = span {
-            span.inject(headers);
+            span.inject(&mut extra);
         }
         if let Some(basic) = &encoded.basic {
-            headers.insert(http::header::AUTHORIZATION, basic.clone());
+            extra.insert(http::header::AUTHORIZATION, basic.clone());
         }
-        let (response, conn) = self.pool.send(origin, request).await.map_err(|e| match e {
-            // The connect timeout (the whole call's deadline is the caller's).
-            SendError::Connect(e) if timed_out(&*e) => Failure::Timeout,
-            SendError::Connect(e) => Failure::Connect(chain(&*e)),
-            // The upstream answered, but not in a form the client reads (more than 100
-            // headers, say): asking again gets the same answer.
-            SendError::Exchange(e) if unreadable_answer(&e) => {
-                Failure::Invalid(format!("its answer could not be read: {}", chain(&e)))
-            }
-            SendError::Exchange(e) => Failure::Connect(chain(&e)),
-        })?;
-        let (parts, body) = response.into_parts();
-        let limit = self.limits.max_upstream_body_bytes;
-        let body = match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                return Err(Failure::Invalid(format!(
-                    "response body larger than {limit} bytes"
-                )));
-            }
-            Err(error) => return Err(Failure::Connect(chain(&*error))),
+        let request = Outgoing {
+            method: &encoded.method,
+            uri: &encoded.uri,
+            headers: &encoded.headers,
+            extra: &extra,
+            body: encoded.body.as_ref().unwrap_or(&EMPTY),
         };
-        origin.check_in(conn);
+        let limit = self.limits.max_upstream_body_bytes;
+        let answer = self
+            .pool
+            .send(origin, &request, limit)
+            .await
+            .map_err(|e| match e {
+                // The connect timeout (the whole call's deadline is the caller's).
+                SendError::Connect(e) if timed_out(&*e) => Failure::Timeout,
+                SendError::Connect(e) => Failure::Connect(chain(&*e)),
+                // The upstream answered, but not in a form the client reads (more than 100
+                // headers, say): asking again gets the same answer.
+                SendError::Http2(e) if unreadable_answer(&e) => {
+                    Failure::Invalid(format!("its answer could not be read: {}", chain(&e)))
+                }
+                SendError::Http2(e) => Failure::Connect(chain(&e)),
+                SendError::Http1(h1::Error::Invalid(detail)) => {
+                    Failure::Invalid(format!("its answer could not be read: {detail}"))
+                }
+                SendError::Http1(h1::Error::Io { error, .. }) => Failure::Connect(chain(&error)),
+                SendError::Http1(h1::Error::TooLarge(limit)) | SendError::TooLarge(limit) => {
+                    Failure::Invalid(format!("response body larger than {limit} bytes"))
+                }
+            })?;
         Ok(UpstreamResponse {
-            status: parts.status,
-            headers: parts.headers,
-            body,
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
             from_plugins: HeaderMap::new(),
         })
     }
 }
+
+/// The body of a request that has none.
+static EMPTY: Bytes = Bytes::new();
 
 /// The span of one attempt (kind client, named by its method as HTTP client spans are), when
 /// the request is traced. Its URL is recorded without the query, which may carry bound values.
@@ -368,8 +377,6 @@ fn should_retry(response: &UpstreamResponse) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     #[test]

@@ -1,7 +1,7 @@
 //! Calling upstream APIs: building the request from a call's arguments (`prepare`), encoding
 //! it by the upstream's profile and adding auth (`encode`), sending it with timeouts, a bounded
 //! number of requests per origin and retries (`client`) over connections kept per origin
-//! (`pool`); forward routes pass a caller's request on (`forward`).
+//! (`pool`; HTTP/1.1 exchanges in `h1`, HTTP/2 on hyper); forward routes pass a caller's request on (`forward`).
 //!
 //! This is the only module that holds the HTTP client, and (with `auth`, which compares
 //! callers' credentials) the only one that reads secret values (`Secret::expose`): when
@@ -13,6 +13,7 @@ mod budget;
 mod client;
 mod encode;
 mod forward;
+mod h1;
 mod pool;
 mod prepare;
 
