@@ -317,10 +317,16 @@ pub(crate) fn rearm(
 /// Reading a thread's CPU clock is a system call, and most calls end long before their first
 /// epoch tick: so the first stretch is not clocked. It is charged its wall time, capped at what
 /// the tick that first asks covered (that tick is the first after the call started: one tick,
-/// or more when the epoch thread waited for a CPU, see `ticker::Priority`; a thread preempted
-/// meanwhile is charged no more than that), and the CPU clock is read from then on. A looping
-/// plugin is therefore stopped after at least its timeout of CPU time, and at most one tick
-/// more (or, when its first tick came late, about as late as that tick was).
+/// or more when the epoch thread waited for a CPU, see `ticker::Priority`), and the CPU clock
+/// is read from then on.
+///
+/// That charge is a guess: wall time also runs while the thread is preempted or the machine
+/// stalls, and a stall delays the epoch thread too, so the tick that asks covers it. A quick
+/// call caught by a 10 ms stall of the host was charged 10 ms, and failed its deadline, under
+/// load on the bench (BENCHMARKS.md, issue 19). So the guess alone never ends a call: it is
+/// charged at most the timeout less one tick, and only clocked CPU time takes a call past its
+/// deadline. A looping plugin is therefore stopped after at least its timeout of CPU time, and
+/// at most one tick more (or, when its first tick came late, about as late as that tick was).
 struct CpuBudget {
     used: Duration,
     /// `used` when the call last gave its thread back (or zero).
@@ -351,7 +357,8 @@ impl CpuBudget {
     fn used(&mut self, covered: Duration) -> Duration {
         match self.stretch {
             None => {
-                self.used += self.started.elapsed().min(covered.max(self.tick));
+                let guess = self.started.elapsed().min(covered.max(self.tick));
+                self.used += guess.min(self.timeout.saturating_sub(self.tick));
                 self.resume();
             }
             Some((thread, began)) if thread == std::thread::current().id() => {
@@ -487,6 +494,31 @@ mod tests {
             used >= Duration::from_millis(3) && used < Duration::from_secs(1),
             "charged {used:?}"
         );
+    }
+
+    #[test]
+    fn a_stall_in_the_first_stretch_alone_never_takes_a_call_past_its_deadline() {
+        let (tick, timeout) = (Duration::from_millis(1), Duration::from_millis(10));
+        // The host stalled for 30 ms while a quick call ran: the epoch thread stalled with it,
+        // so its tick covered the stall too.
+        let mut budget = CpuBudget::start(tick, timeout);
+        std::thread::sleep(Duration::from_millis(30));
+        let used = budget.used(Duration::from_millis(30));
+        assert_eq!(
+            used,
+            timeout - tick,
+            "the guess is capped below the deadline"
+        );
+        // From then on the CPU clock counts: sleeping adds next to nothing, spinning does.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(budget.used(tick) < timeout, "waiting was charged");
+        let spun = Instant::now();
+        while budget.used(tick) < timeout {
+            assert!(
+                spun.elapsed() < Duration::from_secs(10),
+                "CPU time never advanced"
+            );
+        }
     }
 
     #[test]

@@ -268,12 +268,13 @@ impl Pool {
 }
 
 /// Whether a request whose answer never began may be sent again: the upstream may have read
-/// it before the connection closed, so only when a second copy cannot act twice (as Go's
-/// client decides: an idempotent method, or an `Idempotency-Key`).
+/// it before the connection closed, so only when a second copy cannot act twice, as Go's
+/// client decides: a method that only reads, or an `Idempotency-Key` (a DELETE sent twice
+/// would answer the second time that there was nothing to delete).
 fn resendable(request: &Outgoing<'_>) -> bool {
     matches!(
         *request.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) || request.headers.contains_key("idempotency-key")
 }
 
