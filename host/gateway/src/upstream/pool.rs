@@ -534,8 +534,10 @@ mod tests {
         });
     }
 
-    #[tokio::test]
-    async fn tls_that_negotiates_http2_shares_one_connection() {
+    /// An upstream on TLS for `localhost` offering `alpn`, answering each request with its
+    /// target and version; returns its port, the connections it accepted, and the client's
+    /// roots that trust it.
+    async fn tls_upstream(alpn: &[&[u8]]) -> (u16, Arc<AtomicUsize>, rustls::RootCertStore) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
@@ -544,7 +546,7 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(vec![certified.cert.der().clone()], key)
             .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let (port, accepted) = counting_upstream(move |stream| {
             let acceptor = acceptor.clone();
@@ -554,7 +556,7 @@ mod tests {
                     let text = format!("{} {:?}", request.uri(), request.version());
                     Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
             }
@@ -562,6 +564,12 @@ mod tests {
         .await;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certified.cert.der().clone()).unwrap();
+        (port, accepted, roots)
+    }
+
+    #[tokio::test]
+    async fn tls_that_negotiates_http2_shares_one_connection() {
+        let (port, accepted, roots) = tls_upstream(&[b"h2", b"http/1.1"]).await;
         let pool = Pool::new(connector(roots), 8, 8);
         let uri = format!("https://localhost:{port}/v1/x");
         let (first, second) = tokio::join!(get(&pool, &uri), get(&pool, &uri));
@@ -579,6 +587,17 @@ mod tests {
             before,
             "the shared one is reused"
         );
+    }
+
+    #[tokio::test]
+    async fn http1_over_tls_reuses_its_connection() {
+        let (port, accepted, roots) = tls_upstream(&[b"http/1.1"]).await;
+        let pool = Pool::new(connector(roots), 8, 8);
+        let uri = format!("https://localhost:{port}/v1/x?n=1");
+        for _ in 0..3 {
+            assert_eq!(get(&pool, &uri).await, "/v1/x?n=1 HTTP/1.1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[test]
