@@ -1,8 +1,8 @@
 //! The HTTP client every upstream call goes through (connections pooled per origin by
 //! [`super::pool`]: HTTP/1.1 of capgate's own, HTTP/2 on hyper; rustls verified against the
-//! platform's roots): a bounded number of requests
-//! per origin, connect and request timeouts, and retries by Stripe's SDK rules (with the Stripe
-//! profile, a POST gets an `Idempotency-Key` before its first attempt and keeps it).
+//! platform's roots): a bounded number of requests per origin, connect and request timeouts,
+//! and retries by Stripe's SDK rules (with the Stripe profile, a POST gets an
+//! `Idempotency-Key` before its first attempt and keeps it).
 //!
 //! hyper rather than reqwest: reqwest's layers (redirect policy, URL to URI conversion, its own
 //! header defaults) cost half of a proxied request's CPU (BENCHMARKS.md, issue 22), and none of

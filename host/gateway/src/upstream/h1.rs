@@ -107,8 +107,9 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
     }
 
     /// Whether the connection is still open with nothing unread: the upstream may have closed
-    /// it while it sat idle. Costs no system call unless the socket became readable since the
-    /// last read (tokio keeps that readiness).
+    /// it while it sat idle. Costs no system call when nothing came since the last read and
+    /// that read drained the socket (tokio then clears the socket's readiness, and a poll
+    /// without it answers `Pending` at once).
     pub(super) fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
