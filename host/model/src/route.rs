@@ -183,14 +183,10 @@ impl<T> Router<T> {
     pub fn find(&self, method: &Method, path: &str) -> Match<'_, T> {
         let trimmed = path.strip_prefix('/').unwrap_or(path);
         let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
-        let raw: Vec<&str> = if trimmed.is_empty() {
-            Vec::new()
-        } else {
-            trimmed.split('/').collect()
-        };
+        let remaining = Some(trimmed).filter(|t| !t.is_empty());
         let mut values = Vec::new();
         let mut allowed = Vec::new();
-        match find_in(&self.root, method, &raw, 0, &mut values, &mut allowed) {
+        match find_in(&self.root, method, remaining, &mut values, &mut allowed) {
             // `values` holds exactly the matched route's values: each is popped on a miss.
             Some(endpoint) => Match::Found {
                 value: &endpoint.value,
@@ -229,42 +225,47 @@ fn collect<'r, T>(node: &'r Node<T>, out: &mut Vec<&'r T>) {
     }
 }
 
-/// The endpoint for `raw[depth..]` under `node`, with the values of the variables matched on
-/// the way pushed onto `values` (and popped again where a branch fails).
+/// The endpoint for the `remaining` segments of a path (`None` once all are matched) under
+/// `node`, with the values of the variables matched on the way pushed onto `values` (and
+/// popped again where a branch fails). Segments are split off one at a time, as they are
+/// reached: a lookup allocates nothing for the segments it walks.
 fn find_in<'r, T>(
     node: &'r Node<T>,
     method: &Method,
-    raw: &[&str],
-    depth: usize,
+    remaining: Option<&str>,
     values: &mut Vec<String>,
     allowed: &mut Vec<Method>,
 ) -> Option<&'r Endpoint<T>> {
-    if depth == raw.len() {
+    let Some(remaining) = remaining else {
         if let Some(e) = node.endpoints.iter().find(|e| e.method == *method) {
             return Some(e);
         }
         allowed.extend(node.endpoints.iter().map(|e| e.method.clone()));
-    } else {
-        let segment = decode(raw[depth]);
-        if let Some(child) = node.statics.get(segment.as_ref())
-            && let Some(found) = find_in(child, method, raw, depth + 1, values, allowed)
-        {
+        return None;
+    };
+    let (head, tail) = match remaining.bytes().position(|b| b == b'/') {
+        Some(slash) => (&remaining[..slash], Some(&remaining[slash + 1..])),
+        None => (remaining, None),
+    };
+    let segment = decode(head);
+    if let Some(child) = node.statics.get(segment.as_ref())
+        && let Some(found) = find_in(child, method, tail, values, allowed)
+    {
+        return Some(found);
+    }
+    if let Some(child) = &node.variable
+        && !segment.is_empty()
+    {
+        values.push(segment.into_owned());
+        if let Some(found) = find_in(child, method, tail, values, allowed) {
             return Some(found);
         }
-        if let Some(child) = &node.variable
-            && !segment.is_empty()
-        {
-            values.push(segment.into_owned());
-            if let Some(found) = find_in(child, method, raw, depth + 1, values, allowed) {
-                return Some(found);
-            }
-            values.pop();
-        }
+        values.pop();
     }
-    if !node.rest.is_empty() && depth < raw.len() {
+    if !node.rest.is_empty() {
         if let Some(e) = node.rest.iter().find(|e| e.method == *method) {
             // The rest stays percent-encoded: it is forwarded, segment by segment.
-            values.push(raw[depth..].join("/"));
+            values.push(remaining.to_owned());
             return Some(e);
         }
         allowed.extend(node.rest.iter().map(|e| e.method.clone()));
@@ -370,6 +371,16 @@ mod tests {
             Match::Found { params, .. } => assert_eq!(params, vec![("path", "a/b%20c".to_owned())]),
             other => panic!("{other:?}"),
         }
+        // Empty segments inside the rest are kept; a rest needs at least one segment.
+        match r.find(&Method::GET, "/fwd/a//b/") {
+            Match::Found { params, .. } => assert_eq!(params, vec![("path", "a//b".to_owned())]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(r.find(&Method::GET, "/fwd"), Match::NotFound));
+        assert!(matches!(
+            r.find(&Method::POST, "/fwd/a"),
+            Match::MethodNotAllowed(m) if m == vec![Method::GET]
+        ));
     }
 
     #[test]
