@@ -587,11 +587,16 @@ pub fn origin_of(base_uri: &str) -> String {
 }
 
 /// A base URI parsed, when it is one request URLs can be built from by setting the path and
-/// query (it parses and has neither query nor fragment).
+/// query (it parses, has neither query nor fragment, and its scheme and authority are a valid
+/// `http::Uri`).
 pub fn plain_base(base_uri: &str) -> Option<url::Url> {
-    url::Url::parse(base_uri)
-        .ok()
-        .filter(|u| !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
+    url::Url::parse(base_uri).ok().filter(|u| {
+        !u.cannot_be_a_base()
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && http::Uri::try_from(&u[..url::Position::BeforePath])
+                .is_ok_and(|origin| origin.scheme().is_some() && origin.authority().is_some())
+    })
 }
 
 #[cfg(test)]

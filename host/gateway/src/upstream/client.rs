@@ -219,7 +219,8 @@ impl Client {
         }
         let request = Outgoing {
             method: &encoded.method,
-            uri: &encoded.uri,
+            url: &encoded.url,
+            target: encoded.target(),
             headers: &encoded.headers,
             extra: &extra,
             body: encoded.body.as_ref().unwrap_or(&EMPTY),
@@ -266,7 +267,7 @@ fn attempt_span(encoded: &Encoded, attempt: u32) -> Option<crate::trace::Child> 
         encoded.method.as_str().to_owned(),
         crate::trace::Kind::Client,
         || {
-            let uri = &encoded.uri;
+            let uri = http::Uri::try_from(encoded.url.as_str()).unwrap_or_default();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let mut attributes = vec![

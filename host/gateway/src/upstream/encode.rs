@@ -16,7 +16,10 @@ use crate::error::GatewayError;
 /// A request ready for the wire; secret values are in here and nowhere else.
 pub(super) struct Encoded {
     pub(super) method: Method,
-    pub(super) uri: http::Uri,
+    /// Absolute (scheme, authority, path and query), and a valid `http::Uri`.
+    pub(super) url: String,
+    /// Where `url`'s path begins: `url[path_at..]` is an HTTP/1.1 request target.
+    pub(super) path_at: usize,
     pub(super) headers: HeaderMap,
     pub(super) body: Option<Bytes>,
     /// `Authorization: Basic ...` (sensitive), for an adapter with basic credentials.
@@ -52,7 +55,7 @@ pub(super) fn encode(
         None => None,
         Some(payload) => Some(body_bytes(adapter.profile, payload, &mut headers)?),
     };
-    let url = request_url(
+    let (url, checked) = request_url(
         &adapter.base_uri,
         adapter.base_url.as_ref(),
         &request.path,
@@ -69,17 +72,49 @@ pub(super) fn encode(
             limit: max_url_bytes,
         });
     }
-    let uri = http::Uri::try_from(url).map_err(|e| GatewayError::UpstreamInvalid {
-        upstream: adapter.namespace.clone(),
-        detail: format!("cannot build the upstream URL: {e}"),
-    })?;
+    let (url, path_at) = match checked {
+        Some(path_at) => (url, path_at),
+        None => wire_url(&url).map_err(|e| GatewayError::UpstreamInvalid {
+            upstream: adapter.namespace.clone(),
+            detail: format!("cannot build the upstream URL: {e}"),
+        })?,
+    };
     Ok(Encoded {
         method: request.method.clone(),
-        uri,
+        url,
+        path_at,
         headers,
         body,
         basic,
     })
+}
+
+impl Encoded {
+    /// The HTTP/1.1 request target: the path and query.
+    pub(super) fn target(&self) -> &str {
+        &self.url[self.path_at..]
+    }
+}
+
+/// `url` parsed as `http::Uri` (absolute) and written back as it will be sent, with where its
+/// path begins.
+fn wire_url(url: &str) -> Result<(String, usize), String> {
+    let uri = http::Uri::try_from(url).map_err(|e| e.to_string())?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!("`{url}` is not an absolute URL"));
+    };
+    let target = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let mut wire = format!("{scheme}://{authority}");
+    let path_at = wire.len();
+    if !target.starts_with('/') {
+        wire.push('/');
+    }
+    wire.push_str(target);
+    Ok((wire, path_at))
 }
 
 /// The body with the sealed body fields joined in (they win over a transform's field of the
@@ -182,16 +217,19 @@ fn misconfigured(adapter: &UpstreamAdapter) -> GatewayError {
     }
 }
 
-/// The URL of an upstream request: `base_uri` + `path` + `?query`, as `url` serializes it.
-/// With the base already parsed (`plain_base`), a path and query that `url` would keep as they
-/// are (no dot segments, nothing it percent-encodes) are joined as text, and nothing is parsed;
-/// anything else is parsed whole.
+/// The URL of an upstream request: `base_uri` + `path` + `?query`, as `url` serializes it,
+/// and where its path begins when that is known to be a valid `http::Uri` already.
+///
+/// With the base already parsed (a plain base, whose origin is a valid `http::Uri`), a path
+/// and query that `url` would keep as they are (no dot segments, nothing it percent-encodes,
+/// so nothing `http::Uri` refuses) are joined as text, and nothing is parsed; anything else is
+/// parsed whole.
 pub(super) fn request_url(
     base_uri: &str,
     base: Option<&url::Url>,
     path: &str,
     query: &str,
-) -> Result<String, url::ParseError> {
+) -> Result<(String, Option<usize>), url::ParseError> {
     match base {
         Some(base) if kept_path(path) && kept_query(query) => {
             let origin = &base[..url::Position::BeforePath];
@@ -205,7 +243,7 @@ pub(super) fn request_url(
                 url.push('?');
                 url.push_str(query);
             }
-            Ok(url)
+            Ok((url, Some(origin.len())))
         }
         Some(base) if !path.contains(['?', '#']) => {
             let mut url = base.clone();
@@ -216,7 +254,7 @@ pub(super) fn request_url(
             if !query.is_empty() {
                 url.set_query(Some(query));
             }
-            Ok(url.into())
+            Ok((url.into(), None))
         }
         _ => {
             let mut url = format!("{base_uri}{path}");
@@ -224,7 +262,7 @@ pub(super) fn request_url(
                 url.push(if url.contains('?') { '&' } else { '?' });
                 url.push_str(query);
             }
-            url::Url::parse(&url).map(String::from)
+            url::Url::parse(&url).map(|url| (String::from(url), None))
         }
     }
 }
@@ -323,9 +361,14 @@ mod tests {
                     "a=%zz",
                     "a=`{}|^\"<>",
                 ] {
-                    let fast = request_url(base, Some(&parsed), path, query).unwrap();
-                    let whole = request_url(base, None, path, query).unwrap();
+                    let (fast, checked) = request_url(base, Some(&parsed), path, query).unwrap();
+                    let (whole, _) = request_url(base, None, path, query).unwrap();
                     assert_eq!(fast, whole, "{base} {path} {query}");
+                    // What is sent unparsed is what `http::Uri` reads, to the byte.
+                    if let Some(at) = checked {
+                        let (wire, path_at) = wire_url(&fast).unwrap();
+                        assert_eq!((&fast, at), (&wire, path_at), "{base} {path} {query}");
+                    }
                 }
             }
         }

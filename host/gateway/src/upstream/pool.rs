@@ -88,8 +88,10 @@ enum Conn {
 /// One attempt's request, borrowed from the call that sends it.
 pub(super) struct Outgoing<'a> {
     pub(super) method: &'a Method,
-    /// Absolute.
-    pub(super) uri: &'a Uri,
+    /// Absolute, and a valid `http::Uri` (`encode` made it so).
+    pub(super) url: &'a str,
+    /// The path and query of `url`: the HTTP/1.1 request target.
+    pub(super) target: &'a str,
     pub(super) headers: &'a HeaderMap,
     /// This attempt's own headers (trace context, credentials); they replace any of the same
     /// name in `headers`.
@@ -166,14 +168,13 @@ impl Pool {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (TLS, an HTTP/2 handshake) is the rare path, and its state
                 // would otherwise sit in every request's future, copied each time it moves.
-                None => (Box::pin(self.connect(origin, request.uri)).await?, false),
+                None => (Box::pin(self.connect(origin, request.uri()?)).await?, false),
             };
             match conn {
                 Conn::Http1(mut connection) => {
-                    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
                     let sent = h1::Request {
                         method: request.method,
-                        target,
+                        target: request.target,
                         host: origin.host.as_ref(),
                         headers: request.headers,
                         extra: request.extra,
@@ -200,7 +201,7 @@ impl Pool {
                 Conn::Http2(mut sender) => {
                     let mut sent = http::Request::new(Body::new(request.body.clone()));
                     *sent.method_mut() = request.method.clone();
-                    *sent.uri_mut() = request.uri.clone();
+                    *sent.uri_mut() = request.uri()?;
                     let headers = sent.headers_mut();
                     headers.clone_from(request.headers);
                     for (name, value) in request.extra {
@@ -241,11 +242,11 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, origin: &Arc<Origin>, uri: &Uri) -> Result<Conn, SendError> {
+    async fn connect(&self, origin: &Arc<Origin>, uri: Uri) -> Result<Conn, SendError> {
         let io = self
             .connector
             .clone()
-            .call(uri.clone())
+            .call(uri)
             .await
             .map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
@@ -264,6 +265,14 @@ impl Pool {
         } else {
             Ok(Conn::Http1(Box::new(h1::Connection::new(TokioIo::new(io)))))
         }
+    }
+}
+
+impl Outgoing<'_> {
+    /// The URL parsed, for what needs it whole: a new connection, and HTTP/2's `:scheme`,
+    /// `:authority` and `:path`. (HTTP/1.1 writes `target` and the origin's `Host` as text.)
+    fn uri(&self) -> Result<Uri, SendError> {
+        Uri::try_from(self.url).map_err(|e| SendError::Connect(Box::new(e)))
     }
 }
 
@@ -369,11 +378,12 @@ mod tests {
         uri: &str,
         headers: &HeaderMap,
     ) -> Result<String, SendError> {
-        let uri: Uri = uri.parse().unwrap();
-        let origin = pool.origin(&capgate_model::snapshot::origin_of(&uri.to_string()));
+        let parsed: Uri = uri.parse().unwrap();
+        let origin = pool.origin(&capgate_model::snapshot::origin_of(uri));
         let request = Outgoing {
             method: &method,
-            uri: &uri,
+            url: uri,
+            target: parsed.path_and_query().map_or("/", |p| p.as_str()),
             headers,
             extra: &HeaderMap::new(),
             body: &Bytes::new(),
