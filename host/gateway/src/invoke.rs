@@ -51,10 +51,10 @@ pub struct Inputs {
 
 /// A new request id: `req_` and 24 random characters.
 pub fn request_id() -> Arc<str> {
-    let mut id = String::with_capacity(4 + upstream::RANDOM_ID_LEN);
-    id.push_str("req_");
-    upstream::push_random_id(&mut id);
-    Arc::from(id)
+    let mut id = [0u8; 4 + upstream::RANDOM_ID_LEN];
+    id[..4].copy_from_slice(b"req_");
+    upstream::fill_random_id(&mut id[4..]);
+    Arc::from(std::str::from_utf8(&id).expect("ASCII"))
 }
 
 #[derive(Debug)]

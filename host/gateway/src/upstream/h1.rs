@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -36,10 +36,14 @@ const INLINE_BODY: usize = 16 * 1024;
 /// One HTTP/1.1 connection and the buffers it reuses from request to request.
 pub(super) struct Connection<Io> {
     io: Io,
-    /// Bytes read and not consumed yet; empty between exchanges.
-    read: Vec<u8>,
+    /// Bytes read and not consumed yet; empty between exchanges. An answer's head and body
+    /// are split off it, not copied: its headers' values and its body share its memory.
+    read: BytesMut,
     /// The request being written; its capacity is kept.
     write: Vec<u8>,
+    /// Where the headers of the answer being parsed sit in `read` (name and value, each as
+    /// offset and length); its capacity is kept.
+    places: Vec<[usize; 4]>,
 }
 
 /// What one request sends.
@@ -101,8 +105,9 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
     pub(super) fn new(io: Io) -> Connection<Io> {
         Connection {
             io,
-            read: Vec::with_capacity(READ_CHUNK),
+            read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
+            places: Vec::new(),
         }
     }
 
@@ -135,7 +140,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
         })?;
         let answer = self.receive(request.method, max_body).await;
         if self.read.capacity() > KEPT_BUFFER {
-            self.read = Vec::with_capacity(READ_CHUNK);
+            self.read = BytesMut::with_capacity(READ_CHUNK);
         }
         answer
     }
@@ -186,8 +191,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
 
     async fn receive(&mut self, method: &Method, max_body: usize) -> Result<Answer, Error> {
         loop {
-            let (status, headers, consumed, http10) = self.read_head().await?;
-            self.read.drain(..consumed);
+            let (status, headers, http10) = self.read_head().await?;
             if status.is_informational() {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(Error::Invalid("it switched protocols (101)".to_owned()));
@@ -219,40 +223,19 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
         }
     }
 
-    /// Reads until an answer head is whole: its status, headers, length in bytes, and whether
-    /// it is HTTP/1.0.
-    async fn read_head(&mut self) -> Result<(StatusCode, HeaderMap, usize, bool), Error> {
+    /// Reads until an answer head is whole, and takes it off `read`: its status, headers, and
+    /// whether it is HTTP/1.0.
+    async fn read_head(&mut self) -> Result<(StatusCode, HeaderMap, bool), Error> {
         loop {
-            if !self.read.is_empty() {
-                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut parsed = httparse::Response::new(&mut slots);
-                match parsed.parse(&self.read) {
-                    Ok(httparse::Status::Complete(consumed)) => {
-                        let status = parsed
-                            .code
-                            .and_then(|code| StatusCode::from_u16(code).ok())
-                            .ok_or_else(|| Error::Invalid("invalid status code".to_owned()))?;
-                        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-                        for header in parsed.headers.iter() {
-                            let name = HeaderName::from_bytes(header.name.as_bytes())
-                                .map_err(|_| invalid_header(header.name))?;
-                            let value = HeaderValue::from_bytes(header.value)
-                                .map_err(|_| invalid_header(header.name))?;
-                            headers.append(name, value);
-                        }
-                        return Ok((status, headers, consumed, parsed.version == Some(0)));
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(Error::Invalid(format!("more than {MAX_HEADERS} headers")));
-                    }
-                    Err(error) => return Err(Error::Invalid(format!("its head: {error}"))),
-                }
-                if self.read.len() >= MAX_HEAD_BYTES {
-                    return Err(Error::Invalid(format!(
-                        "its head is larger than {MAX_HEAD_BYTES} bytes"
-                    )));
-                }
+            if !self.read.is_empty()
+                && let Some(head) = self.parse_head()?
+            {
+                return Ok(head);
+            }
+            if self.read.len() >= MAX_HEAD_BYTES {
+                return Err(Error::Invalid(format!(
+                    "its head is larger than {MAX_HEAD_BYTES} bytes"
+                )));
             }
             let received = !self.read.is_empty();
             if self
@@ -267,6 +250,49 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
                 });
             }
         }
+    }
+
+    /// The answer head at the start of `read`, taken off it, or `None` while it is partial.
+    /// Header values are slices of the head's bytes, not copies.
+    fn parse_head(&mut self) -> Result<Option<(StatusCode, HeaderMap, bool)>, Error> {
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let consumed = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &self.read,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(consumed)) => consumed,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Invalid(format!("more than {MAX_HEADERS} headers")));
+            }
+            Err(error) => return Err(Error::Invalid(format!("its head: {error}"))),
+        };
+        let status = parsed
+            .code
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| Error::Invalid("invalid status code".to_owned()))?;
+        let http10 = parsed.version == Some(0);
+        // Where each header's name and value sit in `read`: splitting the head off moves no
+        // byte, so the same offsets find them in the head.
+        let start = self.read.as_ptr() as usize;
+        let at = |part: &[u8]| part.as_ptr() as usize - start;
+        self.places.clear();
+        self.places.extend(parsed.headers.iter().map(|header| {
+            let (name, value) = (header.name.as_bytes(), header.value);
+            [at(name), name.len(), at(value), value.len()]
+        }));
+        let head = self.read.split_to(consumed).freeze();
+        let mut headers = HeaderMap::with_capacity(self.places.len());
+        for &[name_at, name_len, value_at, value_len] in &self.places {
+            let name = &head[name_at..name_at + name_len];
+            let name = HeaderName::from_bytes(name).map_err(|_| invalid_header(name))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+                .map_err(|_| invalid_header(name.as_str().as_bytes()))?;
+            headers.append(name, value);
+        }
+        Ok(Some((status, headers, http10)))
     }
 
     /// Reads more into `read`; 0 when the upstream closed.
@@ -297,20 +323,22 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
             .ok()
             .filter(|&length| length <= max_body)
             .ok_or(Error::TooLarge(max_body))?;
-        let have = self.read.len().min(length);
-        let mut body = Vec::with_capacity(length);
-        body.extend_from_slice(&self.read[..have]);
-        self.read.drain(..have);
-        if have < length {
-            body.resize(length, 0);
-            self.io
-                .read_exact(&mut body[have..])
-                .await
-                .map_err(|error| Error::Io {
-                    error,
-                    received: true,
-                })?;
+        // Whole already (the common case): split off, not copied.
+        if self.read.len() >= length {
+            return Ok(self.read.split_to(length).freeze());
         }
+        let have = self.read.len();
+        let mut body = Vec::with_capacity(length);
+        body.extend_from_slice(&self.read);
+        self.read.clear();
+        body.resize(length, 0);
+        self.io
+            .read_exact(&mut body[have..])
+            .await
+            .map_err(|error| Error::Io {
+                error,
+                received: true,
+            })?;
         Ok(Bytes::from(body))
     }
 
@@ -343,7 +371,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
             }
             at += size + 2;
             // Keep the buffer from holding the whole body too.
-            self.read.drain(..at);
+            self.read.advance(at);
             at = 0;
         }
         // Trailers, if any, up to the empty line that ends them; their values are not kept.
@@ -360,7 +388,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
             }
             self.fill_body().await?;
         }
-        self.read.drain(..at);
+        self.read.advance(at);
         Ok(Bytes::from(body))
     }
 
@@ -380,7 +408,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Connection<Io> {
                 }
             }
         }
-        Ok(Bytes::from(std::mem::take(&mut self.read)))
+        Ok(std::mem::take(&mut self.read).freeze())
     }
 }
 
@@ -403,8 +431,11 @@ fn closed() -> io::Error {
 }
 
 /// A header the client cannot hold, named (its value is not: it may be a credential).
-fn invalid_header(name: &str) -> Error {
-    Error::Invalid(format!("an invalid header {name:?}"))
+fn invalid_header(name: &[u8]) -> Error {
+    Error::Invalid(format!(
+        "an invalid header {:?}",
+        String::from_utf8_lossy(name)
+    ))
 }
 
 /// How the body of an answer to `method` with `status` and `headers` ends.

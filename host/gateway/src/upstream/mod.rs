@@ -23,30 +23,33 @@ pub use prepare::prepare;
 
 /// A random identifier of 24 lowercase alphanumerics.
 pub fn random_id() -> String {
-    let mut id = String::with_capacity(RANDOM_ID_LEN);
-    push_random_id(&mut id);
-    id
+    let mut id = [0u8; RANDOM_ID_LEN];
+    fill_random_id(&mut id);
+    std::str::from_utf8(&id).expect("ASCII").to_owned()
 }
 
 /// The length of `random_id`'s ids.
 pub const RANDOM_ID_LEN: usize = 24;
 
-/// Appends `random_id`'s characters to `out`: each from one random byte, bytes of 252 and
+/// Fills `out` with `random_id`'s characters: each from one random byte, bytes of 252 and
 /// above (where `% 36` would favour the first four characters) drawn again. One draw of 32
 /// bytes almost always suffices; a `random_range` per character cost about 1,000 more
 /// instructions per request (callgrind; BENCHMARKS.md, issue 22).
-pub fn push_random_id(out: &mut String) {
+pub fn fill_random_id(out: &mut [u8]) {
     use rand::RngCore;
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     const UNBIASED: u8 = 252; // 7 * 36
     let mut rng = rand::rng();
     let mut bytes = [0u8; 32];
-    let mut left = RANDOM_ID_LEN;
-    while left > 0 {
+    let mut filled = 0;
+    while filled < out.len() {
         rng.fill_bytes(&mut bytes);
-        for &byte in bytes.iter().filter(|&&b| b < UNBIASED).take(left) {
-            out.push(char::from(ALPHABET[usize::from(byte % 36)]));
-            left -= 1;
+        for &byte in bytes.iter().filter(|&&b| b < UNBIASED) {
+            let Some(slot) = out.get_mut(filled) else {
+                break;
+            };
+            *slot = ALPHABET[usize::from(byte % 36)];
+            filled += 1;
         }
     }
 }
