@@ -845,7 +845,7 @@ impl Handler {
                     .step(2, &format!("answered {}", outcome.status.as_u16()))
                     .await;
                 let answer = match compact.then(|| compact_object(&outcome)).flatten() {
-                    Some(text) => Answer::Object(text),
+                    Some(compact) => Answer::Object(compact),
                     None => Answer::Result(tool_result(&outcome)),
                 };
                 (outcome.status.as_u16(), answer)
@@ -1223,15 +1223,23 @@ fn text_error(message: String) -> CallToolResult {
 /// which is also the result's text: written out without building a tree of it.
 pub(super) enum Answer {
     Result(CallToolResult),
-    Object(String),
+    Object(Compact),
+}
+
+/// An object's compact JSON, and that JSON as a JSON string when the minifier wrote both in
+/// one pass (the result's text, escaped: otherwise a second pass over every byte).
+#[derive(Debug, PartialEq)]
+pub(super) struct Compact {
+    pub(super) json: String,
+    pub(super) quoted: Option<String>,
 }
 
 impl Answer {
     fn into_result(self) -> CallToolResult {
         match self {
             Answer::Result(result) => result,
-            Answer::Object(text) => CallToolResult::structured(
-                serde_json::from_str(&text).expect("the compact JSON of an object"),
+            Answer::Object(compact) => CallToolResult::structured(
+                serde_json::from_str(&compact.json).expect("the compact JSON of an object"),
             ),
         }
     }
@@ -1252,7 +1260,7 @@ impl Answer {
                 .filter_map(|c| c.as_text())
                 .map(|t| t.text.len() as u64)
                 .sum(),
-            Answer::Object(text) => text.len() as u64,
+            Answer::Object(compact) => compact.json.len() as u64,
         }
     }
 }
@@ -1262,7 +1270,7 @@ impl Answer {
 /// content), made by transcoding the bytes rather than parsing them into a `Value` (whose map
 /// hashes every key) and serializing that twice. Duplicate keys, which a `Value` would merge,
 /// are written as they came.
-fn compact_object(outcome: &Outcome) -> Option<String> {
+fn compact_object(outcome: &Outcome) -> Option<Compact> {
     let crate::invoke::Body::Raw(bytes) = &outcome.body else {
         return None;
     };
@@ -1271,7 +1279,13 @@ fn compact_object(outcome: &Outcome) -> Option<String> {
     {
         return None;
     }
-    minified(bytes).or_else(|| transcoded(bytes))
+    match minified(bytes) {
+        Some((json, quoted)) => Some(Compact {
+            json,
+            quoted: Some(quoted),
+        }),
+        None => transcoded(bytes).map(|json| Compact { json, quoted: None }),
+    }
 }
 
 /// `bytes` (one JSON value) as serde_json's compact serializer writes it, by transcoding.
@@ -1283,57 +1297,200 @@ fn transcoded(bytes: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// [`transcoded`]'s answer for the commonest body, at a third of its cost: the whitespace
+/// [`transcoded`]'s answer for the commonest body, at a fraction of its cost: the whitespace
 /// between tokens taken out, when that is exactly what serde_json would write, that is when
 /// no string holds an escape (serde_json writes its own: `\u00e9` as `é`) and every number is
 /// an integer of at most 18 digits other than `-0` (it would reprint others: `1.50` as `1.5`,
 /// `1e2` as `100.0`, `-0` as `-0.0`). `None` otherwise, or when `bytes` are not JSON.
-fn minified(bytes: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(bytes.len());
+///
+/// The grammar is checked in the same pass (taking whitespace out of what is not JSON can make
+/// JSON of it: `[1 2]`), with containers nested at most as deep as serde_json reads them.
+/// The second string is the first as a JSON string, as serde_json writes it: written in the
+/// same pass, since the only bytes it escapes are the quotes around the strings.
+fn minified(bytes: &[u8]) -> Option<(String, String)> {
+    /// The deepest nesting serde_json reads (its recursion limit is 128, the top level's
+    /// container counted).
+    const DEPTH: usize = 127;
+    let mut open = [0u8; DEPTH];
+    let mut depth = 0;
+    let mut next = Next::Value { or_end: false };
+    let mut out = Minified::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&byte) = bytes.get(i) {
-        match byte {
-            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-            b'"' => {
-                let end = i
-                    + 1
-                    + bytes[i + 1..]
-                        .iter()
-                        .position(|&b| b == b'"' || b == b'\\')?;
-                if bytes[end] == b'\\' {
+        if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+            continue;
+        }
+        // The token that starts at `i` ends before `end`.
+        let mut end = i + 1;
+        let mut value_ended = false;
+        match (next, byte) {
+            (Next::Value { or_end: true }, b']')
+            | (Next::Key { or_end: true }, b'}')
+            | (Next::CommaOrEnd, b']' | b'}') => {
+                let expected = if byte == b']' { b'[' } else { b'{' };
+                if depth == 0 || open[depth - 1] != expected {
                     return None;
                 }
-                out.extend_from_slice(&bytes[i..=end]);
-                i = end + 1;
+                depth -= 1;
+                value_ended = true;
             }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while bytes
-                    .get(i)
-                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                {
-                    i += 1;
-                }
-                let number = &bytes[start..i];
-                let digits = number.strip_prefix(b"-").unwrap_or(number);
-                if digits.is_empty()
-                    || digits.len() > 18
-                    || !digits.iter().all(u8::is_ascii_digit)
-                    || number == b"-0"
-                {
+            (Next::CommaOrEnd, b',') => {
+                next = if open[depth - 1] == b'{' {
+                    Next::Key { or_end: false }
+                } else {
+                    Next::Value { or_end: false }
+                };
+            }
+            (Next::Colon, b':') => next = Next::Value { or_end: false },
+            (Next::Value { .. } | Next::Key { .. }, b'"') => {
+                // A string without escapes or control characters.
+                end += bytes[end..]
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+                if bytes[end] != b'"' {
                     return None;
                 }
-                out.extend_from_slice(number);
+                end += 1;
+                out.string(&bytes[i..end]);
+                if matches!(next, Next::Key { .. }) {
+                    next = Next::Colon;
+                } else {
+                    value_ended = true;
+                }
             }
-            _ => {
-                out.push(byte);
-                i += 1;
+            (Next::Value { .. }, b'{' | b'[') => {
+                if depth == DEPTH {
+                    return None;
+                }
+                open[depth] = byte;
+                depth += 1;
+                next = if byte == b'{' {
+                    Next::Key { or_end: true }
+                } else {
+                    Next::Value { or_end: true }
+                };
             }
+            (Next::Value { .. }, b'-' | b'0'..=b'9') => {
+                end = plain_integer_end(bytes, i)?;
+                value_ended = true;
+            }
+            (Next::Value { .. }, b't' | b'f' | b'n') => {
+                let word: &[u8] = match byte {
+                    b't' => b"true",
+                    b'f' => b"false",
+                    _ => b"null",
+                };
+                if !bytes[i..].starts_with(word) {
+                    return None;
+                }
+                end = i + word.len();
+                value_ended = true;
+            }
+            _ => return None,
+        }
+        if byte != b'"' {
+            out.token(&bytes[i..end]);
+        }
+        i = end;
+        if value_ended {
+            next = if depth == 0 {
+                Next::Done
+            } else {
+                Next::CommaOrEnd
+            };
         }
     }
-    // Checked whole, before: taking whitespace out can make JSON of what was not (`[1 2]`).
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).ok()?;
-    String::from_utf8(out).ok()
+    if next != Next::Done {
+        return None;
+    }
+    out.finish()
+}
+
+/// What [`minified`] may read next.
+#[derive(Clone, Copy, PartialEq)]
+enum Next {
+    /// A value (`]` too, right after `[`).
+    Value {
+        or_end: bool,
+    },
+    /// A key (`}` too, right after `{`).
+    Key {
+        or_end: bool,
+    },
+    Colon,
+    /// `,` or the end of the open container.
+    CommaOrEnd,
+    /// Only whitespace: the value is whole.
+    Done,
+}
+
+/// Where the integer token at `bytes[start..]` ends, when serde_json would write it as it is
+/// (at most 18 digits, no leading zero, not `-0`).
+#[inline]
+fn plain_integer_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut end = start;
+    while bytes
+        .get(end)
+        .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+    {
+        end += 1;
+    }
+    let number = &bytes[start..end];
+    let digits = number.strip_prefix(b"-").unwrap_or(number);
+    let plain = !digits.is_empty()
+        && digits.len() <= 18
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits.len() == 1 || digits[0] != b'0')
+        && number != b"-0";
+    plain.then_some(end)
+}
+
+/// [`minified`]'s two outputs: the compact JSON, and the same as a JSON string.
+struct Minified {
+    json: Vec<u8>,
+    quoted: Vec<u8>,
+}
+
+impl Minified {
+    fn with_capacity(capacity: usize) -> Minified {
+        let mut quoted = Vec::with_capacity(capacity + capacity / 4 + 2);
+        quoted.push(b'"');
+        Minified {
+            json: Vec::with_capacity(capacity),
+            quoted,
+        }
+    }
+
+    /// A token with no quote in it. (Punctuation, the commonest, is pushed: a copy of one
+    /// byte is a call of `memcpy`.)
+    #[inline]
+    fn token(&mut self, token: &[u8]) {
+        if let &[byte] = token {
+            self.json.push(byte);
+            self.quoted.push(byte);
+        } else {
+            self.json.extend_from_slice(token);
+            self.quoted.extend_from_slice(token);
+        }
+    }
+
+    /// A string token, quotes included, with no escape in it: only its quotes are escaped.
+    #[inline]
+    fn string(&mut self, string: &[u8]) {
+        self.json.extend_from_slice(string);
+        self.quoted.push(b'\\');
+        self.quoted.extend_from_slice(&string[..string.len() - 1]);
+        self.quoted.extend_from_slice(b"\\\"");
+    }
+
+    fn finish(mut self) -> Option<(String, String)> {
+        self.quoted.push(b'"');
+        Some((
+            String::from_utf8(self.json).ok()?,
+            String::from_utf8(self.quoted).ok()?,
+        ))
+    }
 }
 
 fn tool_result(outcome: &Outcome) -> CallToolResult {
@@ -1402,7 +1559,28 @@ mod compact_tests {
             body: crate::invoke::Body::Raw(Bytes::from(pretty)),
         };
         let parsed: Value = serde_json::from_str(pretty).unwrap();
-        assert_eq!(compact_object(&outcome), Some(parsed.to_string()));
+        assert_eq!(
+            compact_object(&outcome),
+            Some(Compact {
+                json: parsed.to_string(),
+                quoted: None
+            })
+        );
+        // The commonest body is minified, its quoted form written beside it.
+        let plain = "{\n  \"id\": \"vs_1\",\n  \"n\": [1, -2, true, null, {}]\n}";
+        let outcome = Outcome {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: crate::invoke::Body::Raw(Bytes::from(plain)),
+        };
+        let json: Value = serde_json::from_str(plain).unwrap();
+        assert_eq!(
+            compact_object(&outcome),
+            Some(Compact {
+                json: json.to_string(),
+                quoted: Some(serde_json::to_string(&json.to_string()).unwrap())
+            })
+        );
         // Not an object, not JSON, or a failure: the usual path.
         for (status, body) in [
             (StatusCode::OK, "[1, 2]"),
@@ -1450,10 +1628,31 @@ mod compact_tests {
             "{\"a\": 1} x",
             "{\"a\": tru}",
             "{\"a\": \"\u{1}\"}",
+            "{\"a\" 1}",
+            "{\"a\": 1,}",
+            "[1,]",
+            "{\"a\": 1]",
+            "[}",
+            "{1: 2}",
+            "{\"a\": 1}{}",
+            "{\"a\": [1, 2}",
+            "{\"a\", 1}",
+            "{\"a\": truex}",
+            "{\"a\": nul}",
+            ",",
+            "",
+            "{\"a\": 00}",
+            "{\"a\": -01}",
+            "{\"a\": 1-2}",
         ];
         for case in cases {
-            if let Some(minified) = minified(case.as_bytes()) {
-                assert_eq!(Some(minified), transcoded(case.as_bytes()), "{case}");
+            if let Some((minified, quoted)) = minified(case.as_bytes()) {
+                assert_eq!(
+                    Some(&minified),
+                    transcoded(case.as_bytes()).as_ref(),
+                    "{case}"
+                );
+                assert_eq!(quoted, serde_json::to_string(&minified).unwrap(), "{case}");
             }
         }
         assert!(
@@ -1465,5 +1664,14 @@ mod compact_tests {
         }
         // Invalid UTF-8 inside a string.
         assert_eq!(minified(b"{\"a\": \"\xff\"}"), None);
+        // Nesting: as deep as serde_json reads, and no deeper.
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(minified(nested(127).as_bytes()).is_some());
+        assert_eq!(
+            minified(nested(127).as_bytes()).map(|(json, _)| json),
+            transcoded(nested(127).as_bytes())
+        );
+        assert_eq!(minified(nested(128).as_bytes()), None);
+        assert_eq!(transcoded(nested(128).as_bytes()), None);
     }
 }

@@ -24,7 +24,7 @@ use rmcp::model::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{Answer, Endpoint, Pinned, Progress, names};
+use super::{Answer, Compact, Endpoint, Pinned, Progress, names};
 use crate::response::{self, HttpResponse, full};
 use crate::server::ReadError;
 
@@ -98,7 +98,7 @@ impl Endpoint {
                     )
                     .await;
                 return match answered {
-                    Answer::Object(text) => answer_object(call.id, &text),
+                    Answer::Object(compact) => answer_object(call.id, &compact),
                     Answer::Result(result) => answer(call.id, result.into()),
                 };
             }
@@ -286,16 +286,22 @@ enum Slot {
 
 /// [`answer`] for a successful result whose structured content is the object `compact` (its
 /// compact JSON) and whose text is that JSON: rmcp's frame for such a result, written once
-/// around marks, with the id, `compact` as a string and `compact` itself in their places. The
-/// bytes are those `answer` writes for `CallToolResult::structured` of the parsed object.
-fn answer_object(id: RequestId, compact: &str) -> HttpResponse {
-    let mut body = Vec::with_capacity(2 * compact.len() + 256);
+/// around marks, with the id, `compact` as a string (already quoted, when the minifier made
+/// it) and `compact` itself in their places. The bytes are those `answer` writes for
+/// `CallToolResult::structured` of the parsed object.
+fn answer_object(id: RequestId, compact: &Compact) -> HttpResponse {
+    let mut body = Vec::with_capacity(2 * compact.json.len() + 256);
     for (slot, text) in OBJECT_FRAME.iter() {
         body.extend_from_slice(text.as_bytes());
         match slot {
             Slot::Id => serde_json::to_writer(&mut body, &id).expect("an id serializes"),
-            Slot::Text => serde_json::to_writer(&mut body, compact).expect("a string serializes"),
-            Slot::Object => body.extend_from_slice(compact.as_bytes()),
+            Slot::Text => match &compact.quoted {
+                Some(quoted) => body.extend_from_slice(quoted.as_bytes()),
+                None => {
+                    serde_json::to_writer(&mut body, &compact.json).expect("a string serializes")
+                }
+            },
+            Slot::Object => body.extend_from_slice(compact.json.as_bytes()),
             Slot::End => {}
         }
     }
@@ -344,11 +350,17 @@ mod tests {
             "id": "vs_1", "quote": "a \"b\" \\ c\n\u{1}", "é": ["ü", 1.5, -2, null, true],
             "nested": {"empty": {}, "list": []}
         });
-        let compact = object.to_string();
-        for id in [
-            RequestId::Number(7),
-            RequestId::String("a \"quoted\" id".into()),
+        let json = object.to_string();
+        let quoted = serde_json::to_string(&json).unwrap();
+        for (id, quoted) in [
+            (RequestId::Number(7), None),
+            (RequestId::String("a \"quoted\" id".into()), None),
+            (RequestId::Number(8), Some(quoted)),
         ] {
+            let compact = Compact {
+                json: json.clone(),
+                quoted,
+            };
             let direct = answer_object(id.clone(), &compact);
             let via_rmcp = answer(
                 id,
