@@ -116,32 +116,72 @@ impl Endpoint {
 /// `Mcp-Method: tools/call`, no session, no `Origin`, no `Mcp-Param-*`, and a declared length
 /// within the limit.
 fn plain_headers(headers: &HeaderMap, max_body_bytes: usize) -> bool {
+    use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+    // One pass over the headers: a lookup of each name hashes it (the `Mcp-*` ones byte by
+    // byte), and a message has fewer headers than there are names to check.
+    let (mut host, mut length, mut content_type) = (None, None, None);
+    let (mut json, mut sse) = (false, false);
+    let (mut version, mut versions, mut method, mut methods) = (None, 0, None, 0);
+    for (name, value) in headers {
+        if name == HOST {
+            host.get_or_insert(value);
+        } else if name == CONTENT_LENGTH {
+            length.get_or_insert(value);
+        } else if name == CONTENT_TYPE {
+            content_type.get_or_insert(value);
+        } else if name == ACCEPT {
+            if !accepts(value, &mut json, &mut sse) {
+                return false;
+            }
+        } else if name == ORIGIN || name == names::MCP_SESSION_ID {
+            return false;
+        } else if name == names::MCP_PROTOCOL_VERSION {
+            version = Some(value);
+            versions += 1;
+        } else if name == names::MCP_METHOD {
+            method = Some(value);
+            methods += 1;
+        } else if name.as_str().starts_with("mcp-param-") {
+            return false;
+        }
+    }
     // rmcp refuses a malformed `Host` even with its host allow-list off.
-    let host_ok = headers
-        .get(http::header::HOST)
+    let host_ok = host
         .and_then(|v| v.to_str().ok())
         .is_some_and(|host| http::uri::Authority::try_from(host).is_ok());
-    let is = |name: &http::HeaderName, value: &str| {
-        headers
-            .get(name)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
-    };
-    let length_ok = headers
-        .get(http::header::CONTENT_LENGTH)
+    let length_ok = length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|length| length <= max_body_bytes);
+    // rmcp refuses repeated `Mcp-*` headers.
+    let once = |value: Option<&HeaderValue>, count: usize, wanted: &str| {
+        count == 1 && value.is_some_and(|v| v.as_bytes() == wanted.as_bytes())
+    };
     host_ok
         && length_ok
-        && is(&http::header::CONTENT_TYPE, "application/json")
-        && accepts_json_and_sse(headers.get_all(http::header::ACCEPT))
-        && single(headers, &names::MCP_PROTOCOL_VERSION) == Some(VERSION.as_bytes())
-        && single(headers, &names::MCP_METHOD) == Some(b"tools/call")
-        && !headers.contains_key(&names::MCP_SESSION_ID)
-        && !headers.contains_key(http::header::ORIGIN)
-        && !headers
-            .keys()
-            .any(|name| name.as_str().starts_with("mcp-param-"))
+        && content_type.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"))
+        && json
+        && sse
+        && once(version, versions, VERSION)
+        && once(method, methods, "tools/call")
+}
+
+/// Notes whether one `Accept` value lists `application/json` and `text/event-stream`; false
+/// when it has parameters anywhere (a `q=0` would change rmcp's answer; parameters are rare
+/// enough to leave to it). The direct path needs both, over all the values.
+fn accepts(value: &HeaderValue, json: &mut bool, sse: &mut bool) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    for entry in value.split(',') {
+        let entry = entry.trim();
+        if entry.contains(';') || entry.contains('"') {
+            return false;
+        }
+        *json |= entry.eq_ignore_ascii_case("application/json");
+        *sse |= entry.eq_ignore_ascii_case("text/event-stream");
+    }
+    true
 }
 
 /// The value of a header that appears exactly once (rmcp refuses repeated `Mcp-*` headers).
@@ -149,26 +189,6 @@ fn single<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a [u8
     let mut values = headers.get_all(name).iter();
     let value = values.next()?;
     values.next().is_none().then_some(value.as_bytes())
-}
-
-/// `Accept` lists both `application/json` and `text/event-stream`, and no parameters anywhere
-/// (a `q=0` would change rmcp's answer; parameters are rare enough to leave to it).
-fn accepts_json_and_sse<'a>(values: http::header::GetAll<'a, HeaderValue>) -> bool {
-    let (mut json, mut sse) = (false, false);
-    for value in values {
-        let Ok(value) = value.to_str() else {
-            return false;
-        };
-        for entry in value.split(',') {
-            let entry = entry.trim();
-            if entry.contains(';') || entry.contains('"') {
-                return false;
-            }
-            json |= entry.eq_ignore_ascii_case("application/json");
-            sse |= entry.eq_ignore_ascii_case("text/event-stream");
-        }
-    }
-    json && sse
 }
 
 /// A `tools/call` request with nothing but a name, arguments and the required `_meta`. Its
@@ -382,13 +402,17 @@ mod tests {
             ("mcp-param-session", "vs_1"),
             ("accept", "application/json;q=0"),
             ("mcp-method", "tools/call"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("accept", "text/plain; charset=utf-8"),
         ] {
             let mut map = headers(PLAIN);
             map.append(name, HeaderValue::from_static(value));
             assert!(!plain_headers(&map, 100), "{name}: {value}");
         }
         for missing in [
+            "host",
             "content-length",
+            "content-type",
             "accept",
             "mcp-protocol-version",
             "mcp-method",
@@ -403,6 +427,17 @@ mod tests {
             HeaderValue::from_static("2025-11-25"),
         );
         assert!(!plain_headers(&old, 100));
+        let mut text = headers(PLAIN);
+        text.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert!(!plain_headers(&text, 100));
+        // Both media types may come in separate `Accept` values, and names in any case.
+        let mut split = headers(PLAIN);
+        split.insert("accept", HeaderValue::from_static("Application/JSON"));
+        split.append("accept", HeaderValue::from_static("text/event-stream"));
+        assert!(plain_headers(&split, 100));
+        let mut only_json = headers(PLAIN);
+        only_json.insert("accept", HeaderValue::from_static("application/json"));
+        assert!(!plain_headers(&only_json, 100));
         for bad_host in ["[::1]:1:2", "[::1]%", "a b"] {
             let mut map = headers(PLAIN);
             map.insert("host", HeaderValue::from_static(bad_host));
